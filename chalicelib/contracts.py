@@ -1,0 +1,259 @@
+"""The contracts the Chalice app and the worker share: processing options, queue messages and the
+S3 key layout. The worker image copies this file; nothing else may redefine these shapes."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+MESSAGE_VERSION = 1
+
+# Message types on the three queues.
+JOB_REQUESTED = "job.requested"  # "jobs" queue: API -> orchestrator
+WORK_ITEM = "work.item"  # "work" queue: orchestrator -> worker
+SEGMENT_SUCCEEDED = "segment.succeeded"  # "events" queue: worker -> recorder
+SEGMENT_FAILED = "segment.failed"
+SEGMENT_PROGRESS = "segment.progress"
+EVENT_TYPES = (SEGMENT_SUCCEEDED, SEGMENT_FAILED, SEGMENT_PROGRESS)
+
+MODELS = ("full", "lite")
+MAX_HANDS = 4
+
+_ID_PATTERN = re.compile(r"^[a-z]{1,4}_[0-9a-f]{32}$")
+
+
+class ContractError(ValueError):
+    """A message or option set that does not follow the contract; the text says what is wrong."""
+
+
+def is_valid_id(value: object, prefix: str) -> bool:
+    return isinstance(value, str) and value.startswith(prefix + "_") and bool(_ID_PATTERN.match(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# Processing options
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    """What a caller may choose about one processing run. Defaults follow MediaPipe's."""
+
+    num_hands: int = 2
+    min_detection_confidence: float = 0.5
+    min_presence_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    model: str = "full"
+    sample_fps: float | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    model_uri: str | None = None  # a hand_landmarker.task: local path or s3:// URI
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> "ProcessOptions":
+        """Validate caller input; raise ContractError naming every problem found."""
+        raw = dict(raw or {})
+        known = {f.name for f in fields(cls)}
+        problems: list[str] = []
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            problems.append(f"unknown option(s): {', '.join(unknown)} (allowed: {', '.join(sorted(known))})")
+        values: dict[str, Any] = {}
+
+        def number(name: str, *, integer: bool, low: float, high: float) -> None:
+            if name not in raw or raw[name] is None:
+                return
+            value = raw[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                problems.append(f"{name} must be a number, got {type(value).__name__}")
+                return
+            if integer and (isinstance(value, float) and not value.is_integer()):
+                problems.append(f"{name} must be a whole number, got {value}")
+                return
+            if not low <= value <= high:
+                problems.append(f"{name} must be between {low:g} and {high:g}, got {value}")
+                return
+            values[name] = int(value) if integer else float(value)
+
+        number("num_hands", integer=True, low=1, high=MAX_HANDS)
+        for name in ("min_detection_confidence", "min_presence_confidence", "min_tracking_confidence"):
+            number(name, integer=False, low=0.0, high=1.0)
+        number("sample_fps", integer=False, low=0.01, high=1000)
+        number("start_ms", integer=True, low=0, high=24 * 3600 * 1000)
+        number("end_ms", integer=True, low=1, high=24 * 3600 * 1000)
+        if "model" in raw and raw["model"] is not None:
+            if raw["model"] not in MODELS:
+                problems.append(f"model must be one of {', '.join(MODELS)}, got {raw['model']!r}")
+            else:
+                values["model"] = raw["model"]
+        if raw.get("model_uri") is not None:
+            uri = raw["model_uri"]
+            if not isinstance(uri, str) or not uri or len(uri) > 1024 or not uri.endswith(".task"):
+                problems.append("model_uri must be a path or s3:// URI of a .task file")
+            else:
+                values["model_uri"] = uri
+        start, end = values.get("start_ms"), values.get("end_ms")
+        if start is not None and end is not None and end <= start:
+            problems.append(f"end_ms ({end}) must be greater than start_ms ({start})")
+        if problems:
+            raise ContractError("; ".join(problems))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_range(self, start_ms: int | None, end_ms: int | None) -> "ProcessOptions":
+        data = self.to_dict()
+        data.update(start_ms=start_ms, end_ms=end_ms)
+        return ProcessOptions(**data)
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 key layout
+# ---------------------------------------------------------------------------------------------
+
+
+def video_key(video_id: str, filename: str) -> str:
+    return f"videos/{video_id}/{filename}"
+
+
+def results_prefix(video_id: str, job_id: str) -> str:
+    return f"results/{video_id}/{job_id}/"
+
+
+def part_key(video_id: str, job_id: str, segment: int) -> str:
+    return f"{results_prefix(video_id, job_id)}parts/{segment:05d}.json.gz"
+
+
+def result_key(video_id: str, job_id: str) -> str:
+    return f"{results_prefix(video_id, job_id)}result.json.gz"
+
+
+def video_prefix(video_id: str) -> str:
+    return f"videos/{video_id}/"
+
+
+def queue_names(prefix: str = "handpipe") -> dict[str, str]:
+    """Queue names by role; each has a dead-letter queue named '<name>-dlq'."""
+    return {role: f"{prefix}-{role}" for role in ("jobs", "work", "events")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Queue messages
+# ---------------------------------------------------------------------------------------------
+
+
+def _require(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if name not in body:
+        raise ContractError(f"message field {name!r} is missing")
+    value = body[name]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ContractError(f"message field {name!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def decode_body(text: str) -> dict[str, Any]:
+    try:
+        body = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ContractError(f"message body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ContractError("message body must be a JSON object")
+    version = body.get("version")
+    if version != MESSAGE_VERSION:
+        raise ContractError(f"unsupported message version {version!r} (expected {MESSAGE_VERSION})")
+    return body
+
+
+@dataclass(frozen=True)
+class JobRequested:
+    job_id: str
+    video_id: str
+
+    def to_json(self) -> str:
+        return json.dumps({"version": MESSAGE_VERSION, "type": JOB_REQUESTED, **asdict(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobRequested":
+        body = decode_body(text)
+        if body.get("type") != JOB_REQUESTED:
+            raise ContractError(f"expected a {JOB_REQUESTED} message, got {body.get('type')!r}")
+        return cls(job_id=_require(body, "job_id", str), video_id=_require(body, "video_id", str))
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One time range of one video for one worker. `warmup_ms` frames before start_ms are fed to
+    the tracker but not reported, so a segment tracks as well as a single pass would."""
+
+    job_id: str
+    video_id: str
+    segment: int
+    bucket: str
+    video_key: str
+    part_key: str
+    options: ProcessOptions
+    warmup_ms: int = 0
+
+    def to_json(self) -> str:
+        body = {"version": MESSAGE_VERSION, "type": WORK_ITEM, **asdict(self)}
+        return json.dumps(body)
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkItem":
+        body = decode_body(text)
+        if body.get("type") != WORK_ITEM:
+            raise ContractError(f"expected a {WORK_ITEM} message, got {body.get('type')!r}")
+        options = _require(body, "options", dict)
+        return cls(
+            job_id=_require(body, "job_id", str),
+            video_id=_require(body, "video_id", str),
+            segment=_require(body, "segment", int),
+            bucket=_require(body, "bucket", str),
+            video_key=_require(body, "video_key", str),
+            part_key=_require(body, "part_key", str),
+            options=ProcessOptions.from_dict(options),
+            warmup_ms=int(body.get("warmup_ms") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class SegmentEvent:
+    """What a worker reports about one segment. `retryable` failures are worth another attempt;
+    the others (an undecodable video, say) fail the job at once."""
+
+    type: str
+    job_id: str
+    video_id: str
+    segment: int
+    part_key: str | None = None
+    frames_processed: int = 0
+    frames_with_hands: int = 0
+    video: dict[str, Any] | None = None
+    error: str | None = None
+    error_code: str | None = None
+    retryable: bool = False
+    attempt: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": MESSAGE_VERSION, **asdict(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "SegmentEvent":
+        body = decode_body(text)
+        kind = body.get("type")
+        if kind not in EVENT_TYPES:
+            raise ContractError(f"unknown event type {kind!r} (expected one of {', '.join(EVENT_TYPES)})")
+        if kind == SEGMENT_FAILED and not body.get("error"):
+            raise ContractError("a segment.failed event must carry an error")
+        known = {f.name for f in fields(cls)}
+        return cls(
+            type=kind,
+            job_id=_require(body, "job_id", str),
+            video_id=_require(body, "video_id", str),
+            segment=_require(body, "segment", int),
+            **{k: v for k, v in body.items() if k in known and k not in ("type", "job_id", "video_id", "segment")},
+        )

@@ -1,0 +1,170 @@
+"""The result format (docs/results-format.md): building a result from frames, summarising it,
+merging the parts of one job, and (de)serialising. Shared by the worker, which writes parts, and the
+app, which merges them and serves frames; the worker image copies this file."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any, Iterable, Sequence
+
+RESULT_FORMAT = "handpipe.result"
+RESULT_VERSION = 1
+
+ORIENTATION_CONVENTION = (
+    "upright: frames are rotated by the container's rotation metadata before detection; "
+    "normalized x grows to the right and y downwards in the upright picture"
+)
+HANDEDNESS_CONVENTION = (
+    "mediapipe-mirrored: labels are MediaPipe's, which assume a mirrored (selfie) image; in unmirrored "
+    "footage (a rear camera) 'Left' is the subject's right hand"
+)
+
+
+class MergeError(ValueError):
+    """Parts that do not form one job's result (overlap, gap, mixed videos or options)."""
+
+
+# A hand lost for less than this is still "present": a range should not break on a one-frame miss.
+RANGE_GAP_MS = 300.0
+
+
+def summarize(frames: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Totals and the time ranges in which at least one hand is visible. A range runs from the first
+    to the last frame with hands of a run in which no gap without hands exceeds RANGE_GAP_MS."""
+    ranges: list[dict[str, float]] = []
+    with_hands = hands_seen = max_hands = 0
+    handedness: dict[str, int] = {}
+    for frame in frames:
+        hands = frame["hands"]
+        if hands:
+            with_hands += 1
+            hands_seen += len(hands)
+            max_hands = max(max_hands, len(hands))
+            for hand in hands:
+                handedness[hand["handedness"]] = handedness.get(hand["handedness"], 0) + 1
+            if ranges and frame["timestamp_ms"] - ranges[-1]["end_ms"] <= RANGE_GAP_MS:
+                ranges[-1]["end_ms"] = frame["timestamp_ms"]
+            else:
+                ranges.append({"start_ms": frame["timestamp_ms"], "end_ms": frame["timestamp_ms"]})
+    return {
+        "frames_processed": len(frames),
+        "frames_with_hands": with_hands,
+        "max_hands_in_frame": max_hands,
+        "hands_seen": hands_seen,
+        "handedness_counts": dict(sorted(handedness.items())),
+        "hand_time_ranges": ranges,
+    }
+
+
+def build_result(
+    *,
+    video: dict[str, Any],
+    model: dict[str, Any],
+    options: dict[str, Any],
+    time_range: dict[str, Any],
+    frames: list[dict[str, Any]],
+    stats: dict[str, Any],
+    decode: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "format": RESULT_FORMAT,
+        "version": RESULT_VERSION,
+        "video": video,
+        "model": model,
+        "options": options,
+        "conventions": {"orientation": ORIENTATION_CONVENTION, "handedness": HANDEDNESS_CONVENTION},
+        "range": time_range,
+        "decode": decode,
+        "summary": summarize(frames),
+        "stats": stats,
+        "frames": frames,
+    }
+
+
+def merge_parts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Join the parts of one job into the result a single pass over their joint range gives.
+
+    Parts must cover adjacent ranges ([start, end) each, the next starting where one ends) of the
+    same video with the same options. Frames are concatenated in time; none may appear twice."""
+    ordered = sorted(parts, key=lambda p: p["range"]["start_ms"])
+    if not ordered:
+        raise MergeError("no parts to merge")
+    first = ordered[0]
+    for previous, part in zip(ordered, ordered[1:]):
+        if part["video"] != first["video"] or part["model"] != first["model"]:
+            raise MergeError("parts come from different videos or models")
+        if _options_without_range(part) != _options_without_range(first):
+            raise MergeError("parts were processed with different options")
+        if previous["range"]["end_ms"] != part["range"]["start_ms"]:
+            raise MergeError(
+                f"parts do not meet: one ends at {previous['range']['end_ms']} ms, "
+                f"the next starts at {part['range']['start_ms']} ms"
+            )
+    frames: list[dict[str, Any]] = []
+    for part in ordered:
+        for frame in part["frames"]:
+            if frames and frame["index"] <= frames[-1]["index"]:
+                raise MergeError(f"frame {frame['index']} appears twice or out of order")
+            frames.append(frame)
+    stats = _sum_stats(p["stats"] for p in ordered)
+    incomplete = [p["decode"] for p in ordered if not p["decode"]["complete"]]
+    decode = incomplete[0] if incomplete else first["decode"]
+    options = dict(first["options"])
+    options.update(start_ms=first["options"].get("start_ms"), end_ms=ordered[-1]["options"].get("end_ms"))
+    return build_result(
+        video=first["video"],
+        model=first["model"],
+        options=options,
+        time_range={"start_ms": first["range"]["start_ms"], "end_ms": ordered[-1]["range"]["end_ms"]},
+        frames=frames,
+        stats=stats,
+        decode=decode,
+    )
+
+
+def _options_without_range(part: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in part["options"].items() if k not in ("start_ms", "end_ms")}
+
+
+def _sum_stats(all_stats: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {
+        "frames_decoded": 0,
+        "frames_processed": 0,
+        "frames_with_hands": 0,
+        "decode_s": 0.0,
+        "inference_s": 0.0,
+        "wall_s": 0.0,
+    }
+    for stats in all_stats:
+        for key in total:
+            total[key] += stats[key]
+    return finish_stats(total)
+
+
+def finish_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """Round the timings and derive frames per second (processed frames over wall time)."""
+    for key in ("decode_s", "inference_s", "wall_s"):
+        stats[key] = round(stats[key], 4)
+    stats["fps"] = round(stats["frames_processed"] / stats["wall_s"], 2) if stats["wall_s"] > 0 else 0.0
+    return stats
+
+
+def frames_between(result: dict[str, Any], start_ms: float, end_ms: float | None) -> list[dict[str, Any]]:
+    return [
+        f
+        for f in result["frames"]
+        if f["timestamp_ms"] >= start_ms and (end_ms is None or f["timestamp_ms"] < end_ms)
+    ]
+
+
+def to_gzip(result: dict[str, Any]) -> bytes:
+    # mtime=0 keeps the bytes identical when the same result is written twice.
+    return gzip.compress(json.dumps(result, separators=(",", ":")).encode(), mtime=0)
+
+
+def from_gzip(data: bytes) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(gzip.decompress(data))
+    if result.get("format") != RESULT_FORMAT:
+        raise ValueError("not a handpipe result")
+    return result

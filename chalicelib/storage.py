@@ -1,0 +1,108 @@
+"""S3 access for videos and results, behind one small class that takes its boto3 client in the
+constructor. The worker image copies this file too, so both sides read and write the same way."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .results import from_gzip, to_gzip
+
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+class StorageUnavailable(Exception):
+    """S3 could not be reached or refused the request; worth retrying later."""
+
+
+class ObjectMissing(Exception):
+    """The object does not exist."""
+
+
+def _is_missing(error: ClientError) -> bool:
+    return str(error.response.get("Error", {}).get("Code")) in _MISSING_CODES
+
+
+class ObjectStore:
+    def __init__(self, s3_client: Any, bucket: str) -> None:
+        self.s3 = s3_client
+        self.bucket = bucket
+
+    def _call(self, operation: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.s3, operation)(Bucket=self.bucket, **kwargs)
+        except ClientError as error:
+            if _is_missing(error):
+                raise ObjectMissing(f"s3://{self.bucket}/{kwargs.get('Key', '')} does not exist") from None
+            raise StorageUnavailable(f"S3 {operation} failed: {error}") from error
+        except BotoCoreError as error:
+            raise StorageUnavailable(f"S3 {operation} failed: {error}") from error
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """The object's size and type, or None when it does not exist."""
+        try:
+            response = self._call("head_object", Key=key)
+        except ObjectMissing:
+            return None
+        return {"size": response.get("ContentLength"), "content_type": response.get("ContentType")}
+
+    def download(self, key: str, path: str) -> None:
+        try:
+            self.s3.download_file(self.bucket, key, path)
+        except ClientError as error:
+            if _is_missing(error):
+                raise ObjectMissing(f"s3://{self.bucket}/{key} does not exist") from None
+            raise StorageUnavailable(f"S3 download of {key} failed: {error}") from error
+        except BotoCoreError as error:
+            raise StorageUnavailable(f"S3 download of {key} failed: {error}") from error
+
+    def get_bytes(self, key: str) -> bytes:
+        body: bytes = self._call("get_object", Key=key)["Body"].read()
+        return body
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self._call("put_object", Key=key, Body=data, ContentType=content_type)
+
+    def put_result(self, key: str, result: dict[str, Any]) -> None:
+        self.put_bytes(key, to_gzip(result), "application/gzip")
+
+    def get_result(self, key: str) -> dict[str, Any]:
+        return from_gzip(self.get_bytes(key))
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        token: dict[str, str] = {}
+        while True:
+            page = self._call("list_objects_v2", Prefix=prefix, **token)
+            for item in page.get("Contents", []):
+                yield item["Key"]
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = list(self.keys(prefix))
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
+
+    def presign_upload(self, key: str, content_type: str, expires_s: int) -> str:
+        """A URL for one PUT of this object with this content type (the signature covers both)."""
+        url: str = self.s3.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
+            ExpiresIn=expires_s,
+        )
+        return url
+
+    def presign_download(self, key: str, expires_s: int, filename: str | None = None) -> str:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        url: str = self.s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
+        return url
+
+    def check(self) -> None:
+        """Raise StorageUnavailable unless the bucket answers."""
+        self._call("head_bucket")

@@ -1,0 +1,239 @@
+"""The worker Lambda: takes work items from the "work" queue, runs the engine on each item's time
+range, writes the result part to S3 and reports on the "events" queue. It never touches the DB."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from chalicelib.contracts import (
+    SEGMENT_FAILED,
+    SEGMENT_PROGRESS,
+    SEGMENT_SUCCEEDED,
+    ContractError,
+    SegmentEvent,
+    WorkItem,
+    decode_body,
+)
+from chalicelib.queues import MessageQueue
+from chalicelib.storage import ObjectMissing, ObjectStore
+
+from .engine import StoppedEarly, VideoDecodeError, process_video
+from .models import ModelCache, ModelError
+
+logger = logging.getLogger("handpipe.worker")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    events_queue_url: str
+    max_receives: int = 3  # must match the work queue's redrive policy
+    deadline_margin_s: float = 20.0  # stop this long before Lambda would kill us
+    progress_interval_s: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> "WorkerSettings":
+        url = os.environ.get("HANDPIPE_EVENTS_QUEUE_URL")
+        if not url:
+            raise RuntimeError("HANDPIPE_EVENTS_QUEUE_URL is not set: the worker cannot report results")
+        return cls(
+            events_queue_url=url,
+            max_receives=int(os.environ.get("HANDPIPE_WORK_MAX_RECEIVES", "3")),
+            deadline_margin_s=float(os.environ.get("HANDPIPE_DEADLINE_MARGIN_S", "20")),
+        )
+
+
+class Worker:
+    """Processes SQS batches; one per container, holding its clients and model cache."""
+
+    def __init__(
+        self,
+        s3_client: Any,
+        sqs_client: Any,
+        settings: WorkerSettings,
+        models: ModelCache | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.s3 = s3_client
+        self.events = MessageQueue(sqs_client, settings.events_queue_url)
+        self.settings = settings
+        self.models = models or ModelCache(fetch_s3=self._fetch_s3_uri)
+        self.clock = clock
+
+    def _fetch_s3_uri(self, uri: str) -> bytes:
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        return ObjectStore(self.s3, bucket).get_bytes(key)
+
+    def handle_batch(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        """Returns the partial-batch response: only records that should be retried are listed."""
+        failures = []
+        for record in event.get("Records", []):
+            if not self.handle_record(record, context):
+                failures.append({"itemIdentifier": record["messageId"]})
+        return {"batchItemFailures": failures}
+
+    def handle_record(self, record: dict[str, Any], context: Any) -> bool:
+        """True when the record is finished with (done, or failed for good and reported)."""
+        attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        try:
+            item = WorkItem.from_json(record["body"])
+        except ContractError as error:
+            return self._reject_malformed(record["body"], str(error), attempt)
+        try:
+            self.process(item, context, attempt)
+            return True
+        except Exception as error:  # a transient fault (S3, SQS): retry, then give up with a reason
+            logger.exception("work item %s/%s failed on attempt %d", item.job_id, item.segment, attempt)
+            if attempt < self.settings.max_receives:
+                return False
+            try:
+                self._report_failure(item, "worker_error", f"gave up after {attempt} attempts: {error}", attempt)
+            except Exception:
+                logger.exception("could not report the failure of %s/%s", item.job_id, item.segment)
+                return False
+            return True
+
+    def _reject_malformed(self, body: str, reason: str, attempt: int) -> bool:
+        """A malformed item cannot succeed on retry. If it names its job, fail the job; otherwise leave
+        it to SQS, which moves it to the dead-letter queue after the configured receives."""
+        logger.error("malformed work item (%s): %.200s", reason, body)
+        try:
+            raw = decode_body(body)
+            event = SegmentEvent(
+                type=SEGMENT_FAILED,
+                job_id=str(raw["job_id"]),
+                video_id=str(raw["video_id"]),
+                segment=int(raw["segment"]),
+                error=f"malformed work item: {reason}",
+                error_code="bad_message",
+                attempt=attempt,
+            )
+        except (ContractError, KeyError, TypeError, ValueError):
+            return False
+        self.events.send(event)
+        return True
+
+    def process(self, item: WorkItem, context: Any, attempt: int = 1) -> None:
+        store = ObjectStore(self.s3, item.bucket)
+        if store.head(item.part_key) is not None:
+            # Done by an earlier delivery: report again (the recorder ignores repeats), redo nothing.
+            part = store.get_result(item.part_key)
+            self._report_success(item, part, attempt)
+            return
+        deadline = self._deadline(context)
+        last_progress = [self.clock()]
+
+        def progress(done: int, expected: int | None) -> None:
+            if self.clock() - last_progress[0] >= self.settings.progress_interval_s:
+                last_progress[0] = self.clock()
+                self.events.send(
+                    SegmentEvent(
+                        type=SEGMENT_PROGRESS,
+                        job_id=item.job_id,
+                        video_id=item.video_id,
+                        segment=item.segment,
+                        frames_processed=done,
+                        attempt=attempt,
+                    )
+                )
+
+        def should_stop() -> str | None:
+            if deadline is not None and self.clock() >= deadline:
+                return (
+                    "stopped before the Lambda timeout: the segment is too long for this worker; "
+                    "use shorter segments or a longer worker timeout"
+                )
+            return None
+
+        suffix = os.path.splitext(item.video_key)[1][:10]
+        with tempfile.TemporaryDirectory(prefix="handpipe-") as workdir:
+            local = os.path.join(workdir, "video" + suffix)
+            try:
+                store.download(item.video_key, local)
+            except ObjectMissing:
+                self._report_failure(
+                    item, "video_missing", f"the video object {item.video_key} does not exist: upload it first", attempt
+                )
+                return
+            try:
+                result = process_video(
+                    local,
+                    item.options,
+                    models=self.models,
+                    warmup_ms=item.warmup_ms,
+                    progress=progress,
+                    should_stop=should_stop,
+                )
+            except VideoDecodeError as error:
+                self._report_failure(item, error.code, error.reason, attempt)
+                return
+            except ModelError as error:
+                self._report_failure(item, "model_error", str(error), attempt)
+                return
+            except StoppedEarly as error:
+                reached = "nothing" if error.last_timestamp_ms is None else f"{error.last_timestamp_ms / 1000:.1f} s"
+                self._report_failure(
+                    item, "deadline", f"{error.reason} (processed {error.frames_processed} frames, up to {reached})", attempt
+                )
+                return
+        store.put_result(item.part_key, result)
+        self._report_success(item, result, attempt)
+
+    def _deadline(self, context: Any) -> float | None:
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if remaining is None:
+            return None
+        return self.clock() + remaining() / 1000.0 - self.settings.deadline_margin_s
+
+    def _report_success(self, item: WorkItem, part: dict[str, Any], attempt: int) -> None:
+        self.events.send(
+            SegmentEvent(
+                type=SEGMENT_SUCCEEDED,
+                job_id=item.job_id,
+                video_id=item.video_id,
+                segment=item.segment,
+                part_key=item.part_key,
+                frames_processed=part["stats"]["frames_processed"],
+                frames_with_hands=part["stats"]["frames_with_hands"],
+                video=part["video"],
+                attempt=attempt,
+                extra={"decode": part["decode"]},
+            )
+        )
+
+    def _report_failure(self, item: WorkItem, code: str, reason: str, attempt: int) -> None:
+        logger.warning("segment %s/%s failed: %s", item.job_id, item.segment, reason)
+        self.events.send(
+            SegmentEvent(
+                type=SEGMENT_FAILED,
+                job_id=item.job_id,
+                video_id=item.video_id,
+                segment=item.segment,
+                error=reason,
+                error_code=code,
+                attempt=attempt,
+            )
+        )
+
+
+_WORKER: Worker | None = None
+
+
+def _default_worker() -> Worker:
+    """Created on the first invocation, then reused for the container's life."""
+    global _WORKER
+    if _WORKER is None:
+        import boto3
+
+        _WORKER = Worker(boto3.client("s3"), boto3.client("sqs"), WorkerSettings.from_env())
+    return _WORKER
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda entry point (the image's CMD) for SQS batches from the "work" queue."""
+    logging.getLogger().setLevel(logging.INFO)
+    return _default_worker().handle_batch(event, context)

@@ -1,0 +1,105 @@
+"""Hand-landmarker model bundles: assembled from the tflite files inside the installed mediapipe
+package (nothing is downloaded at run time), or a user's own hand_landmarker.task."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import threading
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+# Which tflite files make up each bundled variant. The package's lite palm detector lacks the
+# NormalizationOptions metadata the Tasks API requires, so "lite" pairs the full palm detector with
+# the lite landmark model (the landmark model is most of the per-frame cost on tracked frames).
+BUNDLED_VARIANTS: dict[str, tuple[str, str]] = {
+    "full": ("palm_detection/palm_detection_full.tflite", "hand_landmark/hand_landmark_full.tflite"),
+    "lite": ("palm_detection/palm_detection_full.tflite", "hand_landmark/hand_landmark_lite.tflite"),
+}
+
+
+class ModelError(Exception):
+    """A model that cannot be found or read; the text says which and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    name: str  # "full", "lite" or "custom"
+    source: str  # where the bytes came from
+    data: bytes
+
+    def describe(self) -> dict[str, str]:
+        return {"name": self.name, "source": self.source, "mediapipe_version": mediapipe_version()}
+
+
+def mediapipe_version() -> str:
+    try:
+        return metadata.version("mediapipe")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _mediapipe_modules_dir() -> Path:
+    # find_spec, not import: importing mediapipe costs about a second and is not needed to find files.
+    spec = importlib.util.find_spec("mediapipe")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("mediapipe is not installed: install mediapipe==0.10.21")
+    return Path(list(spec.submodule_search_locations)[0]) / "modules"
+
+
+def assemble_bundled(variant: str) -> ModelBundle:
+    if variant not in BUNDLED_VARIANTS:
+        raise ModelError(f"unknown model {variant!r}; choose one of {', '.join(BUNDLED_VARIANTS)}")
+    modules = _mediapipe_modules_dir()
+    detector, landmarks = (modules / rel for rel in BUNDLED_VARIANTS[variant])
+    for path in (detector, landmarks):
+        if not path.is_file():
+            raise ModelError(
+                f"{path} is missing: this mediapipe release ships no model files; "
+                "pin mediapipe==0.10.21 or pass model_uri pointing at a hand_landmarker.task"
+            )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:
+        bundle.writestr("hand_detector.tflite", detector.read_bytes())
+        bundle.writestr("hand_landmarks_detector.tflite", landmarks.read_bytes())
+    source = f"mediapipe-{mediapipe_version()}:{detector.name}+{landmarks.name}"
+    return ModelBundle(name=variant, source=source, data=buffer.getvalue())
+
+
+def load_task_file(uri: str, fetch_s3: Callable[[str], bytes] | None = None) -> ModelBundle:
+    if uri.startswith("s3://"):
+        if fetch_s3 is None:
+            raise ModelError(f"cannot read {uri}: no S3 access here; download it and pass a local path")
+        data = fetch_s3(uri)
+    else:
+        path = Path(uri).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model file {uri} does not exist")
+        data = path.read_bytes()
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise ModelError(f"{uri} is not a MediaPipe .task bundle (expected a zip of tflite models)")
+    names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    if not {"hand_detector.tflite", "hand_landmarks_detector.tflite"} <= names:
+        raise ModelError(f"{uri} is not a hand landmarker bundle (it holds {', '.join(sorted(names))})")
+    return ModelBundle(name="custom", source=uri, data=data)
+
+
+class ModelCache:
+    """Bundles built or fetched once per process (per Lambda container) and reused by every run."""
+
+    def __init__(self, fetch_s3: Callable[[str], bytes] | None = None) -> None:
+        self._fetch_s3 = fetch_s3
+        self._bundles: dict[tuple[str, str | None], ModelBundle] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: str, model_uri: str | None = None) -> ModelBundle:
+        key = (model, model_uri)
+        with self._lock:
+            if key not in self._bundles:
+                self._bundles[key] = (
+                    load_task_file(model_uri, self._fetch_s3) if model_uri else assemble_bundled(model)
+                )
+            return self._bundles[key]
