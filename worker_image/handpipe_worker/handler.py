@@ -138,6 +138,7 @@ class Worker:
                         segment=item.segment,
                         frames_processed=done,
                         attempt=attempt,
+                        extra={"frames_expected": expected},
                     )
                 )
 

@@ -1,0 +1,237 @@
+"""handpipe's API and queue consumers. Routes only parse the request, call a service function from
+chalicelib.services with the container's dependencies, and map errors to JSON responses."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import Any, Callable
+
+from chalice import Chalice, Response
+from chalice.app import SQSEvent
+
+from chalicelib import services
+from chalicelib.config import sqs_queue_names
+from chalicelib.contracts import JobRequested, SegmentEvent
+from chalicelib.db import DatabaseUnavailable
+from chalicelib.errors import InvalidInput, ServiceError, Unavailable
+from chalicelib.migrations import SchemaOutOfDate
+from chalicelib.queues import QueueUnavailable
+from chalicelib.runtime import runtime
+from chalicelib.storage import StorageUnavailable
+
+app = Chalice(app_name="handpipe")
+app.log.setLevel(logging.INFO)
+
+QUEUES = sqs_queue_names()
+MAX_BODY_BYTES = 64 * 1024
+_PARTS = services.PartCache()
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(body={"code": code, "message": message}, status_code=status, headers=headers or {})
+
+
+def api(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Maps service errors to JSON responses; an unavailable dependency is a 503 with Retry-After."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except Unavailable as error:
+            return _error(503, error.code, error.message, {"Retry-After": str(error.retry_after_s)})
+        except ServiceError as error:
+            return _error(error.status, error.code, error.message)
+        except (DatabaseUnavailable, StorageUnavailable, QueueUnavailable) as error:
+            app.log.error("dependency unavailable: %s", error)
+            what = {DatabaseUnavailable: "database", StorageUnavailable: "storage", QueueUnavailable: "queue"}
+            return _error(
+                503, "unavailable", f"the {what[type(error)]} is unavailable; retry shortly", {"Retry-After": "5"}
+            )
+        except SchemaOutOfDate as error:
+            app.log.error("%s", error)
+            return _error(503, "schema_out_of_date", "the service is being upgraded; retry shortly", {"Retry-After": "30"})
+
+    return wrapper
+
+
+def json_body() -> dict[str, Any]:
+    request = app.current_request
+    raw = request.raw_body or b""
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidInput(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    content_type = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+    if raw and content_type != "application/json":
+        raise InvalidInput("send the body as JSON with Content-Type: application/json")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"the body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return body
+
+
+def query(name: str) -> str | None:
+    params = app.current_request.query_params or {}
+    return params.get(name)
+
+
+JSON_ONLY = ["application/json"]
+
+
+# --------------------------------------------------------------------------------------------- videos
+
+
+@app.route("/videos", methods=["GET"])
+@api
+def list_videos() -> dict[str, Any]:
+    rt = runtime()
+    return services.list_videos(
+        rt.videos,
+        status=query("status"),
+        limit=services.parse_limit(query("limit"), 20, services.MAX_PAGE),
+        next_token=query("next_token"),
+    )
+
+
+@app.route("/videos", methods=["POST"], content_types=JSON_ONLY)
+@api
+def register_video() -> Response:
+    rt = runtime()
+    view = services.register_video(rt.videos, rt.store, rt.settings, json_body())
+    return Response(body=view, status_code=201)
+
+
+@app.route("/videos/{video_id}", methods=["GET"])
+@api
+def get_video(video_id: str) -> dict[str, Any]:
+    return services.video_view(services.get_video(runtime().videos, video_id))
+
+
+@app.route("/videos/{video_id}", methods=["DELETE"])
+@api
+def delete_video(video_id: str) -> dict[str, Any]:
+    rt = runtime()
+    return services.delete_video(rt.videos, rt.jobs, rt.store, video_id)
+
+
+# --------------------------------------------------------------------------------------------- jobs
+
+
+@app.route("/videos/{video_id}/jobs", methods=["POST"], content_types=JSON_ONLY)
+@api
+def create_job(video_id: str) -> Response:
+    rt = runtime()
+    view, created = services.create_job(
+        rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.settings, video_id, json_body()
+    )
+    return Response(body=view, status_code=202 if created else 200)
+
+
+@app.route("/videos/{video_id}/jobs", methods=["GET"])
+@api
+def list_jobs(video_id: str) -> dict[str, Any]:
+    rt = runtime()
+    return services.list_jobs(
+        rt.videos,
+        rt.jobs,
+        video_id,
+        limit=services.parse_limit(query("limit"), 20, services.MAX_PAGE),
+        next_token=query("next_token"),
+    )
+
+
+@app.route("/jobs/{job_id}", methods=["GET"])
+@api
+def get_job(job_id: str) -> dict[str, Any]:
+    return services.job_view(services.get_job(runtime().jobs, job_id))
+
+
+@app.route("/jobs/{job_id}/result", methods=["GET"])
+@api
+def get_result(job_id: str) -> dict[str, Any]:
+    rt = runtime()
+    return services.job_result(rt.jobs, rt.store, rt.settings, job_id)
+
+
+@app.route("/jobs/{job_id}/frames", methods=["GET"])
+@api
+def get_frames(job_id: str) -> dict[str, Any]:
+    rt = runtime()
+    return services.job_frames(
+        rt.jobs,
+        rt.store,
+        _PARTS,
+        job_id,
+        start_ms=services.parse_ms(query("start_ms"), "start_ms"),
+        end_ms=services.parse_ms(query("end_ms"), "end_ms"),
+        max_results=services.parse_limit(query("max_results"), 100, services.MAX_FRAMES_PAGE, "max_results"),
+        next_token=query("next_token"),
+    )
+
+
+# --------------------------------------------------------------------------------------------- health
+
+
+@app.route("/health", methods=["GET"])
+def health() -> Response:
+    try:
+        rt = runtime()
+    except RuntimeError as error:
+        return _error(503, "not_configured", str(error))
+    healthy, checks = services.health(
+        {
+            "database": lambda: rt.db.ping(),
+            "bucket": rt.store.check,
+            "jobs_queue": rt.jobs_queue.check,
+            "work_queue": rt.work_queue.check,
+        }
+    )
+    return Response(
+        body={"status": "ok" if healthy else "degraded", "checks": checks}, status_code=200 if healthy else 503
+    )
+
+
+# --------------------------------------------------------------------------------------------- queues
+
+
+def _consume(event: SQSEvent, kind: str, handle: Callable[[str], str]) -> None:
+    """Handle every record, then raise if any failed, so SQS redelivers the batch and, after the
+    queue's max receives, moves it to the dead-letter queue. Handling is idempotent, so records that
+    succeeded change nothing when they come again."""
+    failed = 0
+    for record in event:
+        try:
+            app.log.info("%s %s: %s", kind, record.to_dict().get("messageId"), handle(record.body))
+        except Exception:
+            failed += 1
+            app.log.exception("%s failed: %.300s", kind, record.body)
+    if failed:
+        raise RuntimeError(f"{failed} {kind} message(s) failed; SQS will redeliver them")
+
+
+@app.on_sqs_message(queue=QUEUES["jobs"], batch_size=1)
+def plan_jobs(event: SQSEvent) -> None:
+    """Plans each requested job into work items."""
+    rt = runtime()
+
+    def handle(body: str) -> str:
+        return services.plan_job(rt.videos, rt.jobs, rt.work_queue, rt.settings, JobRequested.from_json(body))
+
+    _consume(event, "job request", handle)
+
+
+@app.on_sqs_message(queue=QUEUES["events"], batch_size=10)
+def record_events(event: SQSEvent) -> None:
+    """Records worker events: progress, and segments that succeeded or failed."""
+    rt = runtime()
+
+    def handle(body: str) -> str:
+        return services.record_event(rt.videos, rt.jobs, rt.store, SegmentEvent.from_json(body))
+
+    _consume(event, "worker event", handle)

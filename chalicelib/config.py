@@ -1,0 +1,71 @@
+"""Settings for the app, read from the environment that `.chalice/config.json` sets per stage (or
+that the local stack sets). Read when first needed, never at import."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from .contracts import queue_names
+
+QUEUE_PREFIX_VARIABLE = "HANDPIPE_QUEUE_PREFIX"
+
+
+def queue_prefix() -> str:
+    # Read at import by the @app.on_sqs_message decorators, so only with a default (chalice package
+    # sees the variable only when the deploy command sets it).
+    return os.environ.get(QUEUE_PREFIX_VARIABLE, "handpipe")
+
+
+def sqs_queue_names() -> dict[str, str]:
+    return queue_names(queue_prefix())
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str
+    jobs_queue_url: str
+    work_queue_url: str
+    db_url: str | None = None
+    db_secret_arn: str | None = None
+    upload_url_expires_s: int = 900
+    download_url_expires_s: int = 3600
+    max_upload_bytes: int = 2 * 1024**3
+    segment_ms: int | None = None  # None: one segment per job
+    warmup_ms: int = 1000
+    max_active_jobs_per_video: int = 3
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        missing = [
+            name
+            for name in ("HANDPIPE_BUCKET", "HANDPIPE_JOBS_QUEUE_URL", "HANDPIPE_WORK_QUEUE_URL")
+            if not env.get(name)
+        ]
+        if not env.get("HANDPIPE_DB_URL") and not env.get("HANDPIPE_DB_SECRET_ARN"):
+            missing.append("HANDPIPE_DB_URL or HANDPIPE_DB_SECRET_ARN")
+        if missing:
+            raise RuntimeError(
+                f"handpipe is not configured: set {', '.join(missing)} "
+                "(in .chalice/config.json for the stage, or run `handpipe up` for a local stack)"
+            )
+
+        def number(name: str, default: int | None) -> int | None:
+            value = env.get(name)
+            return int(value) if value else default
+
+        return cls(
+            bucket=env["HANDPIPE_BUCKET"],
+            jobs_queue_url=env["HANDPIPE_JOBS_QUEUE_URL"],
+            work_queue_url=env["HANDPIPE_WORK_QUEUE_URL"],
+            db_url=env.get("HANDPIPE_DB_URL") or None,
+            db_secret_arn=env.get("HANDPIPE_DB_SECRET_ARN") or None,
+            upload_url_expires_s=number("HANDPIPE_UPLOAD_URL_EXPIRES_S", 900) or 900,
+            download_url_expires_s=number("HANDPIPE_DOWNLOAD_URL_EXPIRES_S", 3600) or 3600,
+            max_upload_bytes=number("HANDPIPE_MAX_UPLOAD_BYTES", 2 * 1024**3) or 2 * 1024**3,
+            segment_ms=number("HANDPIPE_SEGMENT_MS", None),
+            warmup_ms=number("HANDPIPE_WARMUP_MS", 1000) or 0,
+            max_active_jobs_per_video=number("HANDPIPE_MAX_ACTIVE_JOBS_PER_VIDEO", 3) or 3,
+        )

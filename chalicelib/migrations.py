@@ -1,0 +1,222 @@
+"""Versioned schema changes for the metadata database. They run only when asked (`handpipe db
+upgrade`, tests); the app merely checks, lazily, that the schema is current."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .db import Database, epoch_ms
+
+# utf8mb4 so titles may hold any character; a binary collation so ids, tokens and keys compare
+# exactly as SQLite compares them (case matters) and keyset pages sort the same in both.
+_MYSQL_TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: tuple[str, ...]
+    mysql: tuple[str, ...]
+
+    @classmethod
+    def same(cls, version: int, description: str, *statements: str) -> Migration:
+        """A step whose SQL is the same in both dialects."""
+        return cls(version, description, statements, statements)
+
+    def statements(self, dialect: str) -> tuple[str, ...]:
+        if dialect == "sqlite":
+            return self.sqlite
+        if dialect == "mysql":
+            return self.mysql
+        raise ValueError(f"no SQL for dialect {dialect!r}")
+
+
+class SchemaOutOfDate(Exception):
+    def __init__(self, current: int, required: int) -> None:
+        super().__init__(
+            f"database schema is at version {current}, this code needs {required}: run `handpipe db upgrade`"
+        )
+        self.current = current
+        self.required = required
+
+
+def _table(name: str, columns: str, indexes: Sequence[tuple[str, str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """CREATE TABLE for both dialects from one column list. `{text}` is the type of the free-text
+    columns: MySQL's TEXT stops at 64 KB, which a long video's summary can exceed."""
+    sqlite = (
+        f"CREATE TABLE IF NOT EXISTS {name} ({columns.format(text='TEXT')})",
+        *(f"CREATE INDEX IF NOT EXISTS {index} ON {name} ({keys})" for index, keys in indexes),
+    )
+    # MySQL has no CREATE INDEX IF NOT EXISTS, and its DDL is not transactional: declaring the
+    # indexes inside CREATE TABLE keeps each table all-or-nothing, so a failed step can be re-run.
+    inline = "".join(f", INDEX {index} ({keys})" for index, keys in indexes)
+    mysql = (f"CREATE TABLE IF NOT EXISTS {name} ({columns.format(text='MEDIUMTEXT')}{inline}) {_MYSQL_TABLE_OPTIONS}",)
+    return sqlite, mysql
+
+
+_VIDEOS = _table(
+    "videos",
+    """
+    id VARCHAR(40) NOT NULL PRIMARY KEY,
+    title VARCHAR(200) NOT NULL,
+    filename VARCHAR(255) NOT NULL,
+    content_type VARCHAR(100) NOT NULL,
+    size_bytes BIGINT NULL,
+    s3_key VARCHAR(512) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    owner VARCHAR(64) NULL,
+    metadata_json {text} NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+    """,
+    [("ix_videos_created", "created_at, id"), ("ix_videos_status_created", "status, created_at, id")],
+)
+
+_JOBS = _table(
+    "jobs",
+    """
+    id VARCHAR(40) NOT NULL PRIMARY KEY,
+    video_id VARCHAR(40) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    options_json {text} NOT NULL,
+    client_token VARCHAR(64) NULL,
+    tag VARCHAR(128) NULL,
+    owner VARCHAR(64) NULL,
+    error {text} NULL,
+    error_code VARCHAR(64) NULL,
+    segments_total INT NOT NULL DEFAULT 0,
+    segments_done INT NOT NULL DEFAULT 0,
+    frames_total INT NULL,
+    frames_done INT NOT NULL DEFAULT 0,
+    frames_with_hands INT NOT NULL DEFAULT 0,
+    result_key VARCHAR(512) NULL,
+    summary_json {text} NULL,
+    video_json {text} NULL,
+    created_at BIGINT NOT NULL,
+    started_at BIGINT NULL,
+    finished_at BIGINT NULL,
+    updated_at BIGINT NOT NULL,
+    CONSTRAINT uq_jobs_client_token UNIQUE (video_id, client_token),
+    CONSTRAINT fk_jobs_video FOREIGN KEY (video_id) REFERENCES videos (id)
+    """,
+    [("ix_jobs_video_created", "video_id, created_at, id"), ("ix_jobs_status_updated", "status, updated_at")],
+)
+
+_SEGMENTS = _table(
+    "segments",
+    """
+    job_id VARCHAR(40) NOT NULL,
+    segment_index INT NOT NULL,
+    start_ms BIGINT NULL,
+    end_ms BIGINT NULL,
+    status VARCHAR(20) NOT NULL,
+    part_key VARCHAR(512) NOT NULL,
+    frames_processed INT NOT NULL DEFAULT 0,
+    frames_with_hands INT NOT NULL DEFAULT 0,
+    error {text} NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (job_id, segment_index),
+    CONSTRAINT fk_segments_job FOREIGN KEY (job_id) REFERENCES jobs (id)
+    """,
+    [],
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "videos, jobs and segments",
+        sqlite=_VIDEOS[0] + _JOBS[0] + _SEGMENTS[0],
+        mysql=_VIDEOS[1] + _JOBS[1] + _SEGMENTS[1],
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+_LEDGER = {
+    "sqlite": "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "version INT NOT NULL PRIMARY KEY, description VARCHAR(200) NOT NULL, applied_at BIGINT NOT NULL)",
+    "mysql": "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "version INT NOT NULL PRIMARY KEY, description VARCHAR(200) NOT NULL, applied_at BIGINT NOT NULL"
+    f") {_MYSQL_TABLE_OPTIONS}",
+}
+
+
+def _check_steps(steps: Sequence[Migration]) -> None:
+    versions = [step.version for step in steps]
+    if any(v < 1 for v in versions) or versions != sorted(set(versions)):
+        raise ValueError(f"migration versions must be positive and strictly increasing, got {versions}")
+
+
+def _has_ledger(db: Database) -> bool:
+    if db.dialect == "sqlite":
+        sql = "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?"
+    else:
+        sql = "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
+    row = db.fetchone(sql, ("schema_migrations",))
+    return bool(row and int(row["n"]))
+
+
+def applied_versions(db: Database) -> set[int]:
+    if not _has_ledger(db):
+        return set()
+    return {int(row["version"]) for row in db.fetchall("SELECT version FROM schema_migrations")}
+
+
+def current_version(db: Database) -> int:
+    """The highest version applied; 0 for a database that has never been migrated."""
+    return max(applied_versions(db), default=0)
+
+
+def pending(db: Database, steps: Sequence[Migration] = MIGRATIONS) -> list[Migration]:
+    applied = applied_versions(db)
+    return [step for step in steps if step.version not in applied]
+
+
+def ensure_current(db: Database, steps: Sequence[Migration] = MIGRATIONS) -> None:
+    """Raise SchemaOutOfDate when a step is missing. A database ahead of this code passes: during a
+    rolling deploy the old code keeps running on the schema the new code has just added to."""
+    missing = pending(db, steps)
+    if missing:
+        raise SchemaOutOfDate(current_version(db), steps[-1].version)
+
+
+@contextmanager
+def _exclusive(db: Database) -> Iterator[None]:
+    """Keep two upgrades of one MySQL database apart (its DDL cannot be rolled back, so the step
+    transactions alone do not). SQLite's BEGIN IMMEDIATE already serialises the steps."""
+    if db.dialect != "mysql":
+        yield
+        return
+    name = "LEFT(CONCAT('handpipe_migrate:', DATABASE()), 64)"
+    row = db.fetchone(f"SELECT GET_LOCK({name}, 60) AS got")
+    if not row or row["got"] != 1:
+        raise TimeoutError("another `handpipe db upgrade` has held the migration lock for 60 s")
+    try:
+        yield
+    finally:
+        db.fetchone(f"SELECT RELEASE_LOCK({name}) AS released")
+
+
+def upgrade(
+    db: Database, steps: Sequence[Migration] = MIGRATIONS, *, clock: Callable[[], int] = epoch_ms
+) -> list[int]:
+    """Apply the steps not yet applied, in order, each with its ledger row; their versions."""
+    _check_steps(steps)
+    done: list[int] = []
+    with _exclusive(db):
+        db.execute(_LEDGER[db.dialect])
+        for step in steps:
+            with db.transaction():
+                if db.fetchone("SELECT version FROM schema_migrations WHERE version = ?", (step.version,)):
+                    continue
+                for sql in step.statements(db.dialect):
+                    db.execute(sql)
+                db.execute(
+                    "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+                    (step.version, step.description, clock()),
+                )
+            done.append(step.version)
+    return done

@@ -1,0 +1,110 @@
+"""The app's dependencies, built lazily once per Lambda container (or local-stack process): boto3
+clients, the database and the repositories, the object store and the queues."""
+
+from __future__ import annotations
+
+import json
+import threading
+from functools import cached_property
+from typing import Any
+
+from .config import Settings
+from .db import Database, JobRepository, VideoRepository
+from .migrations import ensure_current
+from .queues import MessageQueue
+from .storage import ObjectStore
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        s3_client: Any = None,
+        sqs_client: Any = None,
+        database: Database | None = None,
+    ) -> None:
+        self.settings = settings
+        self._s3 = s3_client
+        self._sqs = sqs_client
+        self._database = database
+        self._lock = threading.Lock()
+        self._schema_checked = False
+
+    def _client(self, name: str) -> Any:
+        import boto3
+
+        return boto3.client(name)
+
+    @cached_property
+    def s3(self) -> Any:
+        return self._s3 or self._client("s3")
+
+    @cached_property
+    def sqs(self) -> Any:
+        return self._sqs or self._client("sqs")
+
+    @property
+    def db(self) -> Database:
+        with self._lock:
+            if self._database is None:
+                self._database = self._connect()
+            if not self._schema_checked:
+                ensure_current(self._database)
+                self._schema_checked = True
+            return self._database
+
+    def _connect(self) -> Database:
+        if self.settings.db_url:
+            return Database.from_url(self.settings.db_url)
+        # In AWS the credentials live in Secrets Manager, never in the stage's plain config.
+        secret = json.loads(
+            self._client("secretsmanager").get_secret_value(SecretId=self.settings.db_secret_arn)["SecretString"]
+        )
+        return Database.for_mysql(
+            host=secret["host"],
+            port=int(secret.get("port", 3306)),
+            user=secret["username"],
+            password=secret["password"],
+            database=secret.get("dbname", "handpipe"),
+        )
+
+    @property
+    def videos(self) -> VideoRepository:
+        return VideoRepository(self.db)
+
+    @property
+    def jobs(self) -> JobRepository:
+        return JobRepository(self.db)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return ObjectStore(self.s3, self.settings.bucket)
+
+    @cached_property
+    def jobs_queue(self) -> MessageQueue:
+        return MessageQueue(self.sqs, self.settings.jobs_queue_url)
+
+    @cached_property
+    def work_queue(self) -> MessageQueue:
+        return MessageQueue(self.sqs, self.settings.work_queue_url)
+
+
+_RUNTIME: Runtime | None = None
+_RUNTIME_LOCK = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """The container's runtime, created from the environment on first use."""
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        if _RUNTIME is None:
+            _RUNTIME = Runtime(Settings.from_env())
+        return _RUNTIME
+
+
+def use_runtime(new: Runtime | None) -> None:
+    """Install a runtime built elsewhere (the local stack, tests); None makes the next call rebuild."""
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        _RUNTIME = new

@@ -1,0 +1,663 @@
+"""What the API and the queue consumers do, as functions that take their repositories, store and
+queues as parameters. Routes parse and call these; errors are ServiceError subclasses."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any, Mapping
+
+from .config import Settings
+from .contracts import (
+    SEGMENT_FAILED,
+    SEGMENT_PROGRESS,
+    SEGMENT_SUCCEEDED,
+    ContractError,
+    JobRequested,
+    ProcessOptions,
+    SegmentEvent,
+    WorkItem,
+    is_valid_id,
+    part_key,
+    result_key,
+    results_prefix,
+    video_key,
+    video_prefix,
+)
+from .db import Job, JobRepository, Segment, Video, VideoRepository
+from .errors import Conflict, InvalidInput, NotFound, TooLarge
+from .queues import MessageQueue
+from .results import frames_between, merge_parts
+from .storage import ObjectStore
+
+logger = logging.getLogger("handpipe.service")
+
+VIDEO_STATUSES = ("REGISTERED", "UPLOADED", "PROCESSING", "PROCESSED", "FAILED")
+JOB_STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED")
+ACTIVE_JOB_STATUSES = ("QUEUED", "IN_PROGRESS")
+VIDEO_EXTENSIONS = ("mp4", "mov", "m4v", "avi", "webm", "mkv")
+MAX_PAGE = 100
+MAX_FRAMES_PAGE = 1000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Input parsing
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _text(body: Mapping[str, Any], name: str, *, max_len: int, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidInput(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
+    value = value.strip()
+    if required and not value:
+        raise InvalidInput(f"{name} must not be empty")
+    if len(value) > max_len:
+        raise InvalidInput(f"{name} is longer than {max_len} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidInput(f"{name} must not contain control characters")
+    return value
+
+
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_filename(filename: str) -> str:
+    """A name that is safe as the last part of an S3 key: no directories, no odd characters."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    stem, dot, ext = base.rpartition(".")
+    if not dot:
+        stem, ext = base, ""
+    stem = _UNSAFE_FILENAME.sub("_", stem).strip("._") or "video"
+    ext = ext.lower()
+    if ext not in VIDEO_EXTENSIONS:
+        raise InvalidInput(f"filename must end in one of .{', .'.join(VIDEO_EXTENSIONS)} (got {filename!r})")
+    return f"{stem[:120]}.{ext}"
+
+
+def encode_token(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def decode_token(token: str | None, shape: tuple[type, ...]) -> list[Any] | None:
+    if not token:
+        return None
+    try:
+        values = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error):
+        raise InvalidInput("next_token is not valid: pass the next_token of the previous page unchanged") from None
+    if (
+        not isinstance(values, list)
+        or len(values) != len(shape)
+        or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(values, shape))
+    ):
+        raise InvalidInput("next_token is not valid: pass the next_token of the previous page unchanged")
+    return values
+
+
+def parse_limit(raw: str | None, default: int, maximum: int, name: str = "limit") -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number between 1 and {maximum}") from None
+    if not 1 <= value <= maximum:
+        raise InvalidInput(f"{name} must be between 1 and {maximum}, got {value}")
+    return value
+
+
+def parse_ms(raw: str | None, name: str) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number of milliseconds") from None
+    if not 0 <= value <= 24 * 3600 * 1000:
+        raise InvalidInput(f"{name} must be between 0 and 86400000")
+    return value
+
+
+def check_id(value: str, prefix: str, what: str) -> str:
+    if not is_valid_id(value, prefix):
+        raise NotFound(f"no {what} with id {value[:80]!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Views
+# ---------------------------------------------------------------------------------------------
+
+
+def video_view(video: Video) -> dict[str, Any]:
+    return {
+        "id": video.id,
+        "title": video.title,
+        "filename": video.filename,
+        "content_type": video.content_type,
+        "size_bytes": video.size_bytes,
+        "s3_key": video.s3_key,
+        "status": video.status,
+        "metadata": video.metadata,
+        "created_at": video.created_at,
+        "updated_at": video.updated_at,
+    }
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    total = job.frames_total
+    percent = None
+    if job.status == "SUCCEEDED":
+        percent = 100.0
+    elif total:
+        percent = round(min(99.9, 100.0 * job.frames_done / total), 1)
+    return {
+        "id": job.id,
+        "video_id": job.video_id,
+        "status": job.status,
+        "options": job.options,
+        "client_token": job.client_token,
+        "tag": job.tag,
+        "progress": {
+            "frames_done": job.frames_done,
+            "frames_total": total,
+            "percent": percent,
+            "segments_done": job.segments_done,
+            "segments_total": job.segments_total,
+        },
+        "error": None if job.error is None else {"code": job.error_code, "message": job.error},
+        "timings": {
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "queued_ms": None if job.started_at is None else job.started_at - job.created_at,
+            "run_ms": None if job.finished_at is None or job.started_at is None else job.finished_at - job.started_at,
+        },
+        "video": job.video_metadata,
+        "summary": job.summary,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Videos
+# ---------------------------------------------------------------------------------------------
+
+
+def register_video(
+    videos: VideoRepository,
+    store: ObjectStore,
+    settings: Settings,
+    body: Mapping[str, Any],
+    owner: str | None = None,
+) -> dict[str, Any]:
+    """Register a video to upload (returns a presigned PUT URL) or one already in the bucket (`s3_key`)."""
+    _check_fields(body, {"title", "filename", "content_type", "size_bytes", "s3_key"})
+    video_id = new_id("vid")
+    existing_key = _text(body, "s3_key", max_len=900)
+    if existing_key is not None:
+        if existing_key.startswith("/") or ".." in existing_key.split("/"):
+            raise InvalidInput("s3_key must be a key inside the bucket, without '..' or a leading '/'")
+        head = store.head(existing_key)
+        if head is None:
+            raise InvalidInput(f"there is no object {existing_key!r} in the bucket")
+        filename = safe_filename(_text(body, "filename", max_len=255) or existing_key)
+        key, size, content_type = existing_key, head["size"], head["content_type"] or "video/" + filename.rsplit(".")[-1]
+        status = "UPLOADED"
+    else:
+        filename = safe_filename(_text(body, "filename", max_len=255, required=True) or "")
+        content_type = _text(body, "content_type", max_len=100) or _guess_content_type(filename)
+        if not re.fullmatch(r"video/[a-z0-9.+-]+", content_type):
+            raise InvalidInput(f"content_type must be a video/* type, got {content_type!r}")
+        size = body.get("size_bytes")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            raise InvalidInput("size_bytes must be a positive whole number")
+        if size is not None and size > settings.max_upload_bytes:
+            raise TooLarge(f"size_bytes {size} is over the limit of {settings.max_upload_bytes} bytes")
+        key = video_key(video_id, filename)
+        status = "REGISTERED"
+    title = _text(body, "title", max_len=200) or filename
+    now = now_ms()
+    video = Video(
+        id=video_id,
+        title=title,
+        filename=filename,
+        content_type=content_type,
+        size_bytes=size,
+        s3_key=key,
+        status=status,
+        owner=owner,
+        metadata=None,
+        created_at=now,
+        updated_at=now,
+    )
+    videos.add(video)
+    view = video_view(video)
+    if status == "REGISTERED":
+        view["upload"] = {
+            "method": "PUT",
+            "url": store.presign_upload(key, content_type, settings.upload_url_expires_s),
+            "headers": {"Content-Type": content_type},
+            "expires_in_s": settings.upload_url_expires_s,
+        }
+    return view
+
+
+def _guess_content_type(filename: str) -> str:
+    ext = filename.rsplit(".", 1)[-1]
+    return {"mov": "video/quicktime", "mkv": "video/x-matroska", "avi": "video/x-msvideo", "m4v": "video/mp4"}.get(
+        ext, f"video/{ext}"
+    )
+
+
+def get_video(videos: VideoRepository, video_id: str, owner: str | None = None) -> Video:
+    check_id(video_id, "vid", "video")
+    video = videos.get(video_id, owner=owner)
+    if video is None:
+        raise NotFound(f"no video with id {video_id!r}")
+    return video
+
+
+def list_videos(
+    videos: VideoRepository, *, status: str | None, limit: int, next_token: str | None, owner: str | None = None
+) -> dict[str, Any]:
+    if status is not None and status not in VIDEO_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(VIDEO_STATUSES)}, got {status[:40]!r}")
+    after = decode_token(next_token, (int, str))
+    rows = videos.list(status=status, limit=limit + 1, after=tuple(after) if after else None, owner=owner)  # type: ignore[arg-type]
+    page = rows[:limit]
+    token = encode_token([page[-1].created_at, page[-1].id]) if len(rows) > limit else None
+    return {"videos": [video_view(v) for v in page], "next_token": token}
+
+
+def delete_video(
+    videos: VideoRepository, jobs: JobRepository, store: ObjectStore, video_id: str, owner: str | None = None
+) -> dict[str, Any]:
+    video = get_video(videos, video_id, owner)
+    active = jobs.count_active_for_video(video.id)
+    if active:
+        raise Conflict(f"video {video.id} has {active} job(s) queued or running; delete it when they finish")
+    removed = store.delete_prefix(results_prefix(video.id, "").rstrip("/") + "/")
+    removed += store.delete_prefix(video_prefix(video.id))
+    if not video.s3_key.startswith(video_prefix(video.id)) and store.head(video.s3_key) is not None:
+        store.delete_prefix(video.s3_key)
+        removed += 1
+    videos.delete(video.id)
+    return {"deleted": video.id, "objects_removed": removed}
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------
+
+
+def create_job(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    store: ObjectStore,
+    jobs_queue: MessageQueue,
+    settings: Settings,
+    video_id: str,
+    body: Mapping[str, Any],
+    owner: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Create a job and queue it. The same client_token returns the same job (created=False)."""
+    _check_fields(body, {"options", "client_token", "tag"})
+    raw_options = body.get("options") or {}
+    if not isinstance(raw_options, dict):
+        raise InvalidInput("options must be an object")
+    try:
+        options = ProcessOptions.from_dict(raw_options)
+    except ContractError as error:
+        raise InvalidInput(str(error)) from None
+    client_token = _text(body, "client_token", max_len=64)
+    if client_token is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", client_token):
+        raise InvalidInput("client_token may hold only letters, digits and _.:- (at most 64)")
+    tag = _text(body, "tag", max_len=128)
+    video = get_video(videos, video_id, owner)
+    if client_token is not None:
+        existing = jobs.find_by_client_token(video.id, client_token)
+        if existing is not None:
+            return _same_token_job(existing, options, tag), False
+    if store.head(video.s3_key) is None:
+        raise Conflict(f"video {video.id} has not been uploaded yet: PUT the file to its upload URL first")
+    if jobs.count_active_for_video(video.id) >= settings.max_active_jobs_per_video:
+        raise Conflict(
+            f"video {video.id} already has {settings.max_active_jobs_per_video} jobs queued or running; "
+            "wait for one to finish"
+        )
+    now = now_ms()
+    job = Job(
+        id=new_id("job"),
+        video_id=video.id,
+        status="QUEUED",
+        options=options.to_dict(),
+        client_token=client_token,
+        tag=tag,
+        owner=owner,
+        error=None,
+        error_code=None,
+        segments_total=0,
+        segments_done=0,
+        frames_total=None,
+        frames_done=0,
+        frames_with_hands=0,
+        result_key=None,
+        summary=None,
+        video_metadata=None,
+        created_at=now,
+        started_at=None,
+        finished_at=None,
+        updated_at=now,
+    )
+    stored, created = jobs.create(job)
+    if not created:  # a concurrent request with the same token won the race
+        return _same_token_job(stored, options, tag), False
+    try:
+        jobs_queue.send(JobRequested(job_id=job.id, video_id=video.id))
+    except Exception:
+        # Unqueued, the job would wait forever: take it back so the caller can simply retry.
+        jobs.delete(job.id)
+        raise
+    videos.set_status(video.id, "UPLOADED", expected=("REGISTERED",))
+    return job_view(stored), True
+
+
+def _same_token_job(existing: Job, options: ProcessOptions, tag: str | None) -> dict[str, Any]:
+    if existing.options != options.to_dict() or existing.tag != tag:
+        raise Conflict(
+            f"client_token {existing.client_token!r} was already used for job {existing.id} with other "
+            "options; use a new token for a different job"
+        )
+    return job_view(existing)
+
+
+def get_job(jobs: JobRepository, job_id: str, owner: str | None = None) -> Job:
+    check_id(job_id, "job", "job")
+    job = jobs.get(job_id, owner=owner)
+    if job is None:
+        raise NotFound(f"no job with id {job_id!r}")
+    return job
+
+
+def list_jobs(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    video_id: str,
+    *,
+    limit: int,
+    next_token: str | None,
+    owner: str | None = None,
+) -> dict[str, Any]:
+    video = get_video(videos, video_id, owner)
+    after = decode_token(next_token, (int, str))
+    rows = jobs.list_for_video(video.id, limit=limit + 1, after=tuple(after) if after else None)  # type: ignore[arg-type]
+    page = rows[:limit]
+    token = encode_token([page[-1].created_at, page[-1].id]) if len(rows) > limit else None
+    return {"jobs": [job_view(j) for j in page], "next_token": token}
+
+
+def job_result(jobs: JobRepository, store: ObjectStore, settings: Settings, job_id: str, owner: str | None = None) -> dict[str, Any]:
+    job = get_job(jobs, job_id, owner)
+    if job.status != "SUCCEEDED" or job.result_key is None:
+        raise Conflict(f"job {job.id} is {job.status}; its result is ready when it has SUCCEEDED")
+    return {
+        "job_id": job.id,
+        "video_id": job.video_id,
+        "summary": job.summary,
+        "video": job.video_metadata,
+        "result": {
+            "key": job.result_key,
+            "format": "handpipe.result v1, gzip-compressed JSON (docs/results-format.md)",
+            "url": store.presign_download(job.result_key, settings.download_url_expires_s, f"{job.id}.json.gz"),
+            "expires_in_s": settings.download_url_expires_s,
+        },
+    }
+
+
+class PartCache:
+    """Recently read result parts, kept per container: paging through frames reads each part once."""
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._parts: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def get(self, store: ObjectStore, key: str) -> dict[str, Any]:
+        if key in self._parts:
+            self._parts.move_to_end(key)
+            return self._parts[key]
+        part = store.get_result(key)
+        self._parts[key] = part
+        while len(self._parts) > self.capacity:
+            self._parts.popitem(last=False)
+        return part
+
+
+def job_frames(
+    jobs: JobRepository,
+    store: ObjectStore,
+    parts: PartCache,
+    job_id: str,
+    *,
+    start_ms: int | None,
+    end_ms: int | None,
+    max_results: int,
+    next_token: str | None,
+    owner: str | None = None,
+) -> dict[str, Any]:
+    """Frames of a finished job by time, read from its parts; paginated by frame index."""
+    job = get_job(jobs, job_id, owner)
+    if job.status != "SUCCEEDED":
+        raise Conflict(f"job {job.id} is {job.status}; frames can be read when it has SUCCEEDED")
+    if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+        raise InvalidInput("end_ms must be greater than start_ms")
+    after = decode_token(next_token, (int,))
+    after_index = after[0] if after else -1
+    lower = float(start_ms or 0)
+    found: list[dict[str, Any]] = []
+    more = False
+    for segment in jobs.segments(job.id):
+        if end_ms is not None and segment.start_ms is not None and segment.start_ms >= end_ms:
+            break
+        if segment.end_ms is not None and segment.end_ms <= lower:
+            continue
+        part = parts.get(store, segment.part_key)
+        for frame in frames_between(part, lower, end_ms):
+            if frame["index"] <= after_index:
+                continue
+            if len(found) == max_results:
+                more = True
+                break
+            found.append(frame)
+        if more:
+            break
+    return {
+        "job_id": job.id,
+        "frames": found,
+        "next_token": encode_token([found[-1]["index"]]) if more else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration (queue consumers)
+# ---------------------------------------------------------------------------------------------
+
+
+def plan_segments(options: ProcessOptions, settings: Settings, duration_ms: float | None = None) -> list[tuple[int | None, int | None]]:
+    """Time ranges, one per work item. Without a segment length (or a known duration) the whole
+    requested range is one segment."""
+    start = options.start_ms or 0
+    end = options.end_ms
+    if settings.segment_ms is None or (end is None and duration_ms is None):
+        return [(options.start_ms, options.end_ms)]
+    stop = end if end is not None else int(duration_ms or 0)
+    bounds = list(range(start, stop, settings.segment_ms)) or [start]
+    ranges: list[tuple[int | None, int | None]] = [(b, b + settings.segment_ms) for b in bounds]
+    ranges[0] = (options.start_ms, ranges[0][1])
+    ranges[-1] = (ranges[-1][0], end)  # the last segment runs to the end, whatever the probe said
+    return ranges
+
+
+def plan_job(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    work_queue: MessageQueue,
+    settings: Settings,
+    message: JobRequested,
+) -> str:
+    """The "jobs" consumer: split a queued job into work items and start it. A redelivered message
+    finds the job no longer QUEUED and changes nothing."""
+    job = jobs.get(message.job_id)
+    if job is None:
+        logger.warning("job %s no longer exists; ignoring its request", message.job_id)
+        return "ignored"
+    if job.status != "QUEUED":
+        return "already planned"
+    video = videos.get(job.video_id)
+    if video is None:
+        _fail_job(jobs, videos, job, "video_missing", "the video was deleted before the job started")
+        return "failed"
+    options = ProcessOptions.from_dict(job.options)
+    ranges = plan_segments(options, settings)
+    segments = [
+        Segment(
+            job_id=job.id,
+            segment_index=index,
+            start_ms=start,
+            end_ms=end,
+            status="PENDING",
+            part_key=part_key(video.id, job.id, index),
+            frames_processed=0,
+            frames_with_hands=0,
+            error=None,
+            updated_at=now_ms(),
+        )
+        for index, (start, end) in enumerate(ranges)
+    ]
+    jobs.add_segments(job.id, segments)
+    items = [
+        WorkItem(
+            job_id=job.id,
+            video_id=video.id,
+            segment=segment.segment_index,
+            bucket=settings.bucket,
+            video_key=video.s3_key,
+            part_key=segment.part_key,
+            options=options.with_range(segment.start_ms, segment.end_ms),
+            warmup_ms=settings.warmup_ms if index else 0,
+        )
+        for index, segment in enumerate(segments)
+    ]
+    # Sent before the state change: if we crash in between, the redelivered request sends them again
+    # (the worker and recorder are idempotent); the other order could strand a job IN_PROGRESS.
+    work_queue.send_many(items)
+    jobs.transition(
+        job.id, from_statuses=("QUEUED",), to_status="IN_PROGRESS", segments_total=len(segments), started_at=now_ms()
+    )
+    videos.set_status(video.id, "PROCESSING")
+    return "planned"
+
+
+def record_event(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    store: ObjectStore,
+    event: SegmentEvent,
+) -> str:
+    """The "events" consumer: progress, segment success (merging the parts once all are in) or
+    failure. Every change is conditional, so a repeated event changes nothing twice."""
+    job = jobs.get(event.job_id)
+    if job is None:
+        logger.warning("event for unknown job %s ignored", event.job_id)
+        return "ignored"
+    if event.type == SEGMENT_PROGRESS:
+        jobs.record_progress(job.id, event.segment, event.frames_processed)
+        expected = event.extra.get("frames_expected")
+        if isinstance(expected, int) and job.frames_total is None and job.segments_total == 1:
+            jobs.transition(job.id, from_statuses=(job.status,), to_status=job.status, frames_total=expected)
+        return "progress"
+    if event.type == SEGMENT_FAILED:
+        jobs.fail_segment(job.id, event.segment, error=event.error or "failed")
+        _fail_job(jobs, videos, job, event.error_code or "worker_error", f"segment {event.segment}: {event.error}")
+        return "failed"
+    assert event.type == SEGMENT_SUCCEEDED
+    jobs.complete_segment(
+        job.id, event.segment, frames_processed=event.frames_processed, frames_with_hands=event.frames_with_hands
+    )
+    # Checked even when this event was a repeat: a crash during an earlier merge must not strand the job.
+    return finish_if_complete(videos, jobs, store, job.id)
+
+
+def finish_if_complete(videos: VideoRepository, jobs: JobRepository, store: ObjectStore, job_id: str) -> str:
+    job = jobs.get(job_id)
+    if job is None or job.status not in ACTIVE_JOB_STATUSES:
+        return "already finished"
+    segments = jobs.segments(job.id)
+    if not segments or any(s.status != "SUCCEEDED" for s in segments):
+        return "waiting for parts"
+    merged = merge_parts(store.get_result(s.part_key) for s in segments)
+    key = result_key(job.video_id, job.id)
+    store.put_result(key, merged)
+    summary = dict(merged["summary"], stats=merged["stats"], decode=merged["decode"])
+    changed = jobs.transition(
+        job.id,
+        from_statuses=ACTIVE_JOB_STATUSES,
+        to_status="SUCCEEDED",
+        result_key=key,
+        summary=summary,
+        video_metadata=merged["video"],
+        frames_total=merged["summary"]["frames_processed"],
+        finished_at=now_ms(),
+    )
+    if changed:
+        videos.set_metadata(job.video_id, merged["video"])
+        videos.set_status(job.video_id, "PROCESSED")
+    return "succeeded"
+
+
+def _fail_job(jobs: JobRepository, videos: VideoRepository, job: Job, code: str, reason: str) -> None:
+    if jobs.transition(
+        job.id, from_statuses=ACTIVE_JOB_STATUSES, to_status="FAILED", error=reason, error_code=code, finished_at=now_ms()
+    ):
+        videos.set_status(job.video_id, "FAILED")
+
+
+# ---------------------------------------------------------------------------------------------
+# Health
+# ---------------------------------------------------------------------------------------------
+
+
+def health(checks: Mapping[str, Any]) -> tuple[bool, dict[str, str]]:
+    """Run each named check (a callable that raises when unhealthy); report every outcome."""
+    outcome: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            check()
+            outcome[name] = "ok"
+        except Exception as error:  # a health check reports failures, it does not raise them
+            outcome[name] = f"failing: {str(error)[:200]}"
+    return all(v == "ok" for v in outcome.values()), outcome
