@@ -1,0 +1,214 @@
+"""The worker Lambda handler against S3 and SQS served by moto, and the image that ships it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import jsonschema
+import pytest
+from botocore.config import Config
+
+from chalicelib.contracts import ProcessOptions, SegmentEvent, WorkItem, part_key
+from chalicelib.results import from_gzip
+from handpipe.localaws import LambdaContext, aws_clients
+from handpipe_worker.handler import Worker, WorkerSettings
+from handpipe_worker.models import ModelCache
+from tests.conftest import REPO, data_path
+
+SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
+MODELS = ModelCache()  # shared by every worker in this module, as in one Lambda container
+
+
+@dataclass
+class Setup:
+    s3: Any
+    sqs: Any
+    bucket: str
+    events_url: str
+    worker: Worker
+
+    def events(self) -> list[SegmentEvent]:
+        found = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=self.events_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            messages = got.get("Messages", [])
+            if not messages:
+                return found
+            for message in messages:
+                found.append(SegmentEvent.from_json(message["Body"]))
+                self.sqs.delete_message(QueueUrl=self.events_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def item(self, video_key: str, segment: int = 0, **options: Any) -> WorkItem:
+        job_id = f"job_{uuid.uuid4().hex}"
+        return WorkItem(
+            job_id=job_id,
+            video_id="vid_" + "0" * 32,
+            segment=segment,
+            bucket=self.bucket,
+            video_key=video_key,
+            part_key=part_key("vid_" + "0" * 32, job_id, segment),
+            options=ProcessOptions(**options),
+        )
+
+
+def record(body: str, receive_count: int = 1) -> dict[str, Any]:
+    return {
+        "messageId": str(uuid.uuid4()),
+        "receiptHandle": "handle",
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": str(receive_count)},
+        "eventSource": "aws:sqs",
+    }
+
+
+@pytest.fixture(scope="module")
+def setup(moto_endpoint: str) -> Iterator[Setup]:
+    s3, sqs = aws_clients(moto_endpoint)
+    bucket = f"worker-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    events_url = sqs.create_queue(QueueName=f"events-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    s3.upload_file(str(data_path("videos/asl_thanks_two_hands.mkv")), bucket, "videos/thanks.mkv")
+    s3.put_object(Bucket=bucket, Key="videos/notes.mp4", Body=b"meeting notes, not a video\n" * 50)
+    worker = Worker(s3, sqs, WorkerSettings(events_queue_url=events_url, max_receives=3), models=MODELS)
+    yield Setup(s3, sqs, bucket, events_url, worker)
+
+
+def test_work_item_writes_its_part_and_reports_success(setup: Setup) -> None:
+    item = setup.item("videos/thanks.mkv")
+    response = setup.worker.handle_batch({"Records": [record(item.to_json())]}, LambdaContext("worker", 900))
+    assert response == {"batchItemFailures": []}
+    part = from_gzip(setup.s3.get_object(Bucket=setup.bucket, Key=item.part_key)["Body"].read())
+    jsonschema.validate(part, SCHEMA)
+    assert len(part["frames"]) == 51 and part["summary"]["frames_with_hands"] >= 45
+    [event] = [e for e in setup.events() if e.type != "segment.progress"]
+    assert (event.type, event.job_id, event.segment, event.part_key) == ("segment.succeeded", item.job_id, 0, item.part_key)
+    assert event.frames_processed == 51 and event.video and event.video["container"] == "mkv"
+
+
+def test_redelivered_item_does_not_process_or_write_again(setup: Setup) -> None:
+    item = setup.item("videos/thanks.mkv", end_ms=500)
+    setup.worker.handle_batch({"Records": [record(item.to_json())]}, LambdaContext("worker", 900))
+    first = setup.s3.head_object(Bucket=setup.bucket, Key=item.part_key)
+    setup.events()
+    setup.worker.handle_batch({"Records": [record(item.to_json(), receive_count=2)]}, LambdaContext("worker", 900))
+    again = setup.s3.head_object(Bucket=setup.bucket, Key=item.part_key)
+    assert again["LastModified"] == first["LastModified"] and again["ETag"] == first["ETag"]
+    [event] = setup.events()  # reported again, so a lost first report still completes the job
+    assert event.type == "segment.succeeded" and event.attempt == 2
+
+
+def test_missing_and_undecodable_videos_fail_the_segment_with_a_reason(setup: Setup) -> None:
+    missing = setup.item("videos/never-uploaded.mp4")
+    not_video = setup.item("videos/notes.mp4")
+    response = setup.worker.handle_batch(
+        {"Records": [record(missing.to_json()), record(not_video.to_json())]}, LambdaContext("worker", 900)
+    )
+    assert response == {"batchItemFailures": []}  # retrying cannot help: consumed, reported
+    events = {e.job_id: e for e in setup.events()}
+    assert events[missing.job_id].error_code == "video_missing" and "upload" in (events[missing.job_id].error or "")
+    assert events[not_video.job_id].error_code == "not_video"
+    assert "not a video" in (events[not_video.job_id].error or "")
+    for item in (missing, not_video):
+        assert setup.s3.list_objects_v2(Bucket=setup.bucket, Prefix=item.part_key).get("KeyCount") == 0
+
+
+def test_malformed_items(setup: Setup) -> None:
+    garbage = record("{not json")
+    bad_options = json.loads(setup.item("videos/thanks.mkv").to_json())
+    bad_options["options"]["num_hands"] = 99
+    named = record(json.dumps(bad_options))
+    response = setup.worker.handle_batch({"Records": [garbage, named]}, LambdaContext("worker", 900))
+    # Unattributable garbage goes back to SQS (and on to the dead-letter queue); a named item fails its job.
+    assert response == {"batchItemFailures": [{"itemIdentifier": garbage["messageId"]}]}
+    [event] = setup.events()
+    assert event.type == "segment.failed" and event.error_code == "bad_message" and "num_hands" in (event.error or "")
+
+
+def test_stops_cleanly_before_the_lambda_deadline(setup: Setup) -> None:
+    item = setup.item("videos/thanks.mkv")
+    # 20 s margin, 20.3 s left: the engine must stop after a fraction of a second, before writing.
+    setup.worker.handle_batch({"Records": [record(item.to_json())]}, LambdaContext("worker", 20.3))
+    [event] = [e for e in setup.events() if e.type != "segment.progress"]
+    assert event.type == "segment.failed" and event.error_code == "deadline"
+    assert "timeout" in (event.error or "") and "processed" in (event.error or "")
+    assert setup.s3.list_objects_v2(Bucket=setup.bucket, Prefix=item.part_key).get("KeyCount") == 0
+
+
+def test_transient_storage_failure_is_retried_then_reported(setup: Setup) -> None:
+    dead_s3 = boto3.client(
+        "s3",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1),
+    )
+    worker = Worker(dead_s3, setup.sqs, setup.worker.settings, models=MODELS)
+    item = setup.item("videos/thanks.mkv")
+    first = record(item.to_json(), receive_count=1)
+    assert worker.handle_batch({"Records": [first]}, LambdaContext("worker", 900)) == {
+        "batchItemFailures": [{"itemIdentifier": first["messageId"]}]
+    }
+    assert setup.events() == []
+    last = record(item.to_json(), receive_count=3)
+    assert worker.handle_batch({"Records": [last]}, LambdaContext("worker", 900)) == {"batchItemFailures": []}
+    [event] = setup.events()
+    assert event.type == "segment.failed" and event.error_code == "worker_error" and "3 attempts" in (event.error or "")
+
+
+# ------------------------------------------------------------------------------------ the image
+
+DOCKERFILE = REPO / "worker_image" / "Dockerfile"
+
+
+def test_every_file_the_dockerfile_copies_exists() -> None:
+    copies = re.findall(r"^COPY\s+(.+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert copies
+    for line in copies:
+        *sources, _target = line.split()
+        for source in sources:
+            assert (REPO / source).exists(), f"Dockerfile copies {source}, which does not exist"
+    # The image gets no database code: the worker never touches the DB.
+    assert "db.py" not in DOCKERFILE.read_text()
+
+
+def test_dockerfile_pins_what_it_installs() -> None:
+    text = DOCKERFILE.read_text()
+    assert text.startswith("#") and "FROM public.ecr.aws/lambda/python:3.11" in text
+    assert "--no-deps mediapipe==0.10.21" in text
+    for line in (REPO / "worker_image" / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.]*", line), f"unpinned: {line}"
+            assert not line.lower().startswith(("jax", "sentencepiece", "sounddevice", "opencv-contrib"))
+
+
+def test_the_handler_named_by_cmd_runs_a_sample_event(setup: Setup, aws_env: str) -> None:
+    """In a fresh interpreter, as a new container would: import the CMD's handler and invoke it."""
+    [cmd] = re.findall(r'^CMD \["([\w.]+)"\]', DOCKERFILE.read_text(), re.MULTILINE)
+    module_name, function_name = cmd.rsplit(".", 1)
+    item = setup.item("videos/thanks.mkv", start_ms=1000, end_ms=1500)
+    event = {"Records": [record(item.to_json())]}
+    script = (
+        "import importlib, json, sys\n"
+        "from handpipe.localaws import LambdaContext\n"
+        f"handler = getattr(importlib.import_module({module_name!r}), {function_name!r})\n"
+        "print(json.dumps(handler(json.loads(sys.stdin.read()), LambdaContext('worker', 900))))\n"
+    )
+    env = {**os.environ, "AWS_ENDPOINT_URL": aws_env, "HANDPIPE_EVENTS_QUEUE_URL": setup.events_url}
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps(event), env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"batchItemFailures": []}
+    [event_sent] = setup.events()
+    assert event_sent.type == "segment.succeeded" and event_sent.frames_processed == 15
