@@ -65,7 +65,7 @@ class IntegrityError(DatabaseError):
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
-    return {column[0]: value for column, value in zip(cursor.description, row)}
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
 
 
 @lru_cache(maxsize=512)
@@ -348,7 +348,11 @@ class Database:
     def _run(self, sql: str, params: Sequence[Any], read: Callable[[Any], _T], *, writes: bool) -> _T:
         values = tuple(params)
         with self._lock:
-            if not writes and not self._depth and self._dialect == "sqlite":
+            if self._depth:
+                # No savepoint per statement: a failing statement is undone on its own in both
+                # dialects, and MySQL DDL (which commits implicitly) would destroy the savepoint.
+                return self._statement(self._conn, sql, values, read)
+            if not writes and self._dialect == "sqlite":
                 # A lone SELECT is atomic in autocommit mode and needs no write lock.
                 return self._statement(self._connection(), sql, values, read)
             # For MySQL even a read needs a commit: with autocommit off it would otherwise keep its

@@ -200,9 +200,7 @@ def _exclusive(db: Database) -> Iterator[None]:
         db.fetchone(f"SELECT RELEASE_LOCK({name}) AS released")
 
 
-def upgrade(
-    db: Database, steps: Sequence[Migration] = MIGRATIONS, *, clock: Callable[[], int] = epoch_ms
-) -> list[int]:
+def upgrade(db: Database, steps: Sequence[Migration] = MIGRATIONS, *, clock: Callable[[], int] = epoch_ms) -> list[int]:
     """Apply the steps not yet applied, in order, each with its ledger row; their versions."""
     _check_steps(steps)
     done: list[int] = []

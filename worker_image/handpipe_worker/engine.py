@@ -79,6 +79,8 @@ def _open(path: str | os.PathLike[str]) -> cv2.VideoCapture:
         raise VideoDecodeError("not_found", f"{path} does not exist or is not a file")
     if file.stat().st_size == 0:
         raise VideoDecodeError("empty", f"{file.name} is empty (0 bytes)")
+    # OpenCV's own warnings about files it cannot open say less than the error raised below.
+    cv2.setLogLevel(2)  # 2: errors only
     capture = cv2.VideoCapture(str(file), cv2.CAP_FFMPEG)
     if not capture.isOpened():
         raise VideoDecodeError(

@@ -1,0 +1,168 @@
+"""A small Python client for the handpipe REST API, local or deployed; the CLI is built on it and it
+is meant for notebooks too."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import mimetypes
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+class ApiError(Exception):
+    """The API answered with an error; `status` is the HTTP status, the text is its message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class Client:
+    def __init__(self, api_url: str, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    # ----------------------------------------------------------------------------- transport
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        url = f"{self.api_url}{path}" + (f"?{query}" if query else "")
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            try:
+                message = json.loads(raw).get("message") or raw.decode(errors="replace")
+            except (ValueError, AttributeError):
+                message = raw.decode(errors="replace")[:500]
+            raise ApiError(error.code, message) from None
+        except urllib.error.URLError as error:
+            raise ConnectionError(
+                f"cannot reach the handpipe API at {self.api_url} ({error.reason}); "
+                "start a local stack with `handpipe up` or pass --api-url"
+            ) from None
+
+    # ----------------------------------------------------------------------------- videos
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/health")
+        return result
+
+    def list_videos(self, status: str | None = None, limit: int = 20) -> Iterator[dict[str, Any]]:
+        token = None
+        while True:
+            page = self.request("GET", "/videos", status=status, limit=limit, next_token=token)
+            yield from page["videos"]
+            token = page.get("next_token")
+            if not token:
+                return
+
+    def register_video(self, path: str | Path, title: str | None = None) -> dict[str, Any]:
+        file = Path(path)
+        content_type = mimetypes.guess_type(file.name)[0] or "video/mp4"
+        if not content_type.startswith("video/"):
+            content_type = "video/" + file.suffix.lstrip(".").lower()
+        body = {"title": title or file.stem, "filename": file.name, "content_type": content_type, "size_bytes": file.stat().st_size}
+        result: dict[str, Any] = self.request("POST", "/videos", body)
+        return result
+
+    def upload(self, video: dict[str, Any], path: str | Path) -> None:
+        upload = video["upload"]
+        request = urllib.request.Request(
+            upload["url"], data=Path(path).read_bytes(), method=upload["method"], headers=upload["headers"]
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=max(self.timeout_s, 300)):
+                pass
+        except urllib.error.HTTPError as error:
+            raise ApiError(error.code, f"upload refused: {error.read()[:300]!r}") from None
+
+    def get_video(self, video_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/videos/{video_id}")
+        return result
+
+    def delete_video(self, video_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", f"/videos/{video_id}")
+        return result
+
+    # ----------------------------------------------------------------------------- jobs
+
+    def create_job(
+        self, video_id: str, options: dict[str, Any] | None = None, client_token: str | None = None, tag: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"options": options or {}}
+        if client_token:
+            body["client_token"] = client_token
+        if tag:
+            body["tag"] = tag
+        result: dict[str, Any] = self.request("POST", f"/videos/{video_id}/jobs", body)
+        return result
+
+    def submit(self, path: str | Path, options: dict[str, Any] | None = None, title: str | None = None) -> dict[str, Any]:
+        """Register, upload and trigger in one call; returns the job."""
+        video = self.register_video(path, title)
+        self.upload(video, path)
+        return self.create_job(video["id"], options)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}")
+        return result
+
+    def wait(
+        self,
+        job_id: str,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        timeout_s: float = 3600,
+        poll_s: float = 1.0,
+    ) -> dict[str, Any]:
+        """Poll the job until it has SUCCEEDED or FAILED; returns its last state."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.get_job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/result")
+        return result
+
+    def download_result(self, job_id: str) -> dict[str, Any]:
+        """The full result document (docs/results-format.md)."""
+        url = self.result(job_id)["result"]["url"]
+        with urllib.request.urlopen(url, timeout=max(self.timeout_s, 300)) as response:
+            data = response.read()
+        document: dict[str, Any] = json.loads(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+        return document
+
+    def frames(
+        self, job_id: str, start_ms: int | None = None, end_ms: int | None = None, page_size: int = 500
+    ) -> Iterator[dict[str, Any]]:
+        token = None
+        while True:
+            page = self.request(
+                "GET", f"/jobs/{job_id}/frames", start_ms=start_ms, end_ms=end_ms, max_results=page_size, next_token=token
+            )
+            yield from page["frames"]
+            token = page.get("next_token")
+            if not token:
+                return

@@ -1,0 +1,80 @@
+"""What the command line shows people: a progress bar for long work and a short, readable summary
+of a result."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; on a pipe or log, a line every tenth of the way."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.started = time.monotonic()
+        self.tty = self.stream.isatty()
+        self._last_tenth = -1
+        self._drawn = False
+
+    def update(self, done: int, total: int | None, unit: str = "frames") -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = done / elapsed
+        if total:
+            fraction = min(1.0, done / total)
+            filled = int(fraction * self.width)
+            bar = "#" * filled + "." * (self.width - filled)
+            text = f"{self.label} [{bar}] {fraction * 100:5.1f}% {done}/{total} {unit} {rate:5.1f}/s"
+            tenth = int(fraction * 10)
+        else:
+            text = f"{self.label} {done} {unit} {rate:5.1f}/s"
+            tenth = done // 100
+        if self.tty:
+            self.stream.write("\r" + text.ljust(79))
+            self._drawn = True
+        elif tenth != self._last_tenth:
+            self.stream.write(text + "\n")
+        self._last_tenth = tenth
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def seconds(ms: float | None) -> str:
+    return "?" if ms is None else f"{ms / 1000:.2f} s"
+
+
+def format_summary(summary: dict[str, Any], video: dict[str, Any] | None, stats: dict[str, Any] | None, where: str | None = None) -> str:
+    """The few lines a person wants after a run: how long, where the hands are, how fast."""
+    lines = []
+    if video:
+        lines.append(
+            f"video      {video.get('filename', '')} {video['width']}x{video['height']} {video['orientation']}, "
+            f"{video['fps']:g} fps, {seconds(video.get('duration_ms'))}, codec {video['codec']}"
+        )
+    processed = summary["frames_processed"]
+    share = 100.0 * summary["frames_with_hands"] / processed if processed else 0.0
+    lines.append(f"frames     {processed} processed, {summary['frames_with_hands']} with hands ({share:.0f}%)")
+    counts = ", ".join(f"{n} {label}" for label, n in summary.get("handedness_counts", {}).items()) or "none"
+    lines.append(
+        f"hands      {summary['hands_seen']} seen ({counts}; MediaPipe's mirrored labels), "
+        f"at most {summary['max_hands_in_frame']} in a frame"
+    )
+    ranges = summary["hand_time_ranges"]
+    shown = ", ".join(f"{r['start_ms'] / 1000:.2f}-{r['end_ms'] / 1000:.2f} s" for r in ranges[:6])
+    more = f" and {len(ranges) - 6} more" if len(ranges) > 6 else ""
+    lines.append(f"hands at   {shown + more if ranges else 'no time with hands'}")
+    if stats:
+        lines.append(
+            f"speed      {stats['fps']:.1f} frames/s ({stats['inference_s']:.1f} s inference, "
+            f"{stats['decode_s']:.1f} s decoding, {stats['wall_s']:.1f} s in all)"
+        )
+    if where:
+        lines.append(f"result     {where}")
+    return "\n".join(lines)

@@ -1,0 +1,211 @@
+"""The one-process local stack behind `handpipe up` and `handpipe demo`: moto (S3, SQS), the
+database, the Chalice routes served as `chalice local` serves them, and pollers that feed the
+queues to the same handlers Lambda would run, with the worker in its own processes."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chalicelib.config import QUEUE_PREFIX_VARIABLE, Settings
+from chalicelib.db import Database
+from chalicelib.migrations import upgrade
+from chalicelib.runtime import Runtime, use_runtime
+
+from .localaws import LambdaContext, MotoServer, QueuePoller, aws_clients, drain, provision, stop_all
+
+logger = logging.getLogger("handpipe.stack")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKER_TIMEOUT_S = 900  # the Lambda maximum, as deployed
+WORK_VISIBILITY_S = 960  # a little over the worker timeout, as docs/deploy.md advises
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    api_url: str
+    aws_endpoint_url: str
+    db_url: str
+    bucket: str
+    queue_urls: dict[str, str]
+    dlq_urls: dict[str, str]
+    workers: int
+
+
+def _run_work_batch(event: dict[str, Any], remaining_s: float) -> dict[str, Any]:
+    """Runs in a worker process, like one invocation in a worker container."""
+    from handpipe_worker.handler import handler
+
+    return handler(event, LambdaContext("handpipe-worker", remaining_s))
+
+
+class WorkerPool:
+    """N worker processes (N containers); a process that dies is replaced and its batch retried."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn: a fresh interpreter per worker, as a container is, with no copied threads or locks.
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+
+    def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        with self._lock:
+            pool = self._pool
+        try:
+            return pool.submit(_run_work_batch, event, context.get_remaining_time_in_millis() / 1000).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    logger.warning("a worker process died; starting new ones (SQS will redeliver its item)")
+                    self._pool = self._new_pool()
+            raise
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in getattr(self._pool, "_processes", {}).values() if p.pid]
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class LocalStack:
+    def __init__(
+        self,
+        *,
+        port: int = 8000,
+        moto_port: int = 0,
+        db_url: str | None = None,
+        data_dir: str | Path = ".handpipe",
+        workers: int | None = None,
+        max_receives: int = 3,
+        bucket: str = "handpipe-local",
+        prefix: str = "handpipe",
+        work_visibility_s: int = WORK_VISIBILITY_S,
+    ) -> None:
+        self.port = port
+        self.moto_port = moto_port
+        self.data_dir = Path(data_dir)
+        self.db_url = db_url or f"sqlite:///{(self.data_dir / 'handpipe.db').resolve()}"
+        self.workers = workers or os.cpu_count() or 1
+        self.max_receives = max_receives
+        self.bucket = bucket
+        self.prefix = prefix
+        self.work_visibility_s = work_visibility_s
+        self._moto: MotoServer | None = None
+        self._server: Any = None
+        self._server_thread: threading.Thread | None = None
+        self._pollers: list[QueuePoller] = []
+        self._pool: WorkerPool | None = None
+        self._sqs: Any = None
+        self.info: StackInfo | None = None
+
+    def start(self) -> StackInfo:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._moto = MotoServer(self.moto_port)
+        endpoint = self._moto.start()
+        s3, sqs = aws_clients(endpoint)
+        self._sqs = sqs
+        resources = provision(
+            s3,
+            sqs,
+            bucket=self.bucket,
+            prefix=self.prefix,
+            max_receives=self.max_receives,
+            visibility_timeouts={"work": self.work_visibility_s},
+        )
+        database = Database.from_url(self.db_url)
+        applied = upgrade(database)
+        if applied:
+            logger.info("database %s: applied migrations %s", self.db_url, applied)
+        # The app and the worker processes read their settings from the environment, as in Lambda.
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "HANDPIPE_BUCKET": resources.bucket,
+                "HANDPIPE_JOBS_QUEUE_URL": resources.queue_urls["jobs"],
+                "HANDPIPE_WORK_QUEUE_URL": resources.queue_urls["work"],
+                "HANDPIPE_EVENTS_QUEUE_URL": resources.queue_urls["events"],
+                "HANDPIPE_DB_URL": self.db_url,
+                "HANDPIPE_WORK_MAX_RECEIVES": str(self.max_receives),
+                QUEUE_PREFIX_VARIABLE: self.prefix,
+                "MPLCONFIGDIR": str((self.data_dir / "matplotlib").resolve()),
+            }
+        )
+        use_runtime(Runtime(Settings.from_env(), s3_client=s3, sqs_client=sqs, database=database))
+
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))  # app.py sits at the project root, as Chalice wants it
+        import app as chalice_app  # the routes and handlers, imported once their settings exist
+
+        self._start_api(chalice_app.app)
+        self._pool = WorkerPool(self.workers)
+        urls = resources.queue_urls
+        self._pollers = [
+            QueuePoller(sqs, urls["jobs"], chalice_app.plan_jobs, name="jobs", batch_size=1, timeout_s=60),
+            QueuePoller(sqs, urls["events"], chalice_app.record_events, name="events", batch_size=10, timeout_s=60),
+        ] + [
+            QueuePoller(sqs, urls["work"], self._pool.handle, name=f"work-{n}", batch_size=1, timeout_s=WORKER_TIMEOUT_S)
+            for n in range(self.workers)
+        ]
+        for poller in self._pollers:
+            poller.start()
+        self.info = StackInfo(
+            api_url=f"http://127.0.0.1:{self.port}",
+            aws_endpoint_url=endpoint,
+            db_url=self.db_url,
+            bucket=resources.bucket,
+            queue_urls=dict(urls),
+            dlq_urls=dict(resources.dlq_urls),
+            workers=self.workers,
+        )
+        return self.info
+
+    def _start_api(self, app_object: Any) -> None:
+        from chalice.config import Config
+        from chalice.local import create_local_server
+
+        config = Config.create(chalice_stage="local", app_name="handpipe", project_dir=str(REPO_ROOT))
+        self._server = create_local_server(app_object, config, "127.0.0.1", self.port)
+        self.port = self._server.server.server_address[1]  # the real port when 0 was asked for
+        self._server_thread = threading.Thread(target=self._server.server.serve_forever, name="api", daemon=True)
+        self._server_thread.start()
+
+    @property
+    def worker_pool(self) -> WorkerPool | None:
+        return self._pool
+
+    def drain(self, timeout_s: float = 600) -> bool:
+        """Wait until every queue is empty and every handler idle."""
+        assert self.info is not None, "start the stack first"
+        return drain(self._pollers, self._sqs, self.info.queue_urls, timeout_s)
+
+    def stop(self) -> None:
+        stop_all(self._pollers)
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server.server_close()
+        if self._moto is not None:
+            self._moto.stop()
+        use_runtime(None)
+
+    def __enter__(self) -> "LocalStack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

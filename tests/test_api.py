@@ -1,0 +1,334 @@
+"""Routes and queue handlers through chalice.test.Client, on moto S3/SQS and a real SQLite file;
+the worker runs for real on the messages the orchestrator sends."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chalice.test import Client
+
+import app as chalice_app
+from chalicelib.config import Settings
+from chalicelib.db import Database
+from chalicelib.migrations import upgrade
+from chalicelib.runtime import Runtime, use_runtime
+from handpipe.localaws import LambdaContext, aws_clients, provision
+from handpipe_worker.handler import Worker, WorkerSettings
+from handpipe_worker.models import ModelCache
+from tests.conftest import data_path
+
+MODELS = ModelCache()
+
+
+@dataclass
+class Env:
+    client: Client
+    s3: Any
+    sqs: Any
+    queues: dict[str, str]
+    dlqs: dict[str, str]
+    bucket: str
+    db: Database
+    worker: Worker
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+        sent = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        all_headers = {"content-type": "application/json", **(headers or {})}
+        response = getattr(self.client.http, method.lower())(path, body=sent, headers=all_headers)
+        return response.status_code, json.loads(response.body or b"null")
+
+    def take(self, role: str) -> list[str]:
+        bodies = []
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=self.queues[role], MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return bodies
+            for message in messages:
+                bodies.append(message["Body"])
+                self.sqs.delete_message(QueueUrl=self.queues[role], ReceiptHandle=message["ReceiptHandle"])
+
+    def deliver(self, role: str, bodies: list[str]) -> None:
+        """What the SQS event source does: hand the bodies to the app's consumer for that queue."""
+        function = {"jobs": "plan_jobs", "events": "record_events"}[role]
+        event = self.client.events.generate_sqs_event(message_bodies=bodies, queue_name=f"handpipe-{role}")
+        self.client.lambda_.invoke(function, event)
+
+    def run_worker(self) -> int:
+        items = self.take("work")
+        records = [{"messageId": str(n), "body": body, "attributes": {"ApproximateReceiveCount": "1"}} for n, body in enumerate(items)]
+        self.worker.handle_batch({"Records": records}, LambdaContext("worker", 900))
+        return len(items)
+
+    def upload(self, video: dict[str, Any], path: Path) -> None:
+        upload = video["upload"]
+        request = urllib.request.Request(upload["url"], data=path.read_bytes(), method="PUT", headers=upload["headers"])
+        urllib.request.urlopen(request).close()
+
+    def process(self, job_id: str) -> dict[str, Any]:
+        """Run a queued job through orchestrator, worker and recorder, as the deployed system would."""
+        self.deliver("jobs", self.take("jobs"))
+        self.run_worker()
+        self.deliver("events", self.take("events"))
+        return self.call("GET", f"/jobs/{job_id}")[1]
+
+
+@pytest.fixture
+def env(moto_endpoint: str, tmp_path: Path) -> Iterator[Env]:
+    s3, sqs = aws_clients(moto_endpoint)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    resources = provision(s3, sqs, bucket=f"{prefix}-bucket", prefix=prefix, max_receives=2)
+    db = Database.from_url(f"sqlite:///{tmp_path / 'handpipe.db'}")
+    upgrade(db)
+    settings = Settings(
+        bucket=resources.bucket,
+        jobs_queue_url=resources.queue_urls["jobs"],
+        work_queue_url=resources.queue_urls["work"],
+        db_url="unused: the database is injected",
+    )
+    use_runtime(Runtime(settings, s3_client=s3, sqs_client=sqs, database=db))
+    worker = Worker(s3, sqs, WorkerSettings(events_queue_url=resources.queue_urls["events"]), models=MODELS)
+    with Client(chalice_app.app) as client:
+        yield Env(client, s3, sqs, dict(resources.queue_urls), dict(resources.dlq_urls), resources.bucket, db, worker)
+    use_runtime(None)
+    db.close()
+
+
+def register(env: Env, name: str = "asl_thanks_two_hands.mkv", upload: bool = True, **extra: Any) -> dict[str, Any]:
+    path = data_path(f"videos/{name}")
+    status, video = env.call(
+        "POST", "/videos", {"title": f"clip {name}", "filename": name, "content_type": "video/x-matroska" if name.endswith("mkv") else "video/mp4", "size_bytes": path.stat().st_size, **extra}
+    )
+    assert status == 201, video
+    if upload:
+        env.upload(video, path)
+    return video
+
+
+# ------------------------------------------------------------------------------------ the whole flow
+
+
+def test_register_upload_trigger_process_and_read_back(env: Env) -> None:
+    video = register(env)
+    assert video["status"] == "REGISTERED" and video["upload"]["method"] == "PUT"
+    status, job = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"num_hands": 2}, "tag": "exp-1"})
+    assert status == 202 and job["status"] == "QUEUED" and job["tag"] == "exp-1"
+    assert env.call("GET", f"/videos/{video['id']}")[1]["status"] == "UPLOADED"
+
+    finished = env.process(job["id"])
+    assert finished["status"] == "SUCCEEDED", finished
+    assert finished["progress"]["percent"] == 100.0 and finished["progress"]["segments_done"] == 1
+    assert finished["video"]["container"] == "mkv" and finished["timings"]["run_ms"] is not None
+    assert finished["summary"]["frames_with_hands"] >= 45
+
+    status, result = env.call("GET", f"/jobs/{job['id']}/result")
+    assert status == 200 and result["summary"]["frames_processed"] == 51
+    with urllib.request.urlopen(result["result"]["url"]) as response:
+        assert response.read()[:2] == b"\x1f\x8b"  # the full result, gzip
+
+    status, page = env.call("GET", f"/jobs/{job['id']}/frames?start_ms=500&end_ms=1000&max_results=5")
+    assert status == 200 and len(page["frames"]) == 5 and page["next_token"]
+    seen = list(page["frames"])
+    while page["next_token"]:
+        page = env.call("GET", f"/jobs/{job['id']}/frames?start_ms=500&end_ms=1000&max_results=5&next_token={page['next_token']}")[1]
+        seen += page["frames"]
+    stamps = [f["timestamp_ms"] for f in seen]
+    assert stamps == sorted(set(stamps)) and all(500 <= t < 1000 for t in stamps) and len(stamps) == 15
+    assert all(len(h["landmarks"]) == 21 for f in seen for h in f["hands"])
+
+    video_after = env.call("GET", f"/videos/{video['id']}")[1]
+    assert video_after["status"] == "PROCESSED" and video_after["metadata"]["fps"] == pytest.approx(30)
+    jobs = env.call("GET", f"/videos/{video['id']}/jobs")[1]["jobs"]
+    assert [j["id"] for j in jobs] == [job["id"]]
+
+
+def test_redelivered_messages_change_nothing_twice(env: Env) -> None:
+    video = register(env)
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    [request] = env.take("jobs")
+    env.deliver("jobs", [request])
+    env.deliver("jobs", [request])  # redelivered: the job is no longer QUEUED
+    items = env.take("work")
+    assert len(items) == 1
+    records = [{"messageId": "a", "body": items[0], "attributes": {"ApproximateReceiveCount": "1"}}]
+    env.worker.handle_batch({"Records": records}, LambdaContext("worker", 900))
+    events = env.take("events")
+    env.deliver("events", events)
+    before = env.call("GET", f"/jobs/{job['id']}")[1]
+    env.deliver("events", list(reversed(events)) * 2)  # again, twice, out of order
+    after = env.call("GET", f"/jobs/{job['id']}")[1]
+    assert before["status"] == after["status"] == "SUCCEEDED"
+    assert after["progress"] == before["progress"] and after["timings"] == before["timings"]
+    row = env.db.fetchone("SELECT segments_done, frames_done FROM jobs WHERE id = ?", [job["id"]])
+    assert row == {"segments_done": 1, "frames_done": 51}
+
+
+def test_undecodable_upload_fails_the_job_with_the_reason(env: Env, tmp_path: Path) -> None:
+    status, video = env.call("POST", "/videos", {"filename": "notes.mp4", "content_type": "video/mp4"})
+    fake = tmp_path / "notes.mp4"
+    fake.write_bytes(b"not a video at all\n" * 100)
+    env.upload(video, fake)
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    finished = env.process(job["id"])
+    assert finished["status"] == "FAILED"
+    assert finished["error"]["code"] == "not_video" and "not a video" in finished["error"]["message"]
+    assert env.call("GET", f"/videos/{video['id']}")[1]["status"] == "FAILED"
+    assert env.call("GET", f"/jobs/{job['id']}/result")[0] == 409
+
+
+def test_client_token_makes_the_request_idempotent(env: Env) -> None:
+    video = register(env)
+    body = {"options": {"sample_fps": 5}, "client_token": "run-1"}
+    first = env.call("POST", f"/videos/{video['id']}/jobs", body)
+    again = env.call("POST", f"/videos/{video['id']}/jobs", body)
+    assert first[0] == 202 and again[0] == 200 and again[1]["id"] == first[1]["id"]
+    assert len(env.take("jobs")) == 1  # queued once
+    status, error = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"sample_fps": 6}, "client_token": "run-1"})
+    assert status == 409 and "client_token" in error["message"]
+
+
+def test_time_range_and_sampling_reach_the_worker(env: Env) -> None:
+    video = register(env)
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"start_ms": 500, "end_ms": 1500, "sample_fps": 10}})[1]
+    finished = env.process(job["id"])
+    assert finished["status"] == "SUCCEEDED"
+    frames = env.call("GET", f"/jobs/{job['id']}/frames?max_results=1000")[1]["frames"]
+    assert len(frames) == 10 and all(500 <= f["timestamp_ms"] < 1500 for f in frames)
+
+
+# ------------------------------------------------------------------------------------ listing
+
+
+def test_videos_newest_first_with_status_filter_and_pagination(env: Env) -> None:
+    ids = [register(env, upload=False)["id"] for _ in range(5)]
+    seen, token = [], None
+    while True:
+        path = "/videos?limit=2" + (f"&next_token={token}" if token else "")
+        status, page = env.call("GET", path)
+        assert status == 200 and len(page["videos"]) <= 2
+        seen += [v["id"] for v in page["videos"]]
+        token = page["next_token"]
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+    assert env.call("GET", "/videos?status=PROCESSED")[1]["videos"] == []
+    assert len(env.call("GET", "/videos?status=REGISTERED")[1]["videos"]) == 5
+
+
+def test_register_an_object_already_in_the_bucket(env: Env) -> None:
+    env.s3.upload_file(str(data_path("videos/asl_thanks_two_hands.mkv")), env.bucket, "incoming/thanks.mkv")
+    status, video = env.call("POST", "/videos", {"s3_key": "incoming/thanks.mkv", "title": "from the bucket"})
+    assert status == 201 and video["status"] == "UPLOADED" and "upload" not in video
+    assert video["size_bytes"] == data_path("videos/asl_thanks_two_hands.mkv").stat().st_size
+    status, error = env.call("POST", "/videos", {"s3_key": "incoming/missing.mkv"})
+    assert status == 400 and "no object" in error["message"]
+
+
+# ------------------------------------------------------------------------------------ delete
+
+
+def test_delete_removes_objects_and_rows_but_not_while_a_job_runs(env: Env) -> None:
+    video = register(env)
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    status, error = env.call("DELETE", f"/videos/{video['id']}")
+    assert status == 409 and "running" in error["message"]
+    env.process(job["id"])
+    listed = env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"results/{video['id']}/")["KeyCount"]
+    assert listed == 2  # the part and the merged result
+    status, done = env.call("DELETE", f"/videos/{video['id']}")
+    assert status == 200 and done["objects_removed"] == 3
+    assert env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"videos/{video['id']}/")["KeyCount"] == 0
+    assert env.call("GET", f"/videos/{video['id']}")[0] == 404
+    assert env.call("GET", f"/jobs/{job['id']}")[0] == 404
+    assert env.db.fetchone("SELECT COUNT(*) AS n FROM segments WHERE job_id = ?", [job["id"]]) == {"n": 0}
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_trigger_before_upload_is_a_conflict(env: Env) -> None:
+    video = register(env, upload=False)
+    status, error = env.call("POST", f"/videos/{video['id']}/jobs", {})
+    assert status == 409 and "uploaded" in error["message"]
+    assert env.take("jobs") == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "fragment"),
+    [
+        ("GET", "/videos/vid_" + "0" * 32, None, 404, "no video"),
+        ("GET", "/videos/../../etc/passwd", None, 403, ""),  # no such route, as API Gateway answers
+        ("GET", "/jobs/job_" + "f" * 32, None, 404, "no job"),
+        ("GET", "/jobs/' OR 1=1 --", None, 404, "no job"),
+        ("GET", "/videos?limit=0", None, 400, "limit"),
+        ("GET", "/videos?limit=abc", None, 400, "limit"),
+        ("GET", "/videos?status=DROP TABLE videos", None, 400, "status"),
+        ("GET", "/videos?next_token=!!!", None, 400, "next_token"),
+        ("POST", "/videos", {"filename": "clip.exe"}, 400, "filename"),
+        ("POST", "/videos", {"filename": "clip.mp4", "size_bytes": -1}, 400, "size_bytes"),
+        ("POST", "/videos", {"filename": "clip.mp4", "size_bytes": 10**15}, 413, "limit"),
+        ("POST", "/videos", {"filename": "clip.mp4", "content_type": "text/html"}, 400, "content_type"),
+        ("POST", "/videos", {"filename": "clip.mp4", "colour": "red"}, 400, "unknown field"),
+        ("POST", "/videos", {"title": "no file"}, 400, "filename is required"),
+        ("POST", "/videos", {"filename": "clip.mp4", "title": "bell\x07"}, 400, "control"),
+        ("POST", "/videos", {"filename": 42}, 400, "must be a string"),
+        ("POST", "/videos", [1, 2], 400, "JSON object"),
+        ("POST", "/videos", {"s3_key": "../../secret.mp4"}, 400, "s3_key"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(env: Env, method: str, path: str, body: Any, status: int, fragment: str) -> None:
+    got, answer = env.call(method, path, body)
+    assert got == status, answer
+    assert isinstance(answer, dict) and fragment in answer["message"]
+    assert "Traceback" not in json.dumps(answer)
+    assert env.db.fetchone("SELECT COUNT(*) AS n FROM videos") == {"n": 0}
+
+
+def test_malformed_json_and_bad_job_options(env: Env) -> None:
+    status, answer = env.call("POST", "/videos", raw=b"{not json")
+    assert status == 400 and "not valid JSON" in answer["message"]
+    video = register(env)
+    for options, fragment in [
+        ({"num_hands": 9}, "num_hands"),
+        ({"model": "huge"}, "model"),
+        ({"start_ms": 5000, "end_ms": 1000}, "end_ms"),
+        ({"sample_fps": "fast"}, "sample_fps"),
+        ({"min_detection_confidence": 1.5}, "min_detection_confidence"),
+        ({"bogus": 1}, "unknown option"),
+    ]:
+        status, answer = env.call("POST", f"/videos/{video['id']}/jobs", {"options": options})
+        assert status == 400 and fragment in answer["message"], (options, answer)
+    assert env.take("jobs") == []
+    assert env.db.fetchone("SELECT COUNT(*) AS n FROM jobs") == {"n": 0}
+
+
+def test_filenames_are_sanitised_into_the_key(env: Env) -> None:
+    status, video = env.call("POST", "/videos", {"filename": "../../my clip (final)?.MP4"})
+    assert status == 201
+    assert video["filename"] == "my_clip_final.mp4"
+    assert video["s3_key"] == f"videos/{video['id']}/my_clip_final.mp4"
+
+
+def test_frames_and_result_wait_for_success(env: Env) -> None:
+    video = register(env)
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    assert env.call("GET", f"/jobs/{job['id']}/frames")[0] == 409
+    assert env.call("GET", f"/jobs/{job['id']}/result")[0] == 409
+
+
+def test_health_checks_every_dependency(env: Env) -> None:
+    status, answer = env.call("GET", "/health")
+    assert status == 200 and answer["status"] == "ok"
+    assert set(answer["checks"]) == {"database", "bucket", "jobs_queue", "work_queue"}
+
+
+def test_poison_job_request_is_retried_not_swallowed(env: Env) -> None:
+    event = env.client.events.generate_sqs_event(message_bodies=["{garbage"], queue_name="handpipe-jobs")
+    with pytest.raises(RuntimeError, match="redeliver"):
+        env.client.lambda_.invoke("plan_jobs", event)
