@@ -6,7 +6,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from chalice import Chalice, Response
 from chalice.app import SQSEvent
@@ -52,7 +53,9 @@ def api(view: Callable[..., Any]) -> Callable[..., Any]:
             )
         except SchemaOutOfDate as error:
             app.log.error("%s", error)
-            return _error(503, "schema_out_of_date", "the service is being upgraded; retry shortly", {"Retry-After": "30"})
+            return _error(
+                503, "schema_out_of_date", "the service is being upgraded; retry shortly", {"Retry-After": "30"}
+            )
 
     return wrapper
 
@@ -127,9 +130,7 @@ def delete_video(video_id: str) -> dict[str, Any]:
 @api
 def create_job(video_id: str) -> Response:
     rt = runtime()
-    view, created = services.create_job(
-        rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.settings, video_id, json_body()
-    )
+    view, created = services.create_job(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.settings, video_id, json_body())
     return Response(body=view, status_code=202 if created else 200)
 
 

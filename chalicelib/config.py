@@ -4,8 +4,8 @@ that the local stack sets). Read when first needed, never at import."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .contracts import queue_names
 
@@ -37,7 +37,7 @@ class Settings:
     max_active_jobs_per_video: int = 3
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         missing = [
             name

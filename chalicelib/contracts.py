@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 MESSAGE_VERSION = 1
 
@@ -52,7 +53,7 @@ class ProcessOptions:
     model_uri: str | None = None  # a hand_landmarker.task: local path or s3:// URI
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None) -> "ProcessOptions":
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> ProcessOptions:
         """Validate caller input; raise ContractError naming every problem found."""
         raw = dict(raw or {})
         known = {f.name for f in fields(cls)}
@@ -104,7 +105,7 @@ class ProcessOptions:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def with_range(self, start_ms: int | None, end_ms: int | None) -> "ProcessOptions":
+    def with_range(self, start_ms: int | None, end_ms: int | None) -> ProcessOptions:
         data = self.to_dict()
         data.update(start_ms=start_ms, end_ms=end_ms)
         return ProcessOptions(**data)
@@ -176,7 +177,7 @@ class JobRequested:
         return json.dumps({"version": MESSAGE_VERSION, "type": JOB_REQUESTED, **asdict(self)})
 
     @classmethod
-    def from_json(cls, text: str) -> "JobRequested":
+    def from_json(cls, text: str) -> JobRequested:
         body = decode_body(text)
         if body.get("type") != JOB_REQUESTED:
             raise ContractError(f"expected a {JOB_REQUESTED} message, got {body.get('type')!r}")
@@ -202,7 +203,7 @@ class WorkItem:
         return json.dumps(body)
 
     @classmethod
-    def from_json(cls, text: str) -> "WorkItem":
+    def from_json(cls, text: str) -> WorkItem:
         body = decode_body(text)
         if body.get("type") != WORK_ITEM:
             raise ContractError(f"expected a {WORK_ITEM} message, got {body.get('type')!r}")
@@ -242,7 +243,7 @@ class SegmentEvent:
         return json.dumps({"version": MESSAGE_VERSION, **asdict(self)})
 
     @classmethod
-    def from_json(cls, text: str) -> "SegmentEvent":
+    def from_json(cls, text: str) -> SegmentEvent:
         body = decode_body(text)
         kind = body.get("type")
         if kind not in EVENT_TYPES:

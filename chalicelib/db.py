@@ -44,7 +44,7 @@ _MYSQL_UNAVAILABLE_CODES = frozenset({1040, 2002, 2003, 2005, 2006, 2013, 2055})
 # A dead peer would otherwise block a Lambda until its own timeout; none of our statements is slow.
 _MYSQL_IO_TIMEOUT_S = 60
 
-# Strict mode turns silent truncation into an error, which is what SQLite-backed tests assume too.
+# Strict mode makes MySQL refuse a value that does not fit instead of storing a truncated one.
 _MYSQL_SQL_MODE = "STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 
 
@@ -97,7 +97,8 @@ def _to_pyformat(sql: str) -> str:
 
 
 def _redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    # Up to the last "@": an unencoded "@" in a password must not leave its tail in a log line.
+    return re.sub(r"(://[^:/@]*):.*@", r"\1:***@", url)
 
 
 def _bad_url(url: str, problem: str = "") -> ValueError:
@@ -202,7 +203,7 @@ class Database:
                 # Report matched rather than changed rows, as SQLite does, so a conditional UPDATE
                 # that writes identical values still counts as having found its row.
                 client_flag=CLIENT.FOUND_ROWS,
-                init_command=f"SET SESSION sql_mode = '{_MYSQL_SQL_MODE}'",
+                sql_mode=_MYSQL_SQL_MODE,
             )
 
         return cls("mysql", connect, label=f"mysql://{user}@{host}:{port}/{database}")
@@ -274,12 +275,19 @@ class Database:
 
     # -- transactions ---------------------------------------------------------------------------
 
+    def _in_transaction(self) -> Any:
+        """The connection of the open transaction, unless an earlier statement lost it."""
+        if self._conn is None:
+            raise DatabaseUnavailable(f"database {self._label}: the connection was lost during this transaction")
+        return self._conn
+
     def _raw(self, sql: str) -> None:
+        conn = self._in_transaction()
         with self._driver_errors():
             if self._dialect == "sqlite":
-                self._conn.execute(sql)
+                conn.execute(sql)
             else:
-                with self._conn.cursor() as cursor:
+                with conn.cursor() as cursor:
                     cursor.execute(sql)
 
     @contextmanager
@@ -351,14 +359,14 @@ class Database:
             if self._depth:
                 # No savepoint per statement: a failing statement is undone on its own in both
                 # dialects, and MySQL DDL (which commits implicitly) would destroy the savepoint.
-                return self._statement(self._conn, sql, values, read)
+                return self._statement(self._in_transaction(), sql, values, read)
             if not writes and self._dialect == "sqlite":
                 # A lone SELECT is atomic in autocommit mode and needs no write lock.
                 return self._statement(self._connection(), sql, values, read)
             # For MySQL even a read needs a commit: with autocommit off it would otherwise keep its
             # snapshot open and later reads would not see other connections' writes.
             with self.transaction():
-                return self._statement(self._conn, sql, values, read)
+                return self._statement(self._in_transaction(), sql, values, read)
 
     def _statement(self, conn: Any, sql: str, values: tuple[Any, ...], read: Callable[[Any], _T]) -> _T:
         with self._driver_errors():
@@ -738,13 +746,13 @@ class JobRepository:
                 ),
             )
         except IntegrityError:
-            existing = None if job.client_token is None else self._by_token(job.video_id, job.client_token)
+            existing = None if job.client_token is None else self.find_by_client_token(job.video_id, job.client_token)
             if existing is None:
                 raise  # not the token: a reused id or a missing video
             return existing, False
         return job, True
 
-    def _by_token(self, video_id: str, client_token: str) -> Job | None:
+    def find_by_client_token(self, video_id: str, client_token: str) -> Job | None:
         # A locking read sees the committed winner even inside a caller's older MySQL snapshot.
         lock = " LOCK IN SHARE MODE" if self._db.dialect == "mysql" else ""
         row = self._db.fetchone(
@@ -759,6 +767,13 @@ class JobRepository:
             params.append(owner)
         row = self._db.fetchone(f"SELECT {_JOB_COLUMNS} FROM jobs{_where(conditions)}", params)
         return None if row is None else _job(row)
+
+    def delete(self, job_id: str) -> bool:
+        """Remove the job and its segments (a job that could not be queued); False when there was none."""
+        with self._db.transaction():
+            self._lock_job(job_id)
+            self._db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
+            return self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)) > 0
 
     def list_for_video(self, video_id: str, *, limit: int = 50, after: tuple[int, str] | None = None) -> list[Job]:
         """Newest first; keyset pages like VideoRepository.list."""

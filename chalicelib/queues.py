@@ -31,9 +31,7 @@ class MessageQueue:
 
     def send_many(self, messages: list[Any]) -> None:
         for start in range(0, len(messages), 10):
-            entries = [
-                {"Id": str(n), "MessageBody": m.to_json()} for n, m in enumerate(messages[start : start + 10])
-            ]
+            entries = [{"Id": str(n), "MessageBody": m.to_json()} for n, m in enumerate(messages[start : start + 10])]
             try:
                 response = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
             except (ClientError, BotoCoreError) as error:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import gzip
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 RESULT_FORMAT = "handpipe.result"
 RESULT_VERSION = 1
@@ -91,7 +92,7 @@ def merge_parts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
     if not ordered:
         raise MergeError("no parts to merge")
     first = ordered[0]
-    for previous, part in zip(ordered, ordered[1:]):
+    for previous, part in zip(ordered, ordered[1:], strict=False):
         if part["video"] != first["video"] or part["model"] != first["model"]:
             raise MergeError("parts come from different videos or models")
         if _options_without_range(part) != _options_without_range(first):
@@ -152,9 +153,7 @@ def finish_stats(stats: dict[str, Any]) -> dict[str, Any]:
 
 def frames_between(result: dict[str, Any], start_ms: float, end_ms: float | None) -> list[dict[str, Any]]:
     return [
-        f
-        for f in result["frames"]
-        if f["timestamp_ms"] >= start_ms and (end_ms is None or f["timestamp_ms"] < end_ms)
+        f for f in result["frames"] if f["timestamp_ms"] >= start_ms and (end_ms is None or f["timestamp_ms"] < end_ms)
     ]
 
 

@@ -11,7 +11,8 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .config import Settings
 from .contracts import (
@@ -30,7 +31,7 @@ from .contracts import (
     video_key,
     video_prefix,
 )
-from .db import Job, JobRepository, Segment, Video, VideoRepository
+from .db import ACTIVE_JOB_STATUSES, Job, JobRepository, Segment, Video, VideoRepository
 from .errors import Conflict, InvalidInput, NotFound, TooLarge
 from .queues import MessageQueue
 from .results import frames_between, merge_parts
@@ -40,7 +41,7 @@ logger = logging.getLogger("handpipe.service")
 
 VIDEO_STATUSES = ("REGISTERED", "UPLOADED", "PROCESSING", "PROCESSED", "FAILED")
 JOB_STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED")
-ACTIVE_JOB_STATUSES = ("QUEUED", "IN_PROGRESS")
+
 VIDEO_EXTENSIONS = ("mp4", "mov", "m4v", "avi", "webm", "mkv")
 MAX_PAGE = 100
 MAX_FRAMES_PAGE = 1000
@@ -113,7 +114,7 @@ def decode_token(token: str | None, shape: tuple[type, ...]) -> list[Any] | None
     if (
         not isinstance(values, list)
         or len(values) != len(shape)
-        or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(values, shape))
+        or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(values, shape, strict=False))
     ):
         raise InvalidInput("next_token is not valid: pass the next_token of the previous page unchanged")
     return values
@@ -226,7 +227,11 @@ def register_video(
         if head is None:
             raise InvalidInput(f"there is no object {existing_key!r} in the bucket")
         filename = safe_filename(_text(body, "filename", max_len=255) or existing_key)
-        key, size, content_type = existing_key, head["size"], head["content_type"] or "video/" + filename.rsplit(".")[-1]
+        key, size, content_type = (
+            existing_key,
+            head["size"],
+            head["content_type"] or "video/" + filename.rsplit(".")[-1],
+        )
         status = "UPLOADED"
     else:
         filename = safe_filename(_text(body, "filename", max_len=255, required=True) or "")
@@ -421,7 +426,9 @@ def list_jobs(
     return {"jobs": [job_view(j) for j in page], "next_token": token}
 
 
-def job_result(jobs: JobRepository, store: ObjectStore, settings: Settings, job_id: str, owner: str | None = None) -> dict[str, Any]:
+def job_result(
+    jobs: JobRepository, store: ObjectStore, settings: Settings, job_id: str, owner: str | None = None
+) -> dict[str, Any]:
     job = get_job(jobs, job_id, owner)
     if job.status != "SUCCEEDED" or job.result_key is None:
         raise Conflict(f"job {job.id} is {job.status}; its result is ready when it has SUCCEEDED")
@@ -507,7 +514,9 @@ def job_frames(
 # ---------------------------------------------------------------------------------------------
 
 
-def plan_segments(options: ProcessOptions, settings: Settings, duration_ms: float | None = None) -> list[tuple[int | None, int | None]]:
+def plan_segments(
+    options: ProcessOptions, settings: Settings, duration_ms: float | None = None
+) -> list[tuple[int | None, int | None]]:
     """Time ranges, one per work item. Without a segment length (or a known duration) the whole
     requested range is one segment."""
     start = options.start_ms or 0
@@ -641,7 +650,12 @@ def finish_if_complete(videos: VideoRepository, jobs: JobRepository, store: Obje
 
 def _fail_job(jobs: JobRepository, videos: VideoRepository, job: Job, code: str, reason: str) -> None:
     if jobs.transition(
-        job.id, from_statuses=ACTIVE_JOB_STATUSES, to_status="FAILED", error=reason, error_code=code, finished_at=now_ms()
+        job.id,
+        from_statuses=ACTIVE_JOB_STATUSES,
+        to_status="FAILED",
+        error=reason,
+        error_code=code,
+        finished_at=now_ms(),
     ):
         videos.set_status(job.video_id, "FAILED")
 

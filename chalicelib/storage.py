@@ -3,7 +3,8 @@ constructor. The worker image copies this file too, so both sides read and write
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 

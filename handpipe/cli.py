@@ -11,8 +11,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .report import ProgressBar, format_summary
 
@@ -66,10 +67,11 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from chalicelib.contracts import ContractError, ProcessOptions
-    from chalicelib.results import to_gzip
     from handpipe_worker.engine import VideoDecodeError, process_video
     from handpipe_worker.models import ModelError
+
+    from chalicelib.contracts import ContractError, ProcessOptions
+    from chalicelib.results import to_gzip
 
     video = Path(args.video)
     try:
@@ -136,9 +138,7 @@ def _hide_password(url: str) -> str:
 def _start_stack(args: argparse.Namespace, port: int, moto_port: int = 0) -> Any:
     from .stack import LocalStack
 
-    stack = LocalStack(
-        port=port, moto_port=moto_port, db_url=args.db_url, workers=args.workers, data_dir=args.data_dir
-    )
+    stack = LocalStack(port=port, moto_port=moto_port, db_url=args.db_url, workers=args.workers, data_dir=args.data_dir)
     try:
         stack.start()
     except OSError as error:
@@ -292,10 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def api_args(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--api-url", default=None, help=f"the API (default $HANDPIPE_API_URL or {DEFAULT_API_URL})")
-        sub.add_argument("--api-key", default=os.environ.get("HANDPIPE_API_KEY"), help="API key (default $HANDPIPE_API_KEY)")
+        sub.add_argument(
+            "--api-key", default=os.environ.get("HANDPIPE_API_KEY"), help="API key (default $HANDPIPE_API_KEY)"
+        )
 
     def stack_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--db-url", help="sqlite:///path.db (default .handpipe/handpipe.db) or mysql+pymysql://user:pw@host/db")
+        sub.add_argument(
+            "--db-url", help="sqlite:///path.db (default .handpipe/handpipe.db) or mysql+pymysql://user:pw@host/db"
+        )
         sub.add_argument("--workers", type=int, help="worker processes (default: one per core)")
         sub.add_argument("--data-dir", default=".handpipe", help="where the local stack keeps its database")
 
@@ -313,7 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run the whole stack on this machine")
     up.add_argument("--port", type=int, default=8000, help="the API's port (default 8000)")
     up.add_argument(
-        "--moto-port", type=int, default=4566, help="S3 and SQS port (default 4566, as the 'local' Chalice stage expects)"
+        "--moto-port",
+        type=int,
+        default=4566,
+        help="S3 and SQS port (default 4566, as the 'local' Chalice stage expects)",
     )
     stack_args(up)
     up.set_defaults(run=cmd_up)
@@ -369,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.verbose and args.command in ("process", "demo") and argv is None:
         quiet_native_logs()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if hasattr(args, "api_url"):
         args.api_url_given = args.api_url is not None
         args.api_url = args.api_url or os.environ.get("HANDPIPE_API_URL") or DEFAULT_API_URL

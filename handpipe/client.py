@@ -10,8 +10,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 class ApiError(Exception):
@@ -77,7 +78,12 @@ class Client:
         content_type = mimetypes.guess_type(file.name)[0] or "video/mp4"
         if not content_type.startswith("video/"):
             content_type = "video/" + file.suffix.lstrip(".").lower()
-        body = {"title": title or file.stem, "filename": file.name, "content_type": content_type, "size_bytes": file.stat().st_size}
+        body = {
+            "title": title or file.stem,
+            "filename": file.name,
+            "content_type": content_type,
+            "size_bytes": file.stat().st_size,
+        }
         result: dict[str, Any] = self.request("POST", "/videos", body)
         return result
 
@@ -103,7 +109,11 @@ class Client:
     # ----------------------------------------------------------------------------- jobs
 
     def create_job(
-        self, video_id: str, options: dict[str, Any] | None = None, client_token: str | None = None, tag: str | None = None
+        self,
+        video_id: str,
+        options: dict[str, Any] | None = None,
+        client_token: str | None = None,
+        tag: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"options": options or {}}
         if client_token:
@@ -113,7 +123,9 @@ class Client:
         result: dict[str, Any] = self.request("POST", f"/videos/{video_id}/jobs", body)
         return result
 
-    def submit(self, path: str | Path, options: dict[str, Any] | None = None, title: str | None = None) -> dict[str, Any]:
+    def submit(
+        self, path: str | Path, options: dict[str, Any] | None = None, title: str | None = None
+    ) -> dict[str, Any]:
         """Register, upload and trigger in one call; returns the job."""
         video = self.register_video(path, title)
         self.upload(video, path)
@@ -160,7 +172,12 @@ class Client:
         token = None
         while True:
             page = self.request(
-                "GET", f"/jobs/{job_id}/frames", start_ms=start_ms, end_ms=end_ms, max_results=page_size, next_token=token
+                "GET",
+                f"/jobs/{job_id}/frames",
+                start_ms=start_ms,
+                end_ms=end_ms,
+                max_results=page_size,
+                next_token=token,
             )
             yield from page["frames"]
             token = page.get("next_token")

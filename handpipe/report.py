@@ -50,7 +50,9 @@ def seconds(ms: float | None) -> str:
     return "?" if ms is None else f"{ms / 1000:.2f} s"
 
 
-def format_summary(summary: dict[str, Any], video: dict[str, Any] | None, stats: dict[str, Any] | None, where: str | None = None) -> str:
+def format_summary(
+    summary: dict[str, Any], video: dict[str, Any] | None, stats: dict[str, Any] | None, where: str | None = None
+) -> str:
     """The few lines a person wants after a run: how long, where the hands are, how fast."""
     lines = []
     if video:

@@ -157,7 +157,9 @@ class LocalStack:
             QueuePoller(sqs, urls["jobs"], chalice_app.plan_jobs, name="jobs", batch_size=1, timeout_s=60),
             QueuePoller(sqs, urls["events"], chalice_app.record_events, name="events", batch_size=10, timeout_s=60),
         ] + [
-            QueuePoller(sqs, urls["work"], self._pool.handle, name=f"work-{n}", batch_size=1, timeout_s=WORKER_TIMEOUT_S)
+            QueuePoller(
+                sqs, urls["work"], self._pool.handle, name=f"work-{n}", batch_size=1, timeout_s=WORKER_TIMEOUT_S
+            )
             for n in range(self.workers)
         ]
         for poller in self._pollers:
@@ -203,7 +205,7 @@ class LocalStack:
             self._moto.stop()
         use_runtime(None)
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         self.start()
         return self
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from chalice.test import Client
+from handpipe_worker.handler import Worker, WorkerSettings
+from handpipe_worker.models import ModelCache
 
 import app as chalice_app
 from chalicelib.config import Settings
@@ -20,8 +22,6 @@ from chalicelib.db import Database
 from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, use_runtime
 from handpipe.localaws import LambdaContext, aws_clients, provision
-from handpipe_worker.handler import Worker, WorkerSettings
-from handpipe_worker.models import ModelCache
 from tests.conftest import data_path
 
 MODELS = ModelCache()
@@ -38,7 +38,9 @@ class Env:
     db: Database
     worker: Worker
 
-    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+    def call(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
         sent = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         all_headers = {"content-type": "application/json", **(headers or {})}
         response = getattr(self.client.http, method.lower())(path, body=sent, headers=all_headers)
@@ -62,7 +64,10 @@ class Env:
 
     def run_worker(self) -> int:
         items = self.take("work")
-        records = [{"messageId": str(n), "body": body, "attributes": {"ApproximateReceiveCount": "1"}} for n, body in enumerate(items)]
+        records = [
+            {"messageId": str(n), "body": body, "attributes": {"ApproximateReceiveCount": "1"}}
+            for n, body in enumerate(items)
+        ]
         self.worker.handle_batch({"Records": records}, LambdaContext("worker", 900))
         return len(items)
 
@@ -103,7 +108,15 @@ def env(moto_endpoint: str, tmp_path: Path) -> Iterator[Env]:
 def register(env: Env, name: str = "asl_thanks_two_hands.mkv", upload: bool = True, **extra: Any) -> dict[str, Any]:
     path = data_path(f"videos/{name}")
     status, video = env.call(
-        "POST", "/videos", {"title": f"clip {name}", "filename": name, "content_type": "video/x-matroska" if name.endswith("mkv") else "video/mp4", "size_bytes": path.stat().st_size, **extra}
+        "POST",
+        "/videos",
+        {
+            "title": f"clip {name}",
+            "filename": name,
+            "content_type": "video/x-matroska" if name.endswith("mkv") else "video/mp4",
+            "size_bytes": path.stat().st_size,
+            **extra,
+        },
     )
     assert status == 201, video
     if upload:
@@ -136,7 +149,9 @@ def test_register_upload_trigger_process_and_read_back(env: Env) -> None:
     assert status == 200 and len(page["frames"]) == 5 and page["next_token"]
     seen = list(page["frames"])
     while page["next_token"]:
-        page = env.call("GET", f"/jobs/{job['id']}/frames?start_ms=500&end_ms=1000&max_results=5&next_token={page['next_token']}")[1]
+        page = env.call(
+            "GET", f"/jobs/{job['id']}/frames?start_ms=500&end_ms=1000&max_results=5&next_token={page['next_token']}"
+        )[1]
         seen += page["frames"]
     stamps = [f["timestamp_ms"] for f in seen]
     assert stamps == sorted(set(stamps)) and all(500 <= t < 1000 for t in stamps) and len(stamps) == 15
@@ -189,13 +204,17 @@ def test_client_token_makes_the_request_idempotent(env: Env) -> None:
     again = env.call("POST", f"/videos/{video['id']}/jobs", body)
     assert first[0] == 202 and again[0] == 200 and again[1]["id"] == first[1]["id"]
     assert len(env.take("jobs")) == 1  # queued once
-    status, error = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"sample_fps": 6}, "client_token": "run-1"})
+    status, error = env.call(
+        "POST", f"/videos/{video['id']}/jobs", {"options": {"sample_fps": 6}, "client_token": "run-1"}
+    )
     assert status == 409 and "client_token" in error["message"]
 
 
 def test_time_range_and_sampling_reach_the_worker(env: Env) -> None:
     video = register(env)
-    job = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"start_ms": 500, "end_ms": 1500, "sample_fps": 10}})[1]
+    job = env.call(
+        "POST", f"/videos/{video['id']}/jobs", {"options": {"start_ms": 500, "end_ms": 1500, "sample_fps": 10}}
+    )[1]
     finished = env.process(job["id"])
     assert finished["status"] == "SUCCEEDED"
     frames = env.call("GET", f"/jobs/{job['id']}/frames?max_results=1000")[1]["frames"]

@@ -504,7 +504,7 @@ def test_one_database_object_is_safe_to_share_between_threads(db: Database, vide
                     videos.add(video)
                     assert videos.get(video.id) == video
                 added.append(video)
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -674,6 +674,8 @@ def test_a_client_token_makes_one_job(videos: VideoRepository, jobs: JobReposito
 
     again, created = jobs.create(make_job(video.id, client_token="retry-me", options={"model": "lite"}))
     assert not created and again == first
+    assert jobs.find_by_client_token(video.id, "retry-me") == first
+    assert jobs.find_by_client_token(other_video.id, "retry-me") is None
     assert [j.id for j in jobs.list_for_video(video.id)] == [first.id]
 
     # Tokens are per video, case matters, and jobs without one never collide.
@@ -691,6 +693,17 @@ def test_job_integrity_errors_that_are_not_the_token_propagate(videos: VideoRepo
     job, _ = jobs.create(make_job(video.id))
     with pytest.raises(IntegrityError):
         jobs.create(make_job(video.id, id=job.id, client_token="other"))  # reused id
+
+
+def test_deleting_a_job_takes_its_segments_and_frees_its_token(videos: VideoRepository, jobs: JobRepository) -> None:
+    job = job_with_segments(videos, jobs, 2)
+    token_job, _ = jobs.create(make_job(job.video_id, client_token="once"))
+    jobs.add_segments(token_job.id, make_segments(token_job.id, 1))
+    assert jobs.delete(token_job.id)
+    assert jobs.get(token_job.id) is None and jobs.segments(token_job.id) == []
+    assert not jobs.delete(token_job.id)
+    assert jobs.create(make_job(job.video_id, client_token="once"))[1]  # a retry may use the token again
+    assert jobs.get(job.id) == job and len(jobs.segments(job.id)) == 2
 
 
 def test_jobs_page_newest_first_and_active_ones_are_counted(videos: VideoRepository, jobs: JobRepository) -> None:
@@ -876,7 +889,7 @@ def test_concurrent_segment_events_neither_deadlock_nor_lose_counts(
             for index in range(8):  # redelivered events for everyone's segments
                 if repo.complete_segment(job.id, index, frames_processed=100, frames_with_hands=index):
                     wins.append(index)
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
     # Two workers share the fixture's connection (as the local stack's threads do), two have their own.
@@ -925,7 +938,9 @@ def test_losing_the_connection_mid_transaction_is_unavailable_and_rolled_back(
                 row = db.fetchone("SELECT CONNECTION_ID() AS id")
                 assert row is not None
                 mysql_server.kill(row["id"])
-                videos.add(make_video())
+                with pytest.raises(DatabaseUnavailable):
+                    videos.add(make_video())
+                videos.get(lost.id)  # the block carries on regardless: still unavailable, not a crash
         assert videos.get(lost.id) is None  # a fresh connection, and the half-done work is gone
     finally:
         db.close()

@@ -13,11 +13,11 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
+from handpipe_worker.engine import VideoDecodeError, probe, process_video
+from handpipe_worker.models import ModelCache, ModelError, assemble_bundled
 
 from chalicelib.contracts import ProcessOptions
 from chalicelib.results import MergeError, merge_parts
-from handpipe_worker.engine import VideoDecodeError, probe, process_video
-from handpipe_worker.models import ModelCache, ModelError, assemble_bundled
 from tests.conftest import REPO, data_path
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
@@ -155,7 +155,7 @@ def test_sampling_keeps_at_most_n_frames_a_second() -> None:
     result = run("one_hand_wave_portrait.mp4", sample_fps=5.0)
     stamps = [f["timestamp_ms"] for f in result["frames"]]
     assert len(stamps) == 30
-    assert all(b - a >= 190 for a, b in zip(stamps, stamps[1:]))
+    assert all(b - a >= 190 for a, b in zip(stamps, stamps[1:], strict=False))
     assert result["stats"]["frames_decoded"] == 180
     assert with_hands(result) >= 28
 
@@ -206,13 +206,13 @@ def test_parts_merge_into_the_single_pass_result(cuts: list[int]) -> None:
                 warmup_ms=1000 if start else 0,
             )
         )
-        for start, end in zip(bounds, bounds[1:])
+        for start, end in zip(bounds, bounds[1:], strict=False)
     ]
     merged = valid(merge_parts(reversed(parts)))  # order of arrival does not matter
     assert [f["index"] for f in merged["frames"]] == [f["index"] for f in whole["frames"]]
     assert hands_per_frame(merged) == hands_per_frame(whole)
-    for ours, theirs in zip(merged["frames"], whole["frames"]):
-        for a, b in zip(ours["hands"], theirs["hands"]):
+    for ours, theirs in zip(merged["frames"], whole["frames"], strict=False):
+        for a, b in zip(ours["hands"], theirs["hands"], strict=False):
             assert a["handedness"] == b["handedness"]
             assert close_landmarks(a, b, 0.01), f"frame {ours['index']} moved more than 0.01"
     assert merged["summary"]["frames_with_hands"] == whole["summary"]["frames_with_hands"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -17,12 +16,12 @@ import boto3
 import jsonschema
 import pytest
 from botocore.config import Config
+from handpipe_worker.handler import Worker, WorkerSettings
+from handpipe_worker.models import ModelCache
 
 from chalicelib.contracts import ProcessOptions, SegmentEvent, WorkItem, part_key
 from chalicelib.results import from_gzip
 from handpipe.localaws import LambdaContext, aws_clients
-from handpipe_worker.handler import Worker, WorkerSettings
-from handpipe_worker.models import ModelCache
 from tests.conftest import REPO, data_path
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
@@ -91,7 +90,12 @@ def test_work_item_writes_its_part_and_reports_success(setup: Setup) -> None:
     jsonschema.validate(part, SCHEMA)
     assert len(part["frames"]) == 51 and part["summary"]["frames_with_hands"] >= 45
     [event] = [e for e in setup.events() if e.type != "segment.progress"]
-    assert (event.type, event.job_id, event.segment, event.part_key) == ("segment.succeeded", item.job_id, 0, item.part_key)
+    assert (event.type, event.job_id, event.segment, event.part_key) == (
+        "segment.succeeded",
+        item.job_id,
+        0,
+        item.part_key,
+    )
     assert event.frames_processed == 51 and event.video and event.video["container"] == "mkv"
 
 

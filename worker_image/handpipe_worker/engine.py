@@ -8,9 +8,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -229,15 +230,19 @@ def _create_landmarker(bundle: ModelBundle, options: ProcessOptions) -> Any:
 def _hands(detection: Any) -> list[dict[str, Any]]:
     hands = []
     for landmarks, world, handedness in zip(
-        detection.hand_landmarks, detection.hand_world_landmarks, detection.handedness
+        detection.hand_landmarks, detection.hand_world_landmarks, detection.handedness, strict=False
     ):
         category = handedness[0]
         hands.append(
             {
                 "handedness": category.category_name,
                 "score": round(float(category.score), 4),
-                "landmarks": [[round(p.x, COORD_DIGITS), round(p.y, COORD_DIGITS), round(p.z, COORD_DIGITS)] for p in landmarks],
-                "world_landmarks": [[round(p.x, COORD_DIGITS), round(p.y, COORD_DIGITS), round(p.z, COORD_DIGITS)] for p in world],
+                "landmarks": [
+                    [round(p.x, COORD_DIGITS), round(p.y, COORD_DIGITS), round(p.z, COORD_DIGITS)] for p in landmarks
+                ],
+                "world_landmarks": [
+                    [round(p.x, COORD_DIGITS), round(p.y, COORD_DIGITS), round(p.z, COORD_DIGITS)] for p in world
+                ],
             }
         )
     return hands

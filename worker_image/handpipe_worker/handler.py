@@ -7,8 +7,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from chalicelib.contracts import (
     SEGMENT_FAILED,
@@ -36,7 +37,7 @@ class WorkerSettings:
     progress_interval_s: float = 5.0
 
     @classmethod
-    def from_env(cls) -> "WorkerSettings":
+    def from_env(cls) -> WorkerSettings:
         url = os.environ.get("HANDPIPE_EVENTS_QUEUE_URL")
         if not url:
             raise RuntimeError("HANDPIPE_EVENTS_QUEUE_URL is not set: the worker cannot report results")
@@ -178,7 +179,10 @@ class Worker:
             except StoppedEarly as error:
                 reached = "nothing" if error.last_timestamp_ms is None else f"{error.last_timestamp_ms / 1000:.1f} s"
                 self._report_failure(
-                    item, "deadline", f"{error.reason} (processed {error.frames_processed} frames, up to {reached})", attempt
+                    item,
+                    "deadline",
+                    f"{error.reason} (processed {error.frames_processed} frames, up to {reached})",
+                    attempt,
                 )
                 return
         store.put_result(item.part_key, result)

@@ -7,10 +7,10 @@ import importlib.util
 import io
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 # Which tflite files make up each bundled variant. The package's lite palm detector lacks the
 # NormalizationOptions metadata the Tasks API requires, so "lite" pairs the full palm detector with
@@ -99,7 +99,5 @@ class ModelCache:
         key = (model, model_uri)
         with self._lock:
             if key not in self._bundles:
-                self._bundles[key] = (
-                    load_task_file(model_uri, self._fetch_s3) if model_uri else assemble_bundled(model)
-                )
+                self._bundles[key] = load_task_file(model_uri, self._fetch_s3) if model_uri else assemble_bundled(model)
             return self._bundles[key]
