@@ -107,6 +107,7 @@ class LocalStack:
         self._pollers: list[QueuePoller] = []
         self._pool: WorkerPool | None = None
         self._sqs: Any = None
+        self._saved_env: dict[str, str | None] = {}
         self.info: StackInfo | None = None
 
     def start(self) -> StackInfo:
@@ -128,22 +129,22 @@ class LocalStack:
         if applied:
             logger.info("database %s: applied migrations %s", self.db_url, applied)
         # The app and the worker processes read their settings from the environment, as in Lambda.
-        os.environ.update(
-            {
-                "AWS_ENDPOINT_URL": endpoint,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "HANDPIPE_BUCKET": resources.bucket,
-                "HANDPIPE_JOBS_QUEUE_URL": resources.queue_urls["jobs"],
-                "HANDPIPE_WORK_QUEUE_URL": resources.queue_urls["work"],
-                "HANDPIPE_EVENTS_QUEUE_URL": resources.queue_urls["events"],
-                "HANDPIPE_DB_URL": self.db_url,
-                "HANDPIPE_WORK_MAX_RECEIVES": str(self.max_receives),
-                QUEUE_PREFIX_VARIABLE: self.prefix,
-                "MPLCONFIGDIR": str((self.data_dir / "matplotlib").resolve()),
-            }
-        )
+        environment = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "HANDPIPE_BUCKET": resources.bucket,
+            "HANDPIPE_JOBS_QUEUE_URL": resources.queue_urls["jobs"],
+            "HANDPIPE_WORK_QUEUE_URL": resources.queue_urls["work"],
+            "HANDPIPE_EVENTS_QUEUE_URL": resources.queue_urls["events"],
+            "HANDPIPE_DB_URL": self.db_url,
+            "HANDPIPE_WORK_MAX_RECEIVES": str(self.max_receives),
+            QUEUE_PREFIX_VARIABLE: self.prefix,
+            "MPLCONFIGDIR": str((self.data_dir / "matplotlib").resolve()),
+        }
+        self._saved_env = {name: os.environ.get(name) for name in environment}
+        os.environ.update(environment)
         use_runtime(Runtime(Settings.from_env(), s3_client=s3, sqs_client=sqs, database=database))
 
         if str(REPO_ROOT) not in sys.path:
@@ -177,10 +178,13 @@ class LocalStack:
 
     def _start_api(self, app_object: Any) -> None:
         from chalice.config import Config
-        from chalice.local import create_local_server
+        from chalice.local import LocalChalice, LocalDevServer, create_local_server
 
         config = Config.create(chalice_stage="local", app_name="handpipe", project_dir=str(REPO_ROOT))
-        self._server = create_local_server(app_object, config, "127.0.0.1", self.port)
+        if isinstance(app_object, LocalChalice):  # a stack started earlier in this process converted it
+            self._server = LocalDevServer(app_object, config, "127.0.0.1", self.port)
+        else:
+            self._server = create_local_server(app_object, config, "127.0.0.1", self.port)
         self.port = self._server.server.server_address[1]  # the real port when 0 was asked for
         self._server_thread = threading.Thread(target=self._server.server.serve_forever, name="api", daemon=True)
         self._server_thread.start()
@@ -188,6 +192,10 @@ class LocalStack:
     @property
     def worker_pool(self) -> WorkerPool | None:
         return self._pool
+
+    @property
+    def pollers(self) -> list[QueuePoller]:
+        return list(self._pollers)
 
     def drain(self, timeout_s: float = 600) -> bool:
         """Wait until every queue is empty and every handler idle."""
@@ -204,6 +212,11 @@ class LocalStack:
         if self._moto is not None:
             self._moto.stop()
         use_runtime(None)
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
     def __enter__(self) -> LocalStack:
         self.start()

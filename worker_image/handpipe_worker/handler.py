@@ -45,6 +45,7 @@ class WorkerSettings:
             events_queue_url=url,
             max_receives=int(os.environ.get("HANDPIPE_WORK_MAX_RECEIVES", "3")),
             deadline_margin_s=float(os.environ.get("HANDPIPE_DEADLINE_MARGIN_S", "20")),
+            progress_interval_s=float(os.environ.get("HANDPIPE_PROGRESS_INTERVAL_S", "5")),
         )
 
 
