@@ -18,6 +18,7 @@ from chalicelib.contracts import JobRequested, SegmentEvent
 from chalicelib.db import DatabaseUnavailable
 from chalicelib.errors import InvalidInput, ServiceError, Unavailable
 from chalicelib.migrations import SchemaOutOfDate
+from chalicelib.openapi import load_openapi
 from chalicelib.queues import QueueUnavailable
 from chalicelib.runtime import runtime
 from chalicelib.storage import StorageUnavailable
@@ -196,6 +197,11 @@ def health() -> Response:
     return Response(
         body={"status": "ok" if healthy else "degraded", "checks": checks}, status_code=200 if healthy else 503
     )
+
+
+@app.route("/openapi.json", methods=["GET"])
+def openapi() -> dict[str, Any]:
+    return load_openapi()
 
 
 # --------------------------------------------------------------------------------------------- queues

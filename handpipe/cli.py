@@ -135,10 +135,17 @@ def _hide_password(url: str) -> str:
 # ------------------------------------------------------------------------------------ local stack
 
 
-def _start_stack(args: argparse.Namespace, port: int, moto_port: int = 0) -> Any:
+def _start_stack(args: argparse.Namespace, port: int, moto_port: int = 0, quiet: bool = False) -> Any:
     from .stack import LocalStack
 
-    stack = LocalStack(port=port, moto_port=moto_port, db_url=args.db_url, workers=args.workers, data_dir=args.data_dir)
+    stack = LocalStack(
+        port=port,
+        moto_port=moto_port,
+        db_url=args.db_url,
+        workers=args.workers,
+        data_dir=args.data_dir,
+        quiet=quiet and not args.verbose,
+    )
     try:
         stack.start()
     except OSError as error:
@@ -186,7 +193,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"using the handpipe API at {api_url}")
     else:
         print("starting a local stack (moto S3/SQS, SQLite, chalice local, worker processes)...")
-        stack = _start_stack(args, 0)
+        stack = _start_stack(args, 0, quiet=True)
         api_url = stack.info.api_url
         print(f"local stack up: API at {api_url}")
     try:

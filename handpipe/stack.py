@@ -4,6 +4,7 @@ queues to the same handlers Lambda would run, with the worker in its own process
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -14,6 +15,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from chalice.local import ChaliceRequestHandler
 
 from chalicelib.config import QUEUE_PREFIX_VARIABLE, Settings
 from chalicelib.db import Database
@@ -78,6 +81,13 @@ class WorkerPool:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class QuietRequestHandler(ChaliceRequestHandler):
+    """Chalice's local request handler without the access-log line per request."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 class LocalStack:
     def __init__(
         self,
@@ -91,6 +101,7 @@ class LocalStack:
         bucket: str = "handpipe-local",
         prefix: str = "handpipe",
         work_visibility_s: int = WORK_VISIBILITY_S,
+        quiet: bool = False,
     ) -> None:
         self.port = port
         self.moto_port = moto_port
@@ -101,6 +112,7 @@ class LocalStack:
         self.bucket = bucket
         self.prefix = prefix
         self.work_visibility_s = work_visibility_s
+        self.quiet = quiet  # no request log and no INFO lines from the handlers (for `handpipe demo`)
         self._moto: MotoServer | None = None
         self._server: Any = None
         self._server_thread: threading.Thread | None = None
@@ -185,6 +197,11 @@ class LocalStack:
             self._server = LocalDevServer(app_object, config, "127.0.0.1", self.port)
         else:
             self._server = create_local_server(app_object, config, "127.0.0.1", self.port)
+        if self.quiet:
+            self._server.server.RequestHandlerClass = functools.partial(
+                QuietRequestHandler, app_object=app_object, config=config
+            )
+            logging.getLogger(app_object.app_name).setLevel(logging.WARNING)
         self.port = self._server.server.server_address[1]  # the real port when 0 was asked for
         self._server_thread = threading.Thread(target=self._server.server.serve_forever, name="api", daemon=True)
         self._server_thread.start()

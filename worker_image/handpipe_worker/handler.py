@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from .engine import StoppedEarly, VideoDecodeError, process_video
 from .models import ModelCache, ModelError
 
 logger = logging.getLogger("handpipe.worker")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,10 @@ class Worker:
                 )
             return None
 
-        suffix = os.path.splitext(item.video_key)[1][:10]
+        # The file keeps its name, which the result reports; only safe characters reach the filesystem.
+        name = _UNSAFE_NAME.sub("_", os.path.basename(item.video_key))[-200:].lstrip(".") or "video"
         with tempfile.TemporaryDirectory(prefix="handpipe-") as workdir:
-            local = os.path.join(workdir, "video" + suffix)
+            local = os.path.join(workdir, name)
             try:
                 store.download(item.video_key, local)
             except ObjectMissing:
