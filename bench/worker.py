@@ -311,8 +311,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     n = args.processes
-    # MediaPipe's C++ INFO/WARNING lines would drown the progress; children inherit the setting.
-    os.environ.setdefault("GLOG_minloglevel", "2")
     options = ProcessOptions(model=args.model, sample_fps=args.sample_fps)
 
     log(f"cold start: import mediapipe + create the landmarker in a fresh interpreter ({args.model})")
