@@ -13,11 +13,11 @@ from chalice import Chalice, Response
 from chalice.app import SQSEvent
 
 from chalicelib import services
-from chalicelib.config import sqs_queue_names
+from chalicelib.config import NotConfigured, sqs_queue_names
 from chalicelib.contracts import JobRequested, SegmentEvent
 from chalicelib.db import DatabaseUnavailable
 from chalicelib.errors import InvalidInput, ServiceError, Unavailable
-from chalicelib.migrations import SchemaOutOfDate
+from chalicelib.migrations import LATEST_VERSION, SchemaOutOfDate, upgrade
 from chalicelib.openapi import load_openapi
 from chalicelib.queues import QueueUnavailable
 from chalicelib.runtime import runtime
@@ -52,6 +52,9 @@ def api(view: Callable[..., Any]) -> Callable[..., Any]:
             return _error(
                 503, "unavailable", f"the {what[type(error)]} is unavailable; retry shortly", {"Retry-After": "5"}
             )
+        except NotConfigured as error:
+            app.log.error("%s", error)
+            return _error(503, "not_configured", "the service is not configured; see its logs", {"Retry-After": "60"})
         except SchemaOutOfDate as error:
             app.log.error("%s", error)
             return _error(
@@ -184,8 +187,9 @@ def get_frames(job_id: str) -> dict[str, Any]:
 def health() -> Response:
     try:
         rt = runtime()
-    except RuntimeError as error:
-        return _error(503, "not_configured", str(error))
+    except NotConfigured as error:
+        app.log.error("%s", error)
+        return _error(503, "not_configured", "the service is not configured; see its logs", {"Retry-After": "60"})
     healthy, checks = services.health(
         {
             "database": lambda: rt.db.ping(),
@@ -202,6 +206,17 @@ def health() -> Response:
 @app.route("/openapi.json", methods=["GET"])
 def openapi() -> dict[str, Any]:
     return load_openapi()
+
+
+# --------------------------------------------------------------------------------------------- operations
+
+
+@app.lambda_function(name="migrate")
+def migrate(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Applies the database migrations from inside the VPC, where the database is reachable;
+    `handpipe deploy` invokes it after `chalice deploy`."""
+    applied = upgrade(runtime().database)
+    return {"applied": applied, "version": LATEST_VERSION}
 
 
 # --------------------------------------------------------------------------------------------- queues

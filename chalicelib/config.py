@@ -22,6 +22,10 @@ def sqs_queue_names() -> dict[str, str]:
     return queue_names(queue_prefix())
 
 
+class NotConfigured(RuntimeError):
+    """The stage's environment lacks a setting the app needs; the text names it."""
+
+
 @dataclass(frozen=True)
 class Settings:
     bucket: str
@@ -47,7 +51,7 @@ class Settings:
         if not env.get("HANDPIPE_DB_URL") and not env.get("HANDPIPE_DB_SECRET_ARN"):
             missing.append("HANDPIPE_DB_URL or HANDPIPE_DB_SECRET_ARN")
         if missing:
-            raise RuntimeError(
+            raise NotConfigured(
                 f"handpipe is not configured: set {', '.join(missing)} "
                 "(in .chalice/config.json for the stage, or run `handpipe up` for a local stack)"
             )

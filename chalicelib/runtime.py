@@ -45,14 +45,21 @@ class Runtime:
         return self._sqs or self._client("sqs")
 
     @property
-    def db(self) -> Database:
+    def database(self) -> Database:
+        """The connection, without the schema check (for applying migrations)."""
         with self._lock:
             if self._database is None:
                 self._database = self._connect()
-            if not self._schema_checked:
-                ensure_current(self._database)
-                self._schema_checked = True
             return self._database
+
+    @property
+    def db(self) -> Database:
+        """The connection, once its schema is known to be current."""
+        database = self.database
+        if not self._schema_checked:
+            ensure_current(database)
+            self._schema_checked = True
+        return database
 
     def _connect(self) -> Database:
         if self.settings.db_url:

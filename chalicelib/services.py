@@ -226,18 +226,19 @@ def register_video(
         head = store.head(existing_key)
         if head is None:
             raise InvalidInput(f"there is no object {existing_key!r} in the bucket")
+        if body.get("size_bytes") is not None:
+            raise InvalidInput("size_bytes is taken from the object when registering by s3_key; leave it out")
         filename = safe_filename(_text(body, "filename", max_len=255) or existing_key)
-        key, size, content_type = (
-            existing_key,
-            head["size"],
-            head["content_type"] or "video/" + filename.rsplit(".")[-1],
+        stored_type = str(head["content_type"] or "")
+        content_type = _video_content_type(
+            _text(body, "content_type", max_len=100)
+            or (stored_type if stored_type.startswith("video/") else _guess_content_type(filename))
         )
+        key, size = existing_key, head["size"]
         status = "UPLOADED"
     else:
         filename = safe_filename(_text(body, "filename", max_len=255, required=True) or "")
-        content_type = _text(body, "content_type", max_len=100) or _guess_content_type(filename)
-        if not re.fullmatch(r"video/[a-z0-9.+-]+", content_type):
-            raise InvalidInput(f"content_type must be a video/* type, got {content_type!r}")
+        content_type = _video_content_type(_text(body, "content_type", max_len=100) or _guess_content_type(filename))
         size = body.get("size_bytes")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
             raise InvalidInput("size_bytes must be a positive whole number")
@@ -270,6 +271,12 @@ def register_video(
             "expires_in_s": settings.upload_url_expires_s,
         }
     return view
+
+
+def _video_content_type(content_type: str) -> str:
+    if not re.fullmatch(r"video/[a-z0-9.+-]+", content_type):
+        raise InvalidInput(f"content_type must be a video/* type, got {content_type!r}")
+    return content_type
 
 
 def _guess_content_type(filename: str) -> str:
@@ -332,7 +339,8 @@ def create_job(
 ) -> tuple[dict[str, Any], bool]:
     """Create a job and queue it. The same client_token returns the same job (created=False)."""
     _check_fields(body, {"options", "client_token", "tag"})
-    raw_options = body.get("options") or {}
+    raw_options = body.get("options")
+    raw_options = {} if raw_options is None else raw_options
     if not isinstance(raw_options, dict):
         raise InvalidInput("options must be an object")
     try:
@@ -480,8 +488,8 @@ def job_frames(
     job = get_job(jobs, job_id, owner)
     if job.status != "SUCCEEDED":
         raise Conflict(f"job {job.id} is {job.status}; frames can be read when it has SUCCEEDED")
-    if start_ms is not None and end_ms is not None and end_ms <= start_ms:
-        raise InvalidInput("end_ms must be greater than start_ms")
+    if end_ms is not None and end_ms <= (start_ms or 0):
+        raise InvalidInput("end_ms must be greater than start_ms (and than 0)")
     after = decode_token(next_token, (int,))
     after_index = after[0] if after else -1
     lower = float(start_ms or 0)

@@ -351,3 +351,12 @@ def test_poison_job_request_is_retried_not_swallowed(env: Env) -> None:
     event = env.client.events.generate_sqs_event(message_bodies=["{garbage"], queue_name="handpipe-jobs")
     with pytest.raises(RuntimeError, match="redeliver"):
         env.client.lambda_.invoke("plan_jobs", event)
+
+
+def test_migrate_function_applies_migrations_once(env: Env) -> None:
+    fresh = Database.from_url("sqlite:///:memory:")
+    use_runtime(Runtime(Settings(bucket="b", jobs_queue_url="j", work_queue_url="w", db_url="x"), database=fresh))
+    first = env.client.lambda_.invoke("migrate", {}).payload
+    again = env.client.lambda_.invoke("migrate", {}).payload
+    assert first["applied"] == [1] and again["applied"] == [] and again["version"] == 1
+    assert fresh.fetchone("SELECT COUNT(*) AS n FROM videos") == {"n": 0}

@@ -493,7 +493,7 @@ def test_an_unconfigured_deployment_follows_the_document(monkeypatch: pytest.Mon
         with Client(chalice_app.app) as client:
             api = Checked(client)
             assert api.call("GET", "/health", expect=503)["code"] == "not_configured"
-            assert api.call("GET", "/videos", expect=500)["Code"] == "InternalServerError"
+            assert api.call("GET", "/videos", expect=503)["code"] == "not_configured"
             assert api.call("GET", "/openapi.json", expect=200) == DOC
     finally:
         use_runtime(None)
