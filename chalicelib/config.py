@@ -37,7 +37,7 @@ class Settings:
     download_url_expires_s: int = 3600
     max_upload_bytes: int = 2 * 1024**3
     segment_ms: int | None = None  # None: one segment per job
-    warmup_ms: int = 1000
+    warmup_ms: int = 2000
     max_active_jobs_per_video: int = 3
 
     @classmethod
@@ -70,6 +70,6 @@ class Settings:
             download_url_expires_s=number("HANDPIPE_DOWNLOAD_URL_EXPIRES_S", 3600) or 3600,
             max_upload_bytes=number("HANDPIPE_MAX_UPLOAD_BYTES", 2 * 1024**3) or 2 * 1024**3,
             segment_ms=number("HANDPIPE_SEGMENT_MS", None),
-            warmup_ms=number("HANDPIPE_WARMUP_MS", 1000) or 0,
+            warmup_ms=number("HANDPIPE_WARMUP_MS", 2000) or 0,
             max_active_jobs_per_video=number("HANDPIPE_MAX_ACTIVE_JOBS_PER_VIDEO", 3) or 3,
         )

@@ -135,17 +135,23 @@ class _Decoded:
     decode_s: float
 
 
-def _frames(capture: cv2.VideoCapture, fps: float, wanted: Callable[[float], bool]) -> Iterator[_Decoded]:
-    """Every frame in order with its presentation time. Frames that `wanted` turns down (before the
-    range, or sampled out) are only grabbed, never converted to an image, which saves the copy."""
+def _frames(
+    capture: cv2.VideoCapture, fps: float, wanted: Callable[[float], bool], seek_ms: float = 0.0
+) -> Iterator[_Decoded]:
+    """Every frame in order (from the first at or after `seek_ms`) with its index and presentation
+    time. Frames that `wanted` turns down (sampled out, say) are only grabbed, never converted to an
+    image. Seeking lets a segment late in a long video skip decoding everything before it; OpenCV's
+    FFmpeg seek lands on the exact frame, whose index it reports."""
     index = -1
+    seeking = seek_ms > 0 and capture.set(cv2.CAP_PROP_POS_MSEC, seek_ms)
     last_ts: float | None = None
     step = 1000.0 / fps if fps > 0 else 1000.0 / 30
     while True:
         started = time.perf_counter()
         if not capture.grab():
             return
-        index += 1
+        index = int(capture.get(cv2.CAP_PROP_POS_FRAMES)) - 1 if seeking else index + 1
+        seeking = False
         ts = capture.get(cv2.CAP_PROP_POS_MSEC)
         # Some containers report no or repeated times; keep them strictly increasing, as the
         # tracker requires, by stepping on from the last one.
@@ -199,14 +205,21 @@ class _Sampler:
     1/sample_fps slot of the video's own timeline, so every segment of a job keeps the frames a
     single pass would keep."""
 
-    def __init__(self, sample_fps: float | None) -> None:
+    def __init__(self, sample_fps: float | None, frame_step_ms: float) -> None:
         self.sample_fps = sample_fps
+        self.frame_step_ms = frame_step_ms
         self._last_slot: int | None = None
+
+    def _slot(self, timestamp_ms: float) -> int:
+        return math.floor(timestamp_ms * (self.sample_fps or 0) / 1000.0 + 1e-9)
 
     def keep(self, timestamp_ms: float) -> bool:
         if self.sample_fps is None:
             return True
-        slot = math.floor(timestamp_ms * self.sample_fps / 1000.0 + 1e-9)
+        if self._last_slot is None and timestamp_ms > 0:
+            # Started mid-video (after a seek): the frame before this one decides, as in a full pass.
+            self._last_slot = self._slot(timestamp_ms - self.frame_step_ms)
+        slot = self._slot(timestamp_ms)
         keep = slot != self._last_slot
         self._last_slot = slot
         return keep
@@ -273,7 +286,7 @@ def process_video(
         feed_from_ms = max(0.0, start_ms - warmup_ms)
         info = _describe(capture, str(path), first_frame=None)
         expected = _expected_frames(info, start_ms, end_ms, options.sample_fps)
-        sampler = _Sampler(options.sample_fps)
+        sampler = _Sampler(options.sample_fps, 1000.0 / info.fps if info.fps > 0 else 1000.0 / 30)
 
         def wanted(timestamp_ms: float) -> bool:
             # The sampler must see every frame in order, so it is asked before the range checks.
@@ -287,12 +300,14 @@ def process_video(
         decode_s = inference_s = 0.0
         last_feed_ms = -1
         last_ts: float | None = None
+        last_index = -1
         first_shape: tuple[int, ...] | None = None
         try:
-            for item in _decode_ahead(_frames(capture, info.fps, wanted), DECODE_AHEAD):
+            for item in _decode_ahead(_frames(capture, info.fps, wanted, feed_from_ms), DECODE_AHEAD):
                 decoded += 1
                 decode_s += item.decode_s
                 last_ts = item.timestamp_ms
+                last_index = item.index
                 if item.timestamp_ms >= end_ms:
                     break
                 if item.frame is None:
@@ -320,7 +335,7 @@ def process_video(
             raise VideoDecodeError("no_frames", f"{Path(path).name} holds no decodable video frame")
         if first_shape is not None:
             info = VideoInfo(**{**info.__dict__, "height": first_shape[0], "width": first_shape[1]})
-        decode = _decode_status(info, decoded, last_ts, end_ms)
+        decode = _decode_status(info, last_index + 1, last_ts, end_ms)
         if progress is not None:
             progress(len(frames), expected)
     finally:
@@ -353,17 +368,18 @@ def _expected_frames(info: VideoInfo, start_ms: float, end_ms: float, sample_fps
     return max(1, round(span * min(info.fps, sample_fps or info.fps)))
 
 
-def _decode_status(info: VideoInfo, decoded: int, last_ts: float | None, end_ms: float) -> dict[str, Any]:
-    """Whether decoding reached the end the container promised. Containers round their frame
-    count, so a shortfall of one frame is not a truncation."""
+def _decode_status(info: VideoInfo, reached: int, last_ts: float | None, end_ms: float) -> dict[str, Any]:
+    """Whether decoding reached the end the container promised (`reached`: frames up to and
+    including the last one decoded). Containers round their frame count, so a shortfall of one frame
+    is not a truncation."""
     reached_end_of_range = last_ts is not None and last_ts >= end_ms
-    if reached_end_of_range or info.frame_count is None or decoded >= info.frame_count - 1:
+    if reached_end_of_range or info.frame_count is None or reached >= info.frame_count - 1:
         return {"complete": True, "stopped_at_ms": None, "error": None}
     return {
         "complete": False,
         "stopped_at_ms": None if last_ts is None else round(last_ts, 3),
         "error": (
-            f"decoding stopped after {decoded} of {info.frame_count} frames "
+            f"decoding stopped after {reached} of {info.frame_count} frames "
             f"(at {0 if last_ts is None else last_ts / 1000:.2f} s): the file is probably truncated"
         ),
     }

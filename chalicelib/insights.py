@@ -1,0 +1,625 @@
+"""What users want from raw landmarks (gestures, hand tracks, motion), computed from a result document.
+Pure standard-library Python so the API Lambda, which has no numpy, can serve it next to the result."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+INSIGHTS_FORMAT = "handpipe.insights"
+INSIGHTS_VERSION = 1
+
+GESTURES = ("open_palm", "closed_fist", "pointing_up", "thumb_up", "thumb_down", "victory", "i_love_you", "none")
+
+# A track or range survives a gap without its hand of up to this long (as the result's hand_time_ranges).
+GAP_MS = 300.0
+# Tracks: a hand continues a track last seen at most this long ago, within this wrist distance (normalized
+# units) plus MAX_JUMP_PER_S for every second since; a handedness mismatch costs HANDEDNESS_PENALTY.
+TRACK_MAX_GAP_MS = 1000.0
+MAX_JUMP = 0.25
+MAX_JUMP_PER_S = 0.5
+HANDEDNESS_PENALTY = 0.1
+SERIES_MAX_POINTS = 200
+
+Point = Sequence[float]
+Ref = tuple[int, int]  # (frame index, position of the hand in that frame's hands[])
+
+WRIST = 0
+FINGERS = {"index": (5, 6, 7, 8), "middle": (9, 10, 11, 12), "ring": (13, 14, 15, 16), "pinky": (17, 18, 19, 20)}
+TIPS = (4, 8, 12, 16, 20)
+
+
+# ------------------------------------------------------------------------------------ geometry
+
+
+# Points are [x, y, z] (the result's landmarks); these run per landmark, so they avoid generic loops.
+
+
+def _dist(a: Point, b: Point) -> float:
+    return math.dist(a, b)
+
+
+def _angle(u: Sequence[float], v: Sequence[float]) -> float:
+    """Angle between two 3-D vectors in degrees (0 when either is zero)."""
+    nu, nv = math.hypot(u[0], u[1], u[2]), math.hypot(v[0], v[1], v[2])
+    if nu == 0 or nv == 0:
+        return 0.0
+    cos = (u[0] * v[0] + u[1] * v[1] + u[2] * v[2]) / (nu * nv)
+    return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+
+
+def _ramp(value: float, zero_at: float, one_at: float) -> float:
+    """0 at `zero_at`, 1 at `one_at`, linear in between and clamped (either direction)."""
+    if one_at == zero_at:
+        return 1.0 if value >= one_at else 0.0
+    return max(0.0, min(1.0, (value - zero_at) / (one_at - zero_at)))
+
+
+def _bend(points: Sequence[Point], chain: Sequence[int]) -> float:
+    """Sum of the bending angles along a chain of landmarks (0 for a straight chain), degrees."""
+    total = 0.0
+    previous = None
+    for a, b in zip(chain, chain[1:], strict=False):
+        pa, pb = points[a], points[b]
+        segment = (pb[0] - pa[0], pb[1] - pa[1], pb[2] - pa[2])
+        if previous is not None:
+            total += _angle(previous, segment)
+        previous = segment
+    return total
+
+
+def _palm_size(world: Sequence[Point]) -> float:
+    return max(_dist(world[WRIST], world[9]), 1e-6)
+
+
+# ------------------------------------------------------------------------------------ finger states
+
+
+def finger_extension(world_landmarks: Sequence[Point]) -> dict[str, float]:
+    """How extended each finger is, 0 (curled) to 1 (straight), from the 3-D world landmarks, so it
+    does not depend on how the hand is turned.
+
+    Index to pinky: the mean of two cues, the bending summed over the MCP, PIP and DIP joints
+    (<= 90 degrees straight, >= 150 curled) and the tip's distance from the wrist over the PIP's
+    (>= 1.25 straight, <= 1.0 curled: a curled fingertip comes back towards the wrist).
+    Thumb: the mean of the tip's distance from the index PIP over the palm size (>= 0.45 away from the
+    fingers, <= 0.25 folded onto them) and the tip's distance from the little finger's MCP over the
+    IP joint's (>= 1.15: the tip points away from the palm, <= 1.0: it folds across it)."""
+    w = world_landmarks
+    states: dict[str, float] = {}
+    palm = _palm_size(w)
+    thumb_gap = _ramp(_dist(w[4], w[6]) / palm, 0.25, 0.45)
+    thumb_out = _ramp(_dist(w[4], w[17]) / max(_dist(w[3], w[17]), 1e-6), 1.0, 1.15)
+    states["thumb"] = (thumb_gap + thumb_out) / 2
+    for name, (mcp, pip, _dip, tip) in FINGERS.items():
+        bend = _bend(w, (WRIST, mcp, pip, _dip, tip))
+        reach = _dist(w[tip], w[WRIST]) / max(_dist(w[pip], w[WRIST]), 1e-6)
+        states[name] = (_ramp(bend, 150.0, 90.0) + _ramp(reach, 1.0, 1.25)) / 2
+    return states
+
+
+def openness(world_landmarks: Sequence[Point]) -> float:
+    """0 (fist) to 1 (spread hand): the mean fingertip-to-wrist distance over the palm size (wrist to
+    middle-finger MCP), mapped from about 0.8 (fist) to 1.8 (open hand)."""
+    w = world_landmarks
+    reach = sum(_dist(w[tip], w[WRIST]) for tip in TIPS) / len(TIPS) / _palm_size(w)
+    return _ramp(reach, 0.8, 1.8)
+
+
+def _image_points(landmarks: Sequence[Point], aspect_ratio: float) -> list[tuple[float, float]]:
+    """Normalized landmarks in units of the frame height (x scaled by width/height), y downwards."""
+    return [(p[0] * aspect_ratio, p[1]) for p in landmarks]
+
+
+def _image_hand_size(points: Sequence[tuple[float, float]]) -> float:
+    """The palm's largest extent in the image: survives the palm being seen edge-on in one direction."""
+    pairs = ((0, 5), (0, 9), (0, 17), (5, 17))
+    return max(max(math.dist(points[a], points[b]) for a, b in pairs), 1e-6)
+
+
+def _thumb_direction(p: Sequence[tuple[float, float]], size: float) -> tuple[float, float]:
+    finger_ys = [y for _, y in p[5:21]]
+    tip_x, tip_y = p[4]
+    dx, dy = tip_x - p[2][0], tip_y - p[2][1]
+    length = max(math.hypot(dx, dy), 1e-6)
+    up = _ramp((min(finger_ys) - tip_y) / size, 0.1, 0.35) * _ramp(-dy / length, 0.35, 0.6)
+    down = _ramp((tip_y - max(finger_ys)) / size, 0.1, 0.35) * _ramp(dy / length, 0.35, 0.6)
+    return up, down
+
+
+def thumb_direction(landmarks: Sequence[Point], *, aspect_ratio: float = 1.0) -> tuple[float, float]:
+    """(up, down), each 0-1: how clearly the thumb sticks out above (below) the rest of the hand in the
+    upright image. It needs the thumb tip beyond every landmark of the four fingers by 0.1-0.35 hand
+    sizes (a fist with the thumb tucked in has it level with the knuckles) and the thumb (MCP to tip)
+    within about 60 degrees of vertical."""
+    p = _image_points(landmarks, aspect_ratio)
+    return _thumb_direction(p, _image_hand_size(p))
+
+
+def _thumb_protrusion(p: Sequence[tuple[float, float]], size: float) -> float:
+    rest = [p[WRIST], *p[5:21]]
+    xs, ys = [x for x, _ in rest], [y for _, y in rest]
+    tip_x, tip_y = p[4]
+    outside_x = max(min(xs) - tip_x, 0.0, tip_x - max(xs))
+    outside_y = max(min(ys) - tip_y, 0.0, tip_y - max(ys))
+    return math.hypot(outside_x, outside_y) / size
+
+
+def thumb_protrusion(landmarks: Sequence[Point], *, aspect_ratio: float = 1.0) -> float:
+    """How far the thumb tip lies outside the bounding box of the wrist and the four fingers in the
+    image, in hand sizes: about 0 for a thumb tucked into a fist (seen from any side), 0.5-1 for a
+    thumb sticking out (up, down or sideways)."""
+    p = _image_points(landmarks, aspect_ratio)
+    return _thumb_protrusion(p, _image_hand_size(p))
+
+
+def _index_up(p: Sequence[tuple[float, float]]) -> float:
+    """0-1: the index finger (MCP to tip) points up in the image, within about 50 degrees of vertical."""
+    dx, dy = p[8][0] - p[5][0], p[8][1] - p[5][1]
+    return _ramp(-dy / max(math.hypot(dx, dy), 1e-6), 0.45, 0.65)
+
+
+# ------------------------------------------------------------------------------------ gestures
+
+# Finger patterns (thumb, index, middle, ring, pinky): 1 extended, 0 curled, 0.5 not folded in (at least a
+# quarter out: an open hand often holds its thumb alongside the palm), None either.
+_PATTERNS: dict[str, tuple[float | None, ...]] = {
+    "thumb_up": (None, 0, 0, 0, 0),
+    "thumb_down": (None, 0, 0, 0, 0),
+    "i_love_you": (1, 1, 0, 0, 1),
+    "victory": (None, 1, 1, 0, 0),
+    "pointing_up": (None, 1, 0, 0, 0),
+    "open_palm": (0.5, 1, 1, 1, 1),
+    "closed_fist": (None, 0, 0, 0, 0),
+}
+_ORDER = ("thumb", "index", "middle", "ring", "pinky")
+
+
+def _agreement(extension: float, want: float) -> float:
+    if want == 1:
+        return extension
+    if want == 0:
+        return 1.0 - extension
+    return min(1.0, extension / want)
+
+
+def classify_gesture(
+    landmarks: Sequence[Point],
+    world_landmarks: Sequence[Point],
+    handedness: str,
+    *,
+    aspect_ratio: float = 1.0,
+) -> tuple[str, float]:
+    """A gesture label (one of GESTURES, MediaPipe's canned gestures in snake_case) and a 0-1 score.
+
+    Rules, tried in this order, on `finger_extension` (world landmarks, so independent of how the hand
+    is turned) and, where a direction matters, the upright image (y downwards; `aspect_ratio` is the
+    frame's width/height, so image distances are not squashed):
+    - thumb_up / thumb_down: index and middle curled, ring and little finger curled (one of those two
+      may read extended: they hide behind the fist and are the least reliable landmarks), and the thumb
+      sticking out above / below the hand (`thumb_direction`);
+    - i_love_you: thumb, index and little finger extended, middle and ring curled;
+    - victory: index and middle extended, ring and little finger curled (thumb either way);
+    - pointing_up: only the index extended (thumb either way), and it points up in the image;
+    - open_palm: the four fingers extended and the thumb not folded into the palm (it may lie
+      alongside it);
+    - closed_fist: the four fingers curled and the thumb tucked in: its tip at most about 0.3 hand
+      sizes outside the box of the other landmarks in the image (`thumb_protrusion`; the world-space
+      thumb cue misreads a thumb pressed against the side of a fist, the image does not);
+    - none: anything else (an OK sign, three fingers, a half-closed hand, an index or a thumb pointing
+      sideways).
+    A finger matches its pattern when its extension is on the right side of 0.5. The score is the
+    mean agreement of the fingers the pattern names (times the direction cue where there is one); for
+    `none` it is 1 minus how close the nearest pattern came. `handedness` is accepted for rules that
+    depend on the side; none of the current ones do, because they rely on 3-D geometry only."""
+    del handedness  # the rules are symmetric in left and right hands
+    ext = finger_extension(world_landmarks)
+    values = [ext[name] for name in _ORDER]
+    image = _image_points(landmarks, aspect_ratio)
+    size = _image_hand_size(image)
+    up, down = _thumb_direction(image, size)
+    cues = {
+        "thumb_up": up,
+        "thumb_down": down,
+        "pointing_up": _index_up(image),
+        "closed_fist": 1.0 - _ramp(_thumb_protrusion(image, size), 0.2, 0.45),
+    }
+    nearest = 0.0
+    for label, pattern in _PATTERNS.items():
+        agreement = [_agreement(v, want) for v, want in zip(values, pattern, strict=True) if want is not None]
+        required = list(agreement)
+        if label in ("thumb_up", "thumb_down"):
+            # ring and little finger (the last two entries): the better of the two must agree
+            required = [*agreement[:-2], max(agreement[-2:])]
+        cue = cues.get(label, 1.0)
+        fit = min([*required, cue])
+        if fit >= 0.5:
+            return label, round(sum(agreement) / len(agreement) * cue, 3)
+        nearest = max(nearest, fit)
+    return "none", round(1.0 - nearest, 3)
+
+
+# ------------------------------------------------------------------------------------ tracks
+
+
+def _frames_by_index(frames: Iterable[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
+    return {int(frame["index"]): frame for frame in frames}
+
+
+def _wrist(hand: Mapping[str, Any]) -> tuple[float, float]:
+    return float(hand["landmarks"][WRIST][0]), float(hand["landmarks"][WRIST][1])
+
+
+def _best_matching(costs: Sequence[Mapping[int, float]]) -> list[int | None]:
+    """For each hand, the track it continues (None: a new track), minimising the summed cost over all
+    one-to-one matchings; a new track costs more than any allowed match. Frames hold at most 4 hands
+    and few tracks are active at once, so trying every matching is cheap."""
+    new_track = MAX_JUMP + MAX_JUMP_PER_S * TRACK_MAX_GAP_MS / 1000.0 + HANDEDNESS_PENALTY
+    best: tuple[float, list[int | None]] = (math.inf, [None] * len(costs))
+
+    def search(i: int, used: frozenset[int], total: float, chosen: list[int | None]) -> None:
+        nonlocal best
+        if total >= best[0]:
+            return
+        if i == len(costs):
+            best = (total, list(chosen))
+            return
+        for track_id, cost in sorted(costs[i].items(), key=lambda item: item[1]):
+            if track_id not in used:
+                search(i + 1, used | {track_id}, total + cost, [*chosen, track_id])
+        search(i + 1, used, total + new_track, [*chosen, None])
+
+    search(0, frozenset(), 0.0, [])
+    return best[1]
+
+
+def assign_tracks(frames: Sequence[Mapping[str, Any]]) -> list[list[Ref]]:
+    """Split the hands of a result into tracks, one per physical hand as far as can be told: each
+    track is the list of (frame index, hand position in hands[]) it holds, in time order, and tracks
+    are numbered by first appearance.
+
+    A hand may continue a track last seen at most TRACK_MAX_GAP_MS ago whose last wrist position is
+    within MAX_JUMP normalized units (plus MAX_JUMP_PER_S per second of absence). The cost of a match
+    is the wrist distance, plus HANDEDNESS_PENALTY when the hand's label differs from the track's
+    majority label: position decides and the label breaks near-ties, because MediaPipe swaps the
+    labels of two hands that come close (the ASL clips do it) far more often than hands jump. Each
+    frame takes the one-to-one matching of least total cost, so two hands never share a track."""
+    tracks: list[list[Ref]] = []
+    seen: list[tuple[float, tuple[float, float]]] = []  # per track: last time and wrist
+    labels: list[Counter[str]] = []  # per track: handedness label counts
+    for frame in frames:
+        t = float(frame["timestamp_ms"])
+        hands = frame["hands"]
+        costs: list[dict[int, float]] = []
+        for hand in hands:
+            options: dict[int, float] = {}
+            for track_id, (seen_ms, seen_wrist) in enumerate(seen):
+                gap_ms = t - seen_ms
+                distance = math.dist(_wrist(hand), seen_wrist)
+                if gap_ms > TRACK_MAX_GAP_MS or distance > MAX_JUMP + MAX_JUMP_PER_S * gap_ms / 1000.0:
+                    continue
+                majority = labels[track_id].most_common(1)[0][0]
+                options[track_id] = distance + (HANDEDNESS_PENALTY if majority != hand["handedness"] else 0.0)
+            costs.append(options)
+        for h_pos, (hand, match) in enumerate(zip(hands, _best_matching(costs), strict=True)):
+            track_id = len(tracks) if match is None else match
+            if match is None:
+                tracks.append([])
+                seen.append((t, _wrist(hand)))
+                labels.append(Counter())
+            tracks[track_id].append((int(frame["index"]), h_pos))
+            seen[track_id] = (t, _wrist(hand))
+            labels[track_id][hand["handedness"]] += 1
+    return tracks
+
+
+def _track_hands(
+    track: Sequence[Ref], by_index: Mapping[int, Mapping[str, Any]]
+) -> list[tuple[float, Mapping[str, Any]]]:
+    return [(float(by_index[f]["timestamp_ms"]), by_index[f]["hands"][h]) for f, h in track]
+
+
+def _majority_handedness(hands: Iterable[Mapping[str, Any]]) -> str:
+    counts = Counter(hand["handedness"] for hand in hands)
+    return counts.most_common(1)[0][0] if counts else "unknown"
+
+
+def _segments(times: Sequence[float], gap_ms: float = GAP_MS) -> list[tuple[int, int]]:
+    """Runs of positions [start, stop) whose consecutive times are at most gap_ms apart."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(times) + 1):
+        if i == len(times) or times[i] - times[i - 1] > gap_ms:
+            if i > start:
+                runs.append((start, i))
+            start = i
+    return runs
+
+
+def _frame_step_ms(times: Sequence[float]) -> float:
+    """The typical time between observations (median), to give a run of frames its length."""
+    steps = sorted(b - a for a, b in zip(times, times[1:], strict=False) if b > a)
+    if not steps:
+        return 0.0
+    return steps[len(steps) // 2]
+
+
+# ------------------------------------------------------------------------------------ smoothing
+
+
+def mode_filter(labels: Sequence[str], window: int = 5) -> list[str]:
+    """Each label replaced by the most common one in a centred window (ties keep the label in place,
+    else the one nearest the centre), so a flicker of one or two frames disappears."""
+    half = max(0, window // 2)
+    out: list[str] = []
+    for i, own in enumerate(labels):
+        lo, hi = max(0, i - half), min(len(labels), i + half + 1)
+        counts = Counter(labels[lo:hi])
+        best = max(counts.values())
+        tied = {label for label, n in counts.items() if n == best}
+        if own in tied:
+            out.append(own)
+            continue
+        nearest = min((abs(j - i), j) for j in range(lo, hi) if labels[j] in tied)
+        out.append(labels[nearest[1]])
+    return out
+
+
+def _ranges_for_track(
+    track_id: int,
+    handedness: str,
+    observations: Sequence[tuple[float, str, float]],
+    *,
+    min_duration_ms: float,
+    window: int,
+) -> list[dict[str, Any]]:
+    times = [t for t, _, _ in observations]
+    step = _frame_step_ms(times)
+    ranges: list[dict[str, Any]] = []
+    for start, stop in _segments(times):
+        smoothed = mode_filter([label for _, label, _ in observations[start:stop]], window)
+        run_start = 0
+        for i in range(1, len(smoothed) + 1):
+            if i < len(smoothed) and smoothed[i] == smoothed[run_start]:
+                continue
+            first, last = start + run_start, start + i - 1
+            # a run ends where the next one starts, or one frame step after its last frame
+            start_ms, end_ms = times[first], times[last + 1] if last + 1 < stop else times[last] + step
+            if end_ms - start_ms >= min_duration_ms:
+                label = smoothed[run_start]
+                scores = [s for _, lab, s in observations[first : last + 1] if lab == label]
+                ranges.append(
+                    {
+                        "track": track_id,
+                        "handedness": handedness,
+                        "label": label,
+                        "start_ms": round(start_ms, 3),
+                        "end_ms": round(end_ms, 3),
+                        "duration_ms": round(end_ms - start_ms, 3),
+                        "frames": last - first + 1,
+                        "score": round(sum(scores) / len(scores), 3) if scores else 0.0,
+                    }
+                )
+            run_start = i
+    return ranges
+
+
+def _aspect(result_or_none: Mapping[str, Any] | None) -> float:
+    video = (result_or_none or {}).get("video") or {}
+    width, height = video.get("width"), video.get("height")
+    return float(width) / float(height) if width and height else 1.0
+
+
+def _labels(frames: Sequence[Mapping[str, Any]], aspect_ratio: float) -> dict[Ref, tuple[str, float]]:
+    labels: dict[Ref, tuple[str, float]] = {}
+    for frame in frames:
+        for h_pos, hand in enumerate(frame["hands"]):
+            labels[(int(frame["index"]), h_pos)] = classify_gesture(
+                hand["landmarks"], hand["world_landmarks"], hand["handedness"], aspect_ratio=aspect_ratio
+            )
+    return labels
+
+
+def _gesture_ranges(
+    frames: Sequence[Mapping[str, Any]],
+    tracks: Sequence[Sequence[Ref]],
+    labels: Mapping[Ref, tuple[str, float]],
+    *,
+    min_duration_ms: float,
+    window: int,
+) -> list[dict[str, Any]]:
+    by_index = _frames_by_index(frames)
+    ranges: list[dict[str, Any]] = []
+    for track_id, track in enumerate(tracks):
+        hands = _track_hands(track, by_index)
+        observations = [(t, *labels[ref]) for (t, _), ref in zip(hands, track, strict=True)]
+        ranges += _ranges_for_track(
+            track_id,
+            _majority_handedness(h for _, h in hands),
+            observations,
+            min_duration_ms=min_duration_ms,
+            window=window,
+        )
+    return sorted(ranges, key=lambda r: (r["start_ms"], r["track"]))
+
+
+def gesture_ranges(
+    frames: Sequence[Mapping[str, Any]],
+    *,
+    min_duration_ms: float = 200,
+    window: int = 5,
+    aspect_ratio: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Smoothed gesture time ranges per hand track: {track, handedness, label, start_ms, end_ms
+    (exclusive: the next frame's time, or the last frame's plus one frame step at the end of the
+    track's run), duration_ms, frames, score (mean per-frame score of the label)}, sorted by
+    start. Per-frame labels are mode-filtered over `window` observations of the track, runs shorter
+    than `min_duration_ms` are dropped, and a track absent for more than GAP_MS starts new ranges.
+    `none` ranges (no recognised gesture) are listed too."""
+    tracks = assign_tracks(frames)
+    labels = _labels(frames, aspect_ratio)
+    return _gesture_ranges(frames, tracks, labels, min_duration_ms=min_duration_ms, window=window)
+
+
+# ------------------------------------------------------------------------------------ motion
+
+
+def _time_ranges(times: Sequence[float], step_ms: float, gap_ms: float = GAP_MS) -> list[list[float]]:
+    return [[round(times[a], 3), round(times[b - 1] + step_ms, 3)] for a, b in _segments(times, gap_ms)]
+
+
+def _downsample(series: Sequence[tuple[float, float]], max_points: int) -> list[list[float]]:
+    """At most max_points [t, value] pairs: the mean of each of max_points equal slices of the series."""
+    if len(series) <= max_points:
+        return [[round(t, 3), round(v, 3)] for t, v in series]
+    out: list[list[float]] = []
+    for k in range(max_points):
+        chunk = series[k * len(series) // max_points : (k + 1) * len(series) // max_points]
+        if chunk:
+            out.append(
+                [round(sum(t for t, _ in chunk) / len(chunk), 3), round(sum(v for _, v in chunk) / len(chunk), 3)]
+            )
+    return out
+
+
+def handedness_timeline(
+    observations: Iterable[tuple[float, str]], step_ms: float = 0.0, gap_ms: float = GAP_MS
+) -> dict[str, list[list[float]]]:
+    """When each handedness label is seen: {label: [[start_ms, end_ms], ...]}, runs of the label's
+    observations merged across gaps of up to gap_ms; end_ms is the last sighting plus step_ms."""
+    times: dict[str, list[float]] = {}
+    for t, label in observations:
+        times.setdefault(label, []).append(t)
+    return {label: _time_ranges(sorted(ts), step_ms, gap_ms) for label, ts in sorted(times.items())}
+
+
+def _moving_average(points: Sequence[tuple[float, float]], radius: int = 1) -> list[tuple[float, float]]:
+    """Each point replaced by the mean of itself and `radius` neighbours either side: keeps landmark
+    jitter out of path lengths and speeds."""
+    out: list[tuple[float, float]] = []
+    for i in range(len(points)):
+        window = points[max(0, i - radius) : i + radius + 1]
+        out.append((sum(x for x, _ in window) / len(window), sum(y for _, y in window) / len(window)))
+    return out
+
+
+def _track_motion(
+    track_id: int,
+    hands: Sequence[tuple[float, Mapping[str, Any]]],
+    frame_size: tuple[int, int] | None,
+) -> dict[str, Any]:
+    times = [t for t, _ in hands]
+    step = _frame_step_ms(times)
+    wrists = [(float(h["landmarks"][WRIST][0]), float(h["landmarks"][WRIST][1])) for _, h in hands]
+    path = 0.0
+    path_px = 0.0
+    moving_ms = 0.0
+    speeds: list[float] = []
+    for start, stop in _segments(times):
+        smooth = _moving_average(wrists[start:stop])
+        for k in range(1, len(smooth)):
+            (x0, y0), (x1, y1) = smooth[k - 1], smooth[k]
+            dt = (times[start + k] - times[start + k - 1]) / 1000.0
+            step_len = math.hypot(x1 - x0, y1 - y0)
+            path += step_len
+            if frame_size is not None:
+                path_px += math.hypot((x1 - x0) * frame_size[0], (y1 - y0) * frame_size[1])
+            if dt > 0:
+                moving_ms += dt * 1000.0
+                speeds.append(step_len / dt)
+    present = _time_ranges(times, step)
+    series = [(t, openness(h["world_landmarks"])) for t, h in hands]
+    values = [v for _, v in series]
+    summary: dict[str, Any] = {
+        "track": track_id,
+        "handedness": _majority_handedness(h for _, h in hands),
+        "frames": len(hands),
+        "first_ms": round(times[0], 3),
+        "last_ms": round(times[-1], 3),
+        "time_on_screen_ms": round(sum(end - start for start, end in present), 3),
+        "present": present,
+        "wrist_path_length": round(path, 4),
+        "wrist_mean_speed": round(path / (moving_ms / 1000.0), 4) if moving_ms > 0 else 0.0,
+        "wrist_max_speed": round(max(speeds), 4) if speeds else 0.0,
+        "openness_mean": round(sum(values) / len(values), 3),
+        "openness": _downsample(series, SERIES_MAX_POINTS),
+        "handedness_timeline": handedness_timeline(((t, h["handedness"]) for t, h in hands), step),
+    }
+    if frame_size is not None:
+        summary["wrist_path_length_px"] = round(path_px, 1)
+    return summary
+
+
+def motion_summary(
+    frames: Sequence[Mapping[str, Any]],
+    *,
+    tracks: Sequence[Sequence[Ref]] | None = None,
+    frame_size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Per hand track: when it is on screen, how far and fast its wrist moves and how open the hand
+    is over time, and when each handedness label is seen (overall and per track).
+
+    Wrist path and speeds are in normalized image units (x by the frame width, y by its height; world
+    landmarks are centred on the hand, so they carry no translation) and per second; with `frame_size`
+    (width, height) the path is also given in pixels. Times are in ms; time on screen sums the track's
+    presence ranges (gaps without the hand up to GAP_MS bridged, each range ending one frame step after
+    its last sighting). Openness is 0 (fist) to 1 (spread hand) per frame, as [[t_ms, openness], ...]
+    downsampled to at most SERIES_MAX_POINTS points."""
+    tracks = assign_tracks(frames) if tracks is None else tracks
+    by_index = _frames_by_index(frames)
+    summaries = [
+        _track_motion(track_id, _track_hands(track, by_index), frame_size) for track_id, track in enumerate(tracks)
+    ]
+    all_times = sorted({float(f["timestamp_ms"]) for f in frames})
+    seen = [(float(f["timestamp_ms"]), hand["handedness"]) for f in frames for hand in f["hands"]]
+    return {
+        "units": {
+            "time": "ms",
+            "wrist_path_length": "normalized image units (x by frame width, y by frame height)",
+            "wrist_speed": "normalized image units per second",
+            "openness": "0 (fist) to 1 (spread hand)",
+        },
+        "tracks": summaries,
+        "handedness_timeline": handedness_timeline(seen, _frame_step_ms(all_times)),
+    }
+
+
+# ------------------------------------------------------------------------------------ the document
+
+
+def analyze(result: Mapping[str, Any], *, min_duration_ms: float = 200, window: int = 5) -> dict[str, Any]:
+    """The insights document for a result (docs/results-format.md): hand tracks, per-frame and
+    smoothed gestures, and the motion summary. JSON-serialisable."""
+    frames = result["frames"]
+    video = result.get("video") or {}
+    aspect = _aspect(result)
+    frame_size = (int(video["width"]), int(video["height"])) if video.get("width") and video.get("height") else None
+    tracks = assign_tracks(frames)
+    labels = _labels(frames, aspect)
+    by_index = _frames_by_index(frames)
+    return {
+        "format": INSIGHTS_FORMAT,
+        "version": INSIGHTS_VERSION,
+        "source": {
+            "filename": video.get("filename"),
+            "duration_ms": video.get("duration_ms"),
+            "frames_processed": len(frames),
+        },
+        "tracks": [
+            {
+                "track": track_id,
+                "handedness": _majority_handedness(by_index[f]["hands"][h] for f, h in track),
+                "hands": [[f, h] for f, h in track],
+            }
+            for track_id, track in enumerate(tracks)
+        ],
+        "gestures": {
+            "method": "rules",
+            "labels": list(GESTURES),
+            "per_frame": [[f, h, label, score] for (f, h), (label, score) in labels.items()],
+            "ranges": _gesture_ranges(frames, tracks, labels, min_duration_ms=min_duration_ms, window=window),
+        },
+        "motion": motion_summary(frames, tracks=tracks, frame_size=frame_size),
+    }
