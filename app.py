@@ -254,6 +254,8 @@ def record_events(event: SQSEvent) -> None:
     rt = runtime()
 
     def handle(body: str) -> str:
-        return services.record_event(rt.videos, rt.jobs, rt.store, SegmentEvent.from_json(body))
+        return services.record_event(
+            rt.videos, rt.jobs, rt.store, rt.work_queue, rt.settings, SegmentEvent.from_json(body)
+        )
 
     _consume(event, "worker event", handle)

@@ -36,9 +36,11 @@ class Settings:
     upload_url_expires_s: int = 900
     download_url_expires_s: int = 3600
     max_upload_bytes: int = 2 * 1024**3
-    segment_ms: int | None = None  # None: one segment per job
+    segment_ms: int | None = 60_000  # None: one segment per job, no probe
     warmup_ms: int = 2000
     max_active_jobs_per_video: int = 3
+    max_in_flight_per_job: int = 50  # segments of one job on workers at once
+    max_in_flight: int = 200  # segments of all jobs on workers at once (the worker's reserved concurrency)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,7 +71,9 @@ class Settings:
             upload_url_expires_s=number("HANDPIPE_UPLOAD_URL_EXPIRES_S", 900) or 900,
             download_url_expires_s=number("HANDPIPE_DOWNLOAD_URL_EXPIRES_S", 3600) or 3600,
             max_upload_bytes=number("HANDPIPE_MAX_UPLOAD_BYTES", 2 * 1024**3) or 2 * 1024**3,
-            segment_ms=number("HANDPIPE_SEGMENT_MS", None),
+            segment_ms=(None if env.get("HANDPIPE_SEGMENT_MS") == "0" else number("HANDPIPE_SEGMENT_MS", 60_000)),
             warmup_ms=number("HANDPIPE_WARMUP_MS", 2000) or 0,
             max_active_jobs_per_video=number("HANDPIPE_MAX_ACTIVE_JOBS_PER_VIDEO", 3) or 3,
+            max_in_flight_per_job=number("HANDPIPE_MAX_IN_FLIGHT_PER_JOB", 50) or 50,
+            max_in_flight=number("HANDPIPE_MAX_IN_FLIGHT", 200) or 200,
         )

@@ -14,10 +14,12 @@ MESSAGE_VERSION = 1
 # Message types on the three queues.
 JOB_REQUESTED = "job.requested"  # "jobs" queue: API -> orchestrator
 WORK_ITEM = "work.item"  # "work" queue: orchestrator -> worker
+PROBE_REQUEST = "video.probe"  # "work" queue: orchestrator -> worker, before splitting a job
 SEGMENT_SUCCEEDED = "segment.succeeded"  # "events" queue: worker -> recorder
 SEGMENT_FAILED = "segment.failed"
 SEGMENT_PROGRESS = "segment.progress"
-EVENT_TYPES = (SEGMENT_SUCCEEDED, SEGMENT_FAILED, SEGMENT_PROGRESS)
+VIDEO_PROBED = "video.probed"  # the probe's answer: `video` holds duration, fps and size
+EVENT_TYPES = (SEGMENT_SUCCEEDED, SEGMENT_FAILED, SEGMENT_PROGRESS, VIDEO_PROBED)
 
 MODELS = ("full", "lite")
 MAX_HANDS = 4
@@ -218,6 +220,40 @@ class WorkItem:
             options=ProcessOptions.from_dict(options),
             warmup_ms=int(body.get("warmup_ms") or 0),
         )
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """Ask a worker for a video's duration and frame rate, which the orchestrator (no OpenCV in the
+    API Lambdas) needs to split a job into segments."""
+
+    job_id: str
+    video_id: str
+    bucket: str
+    video_key: str
+
+    def to_json(self) -> str:
+        return json.dumps({"version": MESSAGE_VERSION, "type": PROBE_REQUEST, **asdict(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ProbeRequest:
+        body = decode_body(text)
+        if body.get("type") != PROBE_REQUEST:
+            raise ContractError(f"expected a {PROBE_REQUEST} message, got {body.get('type')!r}")
+        return cls(
+            job_id=_require(body, "job_id", str),
+            video_id=_require(body, "video_id", str),
+            bucket=_require(body, "bucket", str),
+            video_key=_require(body, "video_key", str),
+        )
+
+
+def work_message_type(text: str) -> str:
+    """Which message a "work" queue body holds (a work item or a probe request)."""
+    kind = decode_body(text).get("type")
+    if kind not in (WORK_ITEM, PROBE_REQUEST):
+        raise ContractError(f"unknown work message type {kind!r} (expected {WORK_ITEM} or {PROBE_REQUEST})")
+    return str(kind)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal, TypedDict, TypeVar, Unpack
 from urllib.parse import unquote, urlsplit
@@ -448,6 +448,7 @@ class Segment:
     frames_processed: int = 0
     frames_with_hands: int = 0
     error: str | None = None
+    dispatched_at: int | None = None  # when its work item was sent; None while it waits for capacity
 
 
 class JobFields(TypedDict, total=False):
@@ -706,6 +707,7 @@ def _segment(row: Row) -> Segment:
         frames_with_hands=row["frames_with_hands"],
         error=row["error"],
         updated_at=row["updated_at"],
+        dispatched_at=row["dispatched_at"],
     )
 
 
@@ -885,9 +887,59 @@ class JobRepository:
 
     def segments(self, job_id: str) -> list[Segment]:
         rows = self._db.fetchall(
-            f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE job_id = ? ORDER BY segment_index", (job_id,)
+            f"SELECT {_SEGMENT_COLUMNS}, dispatched_at FROM segments WHERE job_id = ? ORDER BY segment_index",
+            (job_id,),
         )
         return [_segment(row) for row in rows]
+
+    def in_flight(self, job_id: str | None = None) -> int:
+        """Segments sent to workers and not finished: of one job, or of all jobs."""
+        sql = "SELECT COUNT(*) AS n FROM segments WHERE status = ? AND dispatched_at IS NOT NULL"
+        params: tuple[Any, ...] = (SEGMENT_PENDING,)
+        if job_id is not None:
+            sql += " AND job_id = ?"
+            params += (job_id,)
+        row = self._db.fetchone(sql, params)
+        return int(row["n"]) if row else 0
+
+    def claim_for_dispatch(self, job_id: str, limit: int) -> list[Segment]:
+        """Mark up to `limit` of the job's waiting segments as sent and return them, lowest index
+        first. Each claim is conditional, so two dispatchers never send the same segment."""
+        if limit <= 0:
+            return []
+        claimed: list[Segment] = []
+        with self._db.transaction():
+            self._lock_job(job_id)
+            rows = self._db.fetchall(
+                f"SELECT {_SEGMENT_COLUMNS}, dispatched_at FROM segments"
+                " WHERE job_id = ? AND status = ? AND dispatched_at IS NULL ORDER BY segment_index LIMIT ?",
+                (job_id, SEGMENT_PENDING, limit),
+            )
+            now = self._clock()
+            for row in rows:
+                if self._db.execute(
+                    "UPDATE segments SET dispatched_at = ? WHERE job_id = ? AND segment_index = ?"
+                    " AND dispatched_at IS NULL",
+                    (now, job_id, row["segment_index"]),
+                ):
+                    claimed.append(replace(_segment(row), dispatched_at=now))
+        return claimed
+
+    def release_claim(self, job_id: str, index: int) -> None:
+        """Undo a claim whose work item could not be sent, so a later dispatch sends it."""
+        self._db.execute(
+            "UPDATE segments SET dispatched_at = NULL WHERE job_id = ? AND segment_index = ? AND status = ?",
+            (job_id, index, SEGMENT_PENDING),
+        )
+
+    def jobs_waiting_for_dispatch(self, limit: int = 10) -> list[str]:
+        """Running jobs with segments not yet sent, oldest first: who gets freed capacity."""
+        rows = self._db.fetchall(
+            "SELECT j.id AS id FROM jobs j WHERE j.status = ? AND EXISTS (SELECT 1 FROM segments s"
+            " WHERE s.job_id = j.id AND s.status = ? AND s.dispatched_at IS NULL) ORDER BY j.created_at, j.id LIMIT ?",
+            ("IN_PROGRESS", SEGMENT_PENDING, limit),
+        )
+        return [row["id"] for row in rows]
 
     def complete_segment(self, job_id: str, index: int, *, frames_processed: int, frames_with_hands: int) -> bool:
         """Mark a pending segment SUCCEEDED with its final counts and update the job's totals, in one

@@ -131,6 +131,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=_VIDEOS[0] + _JOBS[0] + _SEGMENTS[0],
         mysql=_VIDEOS[1] + _JOBS[1] + _SEGMENTS[1],
     ),
+    Migration(
+        2,
+        "segments.dispatched_at: work items are sent under concurrency caps",
+        sqlite=(
+            "ALTER TABLE segments ADD COLUMN dispatched_at BIGINT NULL",
+            "CREATE INDEX IF NOT EXISTS ix_segments_dispatch ON segments (status, dispatched_at)",
+        ),
+        # One statement, so the step is all-or-nothing on MySQL too.
+        mysql=(
+            "ALTER TABLE segments ADD COLUMN dispatched_at BIGINT NULL,"
+            " ADD INDEX ix_segments_dispatch (status, dispatched_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

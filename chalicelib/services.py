@@ -12,15 +12,17 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from .config import Settings
 from .contracts import (
     SEGMENT_FAILED,
     SEGMENT_PROGRESS,
-    SEGMENT_SUCCEEDED,
+    VIDEO_PROBED,
     ContractError,
     JobRequested,
+    ProbeRequest,
     ProcessOptions,
     SegmentEvent,
     WorkItem,
@@ -525,17 +527,21 @@ def job_frames(
 def plan_segments(
     options: ProcessOptions, settings: Settings, duration_ms: float | None = None
 ) -> list[tuple[int | None, int | None]]:
-    """Time ranges, one per work item. Without a segment length (or a known duration) the whole
-    requested range is one segment."""
+    """Time ranges [start, end), one per work item, of at most `segment_ms` each. Without a
+    segment length, or without a known end, the whole requested range is one segment. A tail
+    shorter than a quarter segment joins the segment before it."""
     start = options.start_ms or 0
-    end = options.end_ms
-    if settings.segment_ms is None or (end is None and duration_ms is None):
+    stop = options.end_ms if options.end_ms is not None else duration_ms
+    length = settings.segment_ms
+    if length is None or stop is None or stop - start <= length:
         return [(options.start_ms, options.end_ms)]
-    stop = end if end is not None else int(duration_ms or 0)
-    bounds = list(range(start, stop, settings.segment_ms)) or [start]
-    ranges: list[tuple[int | None, int | None]] = [(b, b + settings.segment_ms) for b in bounds]
+    bounds = list(range(start, int(stop), length))
+    if len(bounds) > 1 and stop - bounds[-1] < length / 4:
+        bounds.pop()
+    ranges: list[tuple[int | None, int | None]] = [(b, b + length) for b in bounds]
     ranges[0] = (options.start_ms, ranges[0][1])
-    ranges[-1] = (ranges[-1][0], end)  # the last segment runs to the end, whatever the probe said
+    # The last segment runs to the requested end, or to the end of the file whatever the probe said.
+    ranges[-1] = (ranges[-1][0], options.end_ms)
     return ranges
 
 
@@ -546,20 +552,41 @@ def plan_job(
     settings: Settings,
     message: JobRequested,
 ) -> str:
-    """The "jobs" consumer: split a queued job into work items and start it. A redelivered message
-    finds the job no longer QUEUED and changes nothing."""
+    """The "jobs" consumer: split a queued job into segments and send their work items, first
+    asking a worker to probe the video when its duration is needed and not yet known."""
     job = jobs.get(message.job_id)
     if job is None:
         logger.warning("job %s no longer exists; ignoring its request", message.job_id)
         return "ignored"
-    if job.status != "QUEUED":
-        return "already planned"
     video = videos.get(job.video_id)
     if video is None:
         _fail_job(jobs, videos, job, "video_missing", "the video was deleted before the job started")
         return "failed"
+    if job.status == "IN_PROGRESS":
+        # A redelivered request: send what an interrupted earlier delivery may not have sent.
+        return f"already planned; dispatched {dispatch(jobs, work_queue, settings, job, video)}"
+    if job.status != "QUEUED":
+        return "already finished"
     options = ProcessOptions.from_dict(job.options)
-    ranges = plan_segments(options, settings)
+    duration = (video.metadata or {}).get("duration_ms")
+    if settings.segment_ms is not None and options.end_ms is None and duration is None:
+        work_queue.send(ProbeRequest(job_id=job.id, video_id=video.id, bucket=settings.bucket, video_key=video.s3_key))
+        return "probing"
+    return start_segments(videos, jobs, work_queue, settings, job, video)
+
+
+def start_segments(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    work_queue: MessageQueue,
+    settings: Settings,
+    job: Job,
+    video: Video,
+) -> str:
+    """Store the job's segments, start it and send as many work items as the caps allow."""
+    options = ProcessOptions.from_dict(job.options)
+    metadata = video.metadata or {}
+    ranges = plan_segments(options, settings, metadata.get("duration_ms"))
     segments = [
         Segment(
             job_id=job.id,
@@ -568,14 +595,44 @@ def plan_job(
             end_ms=end,
             status="PENDING",
             part_key=part_key(video.id, job.id, index),
-            frames_processed=0,
-            frames_with_hands=0,
-            error=None,
             updated_at=now_ms(),
         )
         for index, (start, end) in enumerate(ranges)
     ]
     jobs.add_segments(job.id, segments)
+    started = jobs.transition(
+        job.id,
+        from_statuses=("QUEUED",),
+        to_status="IN_PROGRESS",
+        segments_total=len(segments),
+        frames_total=_expected_frames(options, metadata),
+        started_at=now_ms(),
+    )
+    if started:
+        videos.set_status(video.id, "PROCESSING")
+    sent = dispatch(jobs, work_queue, settings, replace(job, status="IN_PROGRESS"), video)
+    return f"planned {len(segments)} segment(s), dispatched {sent}"
+
+
+def _expected_frames(options: ProcessOptions, metadata: Mapping[str, Any]) -> int | None:
+    duration, fps = metadata.get("duration_ms"), metadata.get("fps")
+    if not duration or not fps:
+        return None
+    span_ms = min(options.end_ms or duration, duration) - (options.start_ms or 0)
+    return max(1, round(span_ms / 1000 * min(fps, options.sample_fps or fps)))
+
+
+def dispatch(jobs: JobRepository, work_queue: MessageQueue, settings: Settings, job: Job, video: Video) -> int:
+    """Send work items for the job's waiting segments within the per-job and global caps, so one
+    huge video cannot take every worker (and the account's concurrency) from everyone else."""
+    capacity = min(
+        settings.max_in_flight_per_job - jobs.in_flight(job.id),
+        settings.max_in_flight - jobs.in_flight(),
+    )
+    claimed = jobs.claim_for_dispatch(job.id, capacity)
+    if not claimed:
+        return 0
+    options = ProcessOptions.from_dict(job.options)
     items = [
         WorkItem(
             job_id=job.id,
@@ -585,32 +642,57 @@ def plan_job(
             video_key=video.s3_key,
             part_key=segment.part_key,
             options=options.with_range(segment.start_ms, segment.end_ms),
-            warmup_ms=settings.warmup_ms if index else 0,
+            warmup_ms=settings.warmup_ms if segment.segment_index else 0,
         )
-        for index, segment in enumerate(segments)
+        for segment in claimed
     ]
-    # Sent before the state change: if we crash in between, the redelivered request sends them again
-    # (the worker and recorder are idempotent); the other order could strand a job IN_PROGRESS.
-    work_queue.send_many(items)
-    jobs.transition(
-        job.id, from_statuses=("QUEUED",), to_status="IN_PROGRESS", segments_total=len(segments), started_at=now_ms()
-    )
-    videos.set_status(video.id, "PROCESSING")
-    return "planned"
+    try:
+        work_queue.send_many(items)
+    except Exception:
+        for segment in claimed:  # unsent: let a later dispatch send them
+            jobs.release_claim(job.id, segment.segment_index)
+        raise
+    return len(items)
+
+
+def _dispatch_waiting(
+    videos: VideoRepository, jobs: JobRepository, work_queue: MessageQueue, settings: Settings
+) -> None:
+    """Hand capacity a finished segment freed to the oldest jobs still waiting for it."""
+    for job_id in jobs.jobs_waiting_for_dispatch():
+        job, video = jobs.get(job_id), None
+        if job is not None:
+            video = videos.get(job.video_id)
+        if job is None or video is None or not dispatch(jobs, work_queue, settings, job, video):
+            break
 
 
 def record_event(
     videos: VideoRepository,
     jobs: JobRepository,
     store: ObjectStore,
+    work_queue: MessageQueue,
+    settings: Settings,
     event: SegmentEvent,
 ) -> str:
-    """The "events" consumer: progress, segment success (merging the parts once all are in) or
-    failure. Every change is conditional, so a repeated event changes nothing twice."""
+    """The "events" consumer: a probe's answer (which starts the job), progress, segment success
+    (merging the parts once all are in) or failure. Every change is conditional, so a repeated
+    event changes nothing twice."""
     job = jobs.get(event.job_id)
     if job is None:
         logger.warning("event for unknown job %s ignored", event.job_id)
         return "ignored"
+    if event.type == VIDEO_PROBED:
+        video = videos.get(job.video_id)
+        if video is None:
+            _fail_job(jobs, videos, job, "video_missing", "the video was deleted before the job started")
+            return "failed"
+        if event.video:
+            videos.set_metadata(video.id, event.video)
+            video = replace(video, metadata=event.video)
+        if job.status == "QUEUED":
+            return start_segments(videos, jobs, work_queue, settings, job, video)
+        return "already planned"
     if event.type == SEGMENT_PROGRESS:
         jobs.record_progress(job.id, event.segment, event.frames_processed)
         expected = event.extra.get("frames_expected")
@@ -620,13 +702,15 @@ def record_event(
     if event.type == SEGMENT_FAILED:
         jobs.fail_segment(job.id, event.segment, error=event.error or "failed")
         _fail_job(jobs, videos, job, event.error_code or "worker_error", f"segment {event.segment}: {event.error}")
+        _dispatch_waiting(videos, jobs, work_queue, settings)
         return "failed"
-    assert event.type == SEGMENT_SUCCEEDED
     jobs.complete_segment(
         job.id, event.segment, frames_processed=event.frames_processed, frames_with_hands=event.frames_with_hands
     )
     # Checked even when this event was a repeat: a crash during an earlier merge must not strand the job.
-    return finish_if_complete(videos, jobs, store, job.id)
+    outcome = finish_if_complete(videos, jobs, store, job.id)
+    _dispatch_waiting(videos, jobs, work_queue, settings)
+    return outcome
 
 
 def finish_if_complete(videos: VideoRepository, jobs: JobRepository, store: ObjectStore, job_id: str) -> str:

@@ -62,6 +62,11 @@ class ObjectStore:
         body: bytes = self._call("get_object", Key=key)["Body"].read()
         return body
 
+    def get_range(self, key: str, length: int) -> bytes:
+        """The first `length` bytes of the object (all of it when it is shorter)."""
+        body: bytes = self._call("get_object", Key=key, Range=f"bytes=0-{length - 1}")["Body"].read()
+        return body
+
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self._call("put_object", Key=key, Body=data, ContentType=content_type)
 

@@ -13,22 +13,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.contracts import (
+    PROBE_REQUEST,
     SEGMENT_FAILED,
     SEGMENT_PROGRESS,
     SEGMENT_SUCCEEDED,
+    VIDEO_PROBED,
     ContractError,
+    ProbeRequest,
     SegmentEvent,
     WorkItem,
     decode_body,
+    work_message_type,
 )
 from chalicelib.queues import MessageQueue
 from chalicelib.storage import ObjectMissing, ObjectStore
 
-from .engine import StoppedEarly, VideoDecodeError, process_video
+from .engine import StoppedEarly, VideoDecodeError, probe, process_video
 from .models import ModelCache, ModelError
 
 logger = logging.getLogger("handpipe.worker")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+PROBE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class Worker:
         """True when the record is finished with (done, or failed for good and reported)."""
         attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
+            if work_message_type(record["body"]) == PROBE_REQUEST:
+                return self._handle_probe(ProbeRequest.from_json(record["body"]), attempt)
             item = WorkItem.from_json(record["body"])
         except ContractError as error:
             return self._reject_malformed(record["body"], str(error), attempt)
@@ -100,6 +107,68 @@ class Worker:
                 logger.exception("could not report the failure of %s/%s", item.job_id, item.segment)
                 return False
             return True
+
+    def _handle_probe(self, request: ProbeRequest, attempt: int) -> bool:
+        try:
+            info = self.probe(request)
+        except (VideoDecodeError, ObjectMissing) as error:
+            code = error.code if isinstance(error, VideoDecodeError) else "video_missing"
+            reason = error.reason if isinstance(error, VideoDecodeError) else f"{error}: upload it first"
+            self._send_failure(request.job_id, request.video_id, 0, code, reason, attempt)
+            return True
+        except Exception as error:  # transient (S3, SQS): retry, then give up with a reason
+            logger.exception("probe of %s failed on attempt %d", request.video_key, attempt)
+            if attempt < self.settings.max_receives:
+                return False
+            self._send_failure(request.job_id, request.video_id, 0, "worker_error", f"probe failed: {error}", attempt)
+            return True
+        self.events.send(
+            SegmentEvent(
+                type=VIDEO_PROBED,
+                job_id=request.job_id,
+                video_id=request.video_id,
+                segment=0,
+                video=info,
+                attempt=attempt,
+            )
+        )
+        return True
+
+    def probe(self, request: ProbeRequest) -> dict[str, Any]:
+        """The video's container facts. The header usually sits in the first megabytes, so those are
+        tried first; a file whose index is at its end is fetched whole."""
+        store = ObjectStore(self.s3, request.bucket)
+        name = _UNSAFE_NAME.sub("_", os.path.basename(request.video_key))[-200:].lstrip(".") or "video"
+        with tempfile.TemporaryDirectory(prefix="handpipe-probe-") as workdir:
+            local = os.path.join(workdir, name)
+            head = store.get_range(request.video_key, PROBE_BYTES)
+            with open(local, "wb") as file:
+                file.write(head)
+            try:
+                info = probe(local)
+            except VideoDecodeError:
+                if len(head) < PROBE_BYTES:
+                    raise  # that was the whole file
+                store.download(request.video_key, local)
+                info = probe(local)
+            if not info.duration_ms and len(head) >= PROBE_BYTES:
+                store.download(request.video_key, local)
+                info = probe(local)
+        return info.to_dict()
+
+    def _send_failure(self, job_id: str, video_id: str, segment: int, code: str, reason: str, attempt: int) -> None:
+        logger.warning("job %s segment %s failed: %s", job_id, segment, reason)
+        self.events.send(
+            SegmentEvent(
+                type=SEGMENT_FAILED,
+                job_id=job_id,
+                video_id=video_id,
+                segment=segment,
+                error=reason,
+                error_code=code,
+                attempt=attempt,
+            )
+        )
 
     def _reject_malformed(self, body: str, reason: str, attempt: int) -> bool:
         """A malformed item cannot succeed on retry. If it names its job, fail the job; otherwise leave
@@ -215,18 +284,7 @@ class Worker:
         )
 
     def _report_failure(self, item: WorkItem, code: str, reason: str, attempt: int) -> None:
-        logger.warning("segment %s/%s failed: %s", item.job_id, item.segment, reason)
-        self.events.send(
-            SegmentEvent(
-                type=SEGMENT_FAILED,
-                job_id=item.job_id,
-                video_id=item.video_id,
-                segment=item.segment,
-                error=reason,
-                error_code=code,
-                attempt=attempt,
-            )
-        )
+        self._send_failure(item.job_id, item.video_id, item.segment, code, reason, attempt)
 
 
 _WORKER: Worker | None = None
