@@ -145,6 +145,7 @@ def _start_stack(args: argparse.Namespace, port: int, moto_port: int = 0, quiet:
         workers=args.workers,
         data_dir=args.data_dir,
         quiet=quiet and not args.verbose,
+        segment_ms=args.segment_ms,
     )
     try:
         stack.start()
@@ -309,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--workers", type=int, help="worker processes (default: one per core)")
         sub.add_argument("--data-dir", default=".handpipe", help="where the local stack keeps its database")
+        sub.add_argument(
+            "--segment-ms", type=int, help="split jobs into segments this long (default 60000; 0: never split)"
+        )
 
     process = commands.add_parser("process", help="run the engine on a local video file")
     process.add_argument("video")

@@ -102,6 +102,7 @@ class LocalStack:
         prefix: str = "handpipe",
         work_visibility_s: int = WORK_VISIBILITY_S,
         quiet: bool = False,
+        segment_ms: int | None = None,
     ) -> None:
         self.port = port
         self.moto_port = moto_port
@@ -112,6 +113,7 @@ class LocalStack:
         self.bucket = bucket
         self.prefix = prefix
         self.work_visibility_s = work_visibility_s
+        self.segment_ms = segment_ms  # None: the app's default; 0: one segment per job
         self.quiet = quiet  # no request log and no INFO lines from the handlers (for `handpipe demo`)
         self._moto: MotoServer | None = None
         self._server: Any = None
@@ -155,6 +157,8 @@ class LocalStack:
             QUEUE_PREFIX_VARIABLE: self.prefix,
             "MPLCONFIGDIR": str((self.data_dir / "matplotlib").resolve()),
         }
+        if self.segment_ms is not None:
+            environment["HANDPIPE_SEGMENT_MS"] = str(self.segment_ms)
         self._saved_env = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)
         use_runtime(Runtime(Settings.from_env(), s3_client=s3, sqs_client=sqs, database=database))

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from handpipe_worker.engine import process_video
 
+from chalicelib.contracts import ProcessOptions
 from handpipe.client import ApiError, Client
 from handpipe.stack import LocalStack
 from tests.conftest import REPO, data_path
@@ -56,6 +58,25 @@ def test_portrait_clip_end_to_end_through_the_api(stack: LocalStack) -> None:
         client.create_job(video["id"], {"num_hands": 7})
     assert refused.value.status == 400 and "num_hands" in refused.value.message
     assert stack.drain(timeout_s=30)
+
+
+def test_a_job_fans_out_over_worker_processes_and_merges_into_one_pass(tmp_path: Path) -> None:
+    """2 s segments of the 6 s clip on 2 worker processes: the result equals a single pass."""
+    with LocalStack(port=0, data_dir=tmp_path, workers=2, bucket="stack-fan", prefix="fan", segment_ms=2000) as stack:
+        assert stack.info is not None
+        client = Client(stack.info.api_url)
+        job = client.submit(data_path("videos/one_hand_wave_portrait.mp4"))
+        finished = client.wait(job["id"], poll_s=0.3, timeout_s=300)
+        assert finished["status"] == "SUCCEEDED", finished
+        assert finished["progress"]["segments_total"] == 3 == finished["progress"]["segments_done"]
+        assert finished["progress"]["frames_total"] == 180
+        merged = client.download_result(job["id"])
+    single = process_video(data_path("videos/one_hand_wave_portrait.mp4"), ProcessOptions())
+    assert [f["index"] for f in merged["frames"]] == [f["index"] for f in single["frames"]]
+    assert [len(f["hands"]) for f in merged["frames"]] == [len(f["hands"]) for f in single["frames"]]
+    # Later segments seek: beyond the 180 frames, only their 2 s warm-ups (60 frames) and the one
+    # frame that tells each earlier segment it has reached its end are decoded twice.
+    assert merged["stats"]["frames_decoded"] <= 180 + 2 * 60 + 2
 
 
 def test_a_worker_killed_mid_item_is_retried_and_the_job_completes(tmp_path: Path) -> None:
