@@ -9,14 +9,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from chalice import Chalice, Response
+from chalice import Chalice, IAMAuthorizer, Response
 from chalice.app import SQSEvent
 
 from chalicelib import services
-from chalicelib.config import NotConfigured, sqs_queue_names
+from chalicelib.auth import Caller, authenticate
+from chalicelib.config import NotConfigured, auth_mode, sqs_queue_names
 from chalicelib.contracts import JobRequested, SegmentEvent
 from chalicelib.db import DatabaseUnavailable
 from chalicelib.errors import InvalidInput, ServiceError, Unavailable
+from chalicelib.insight_routes import insight_routes
 from chalicelib.migrations import LATEST_VERSION, SchemaOutOfDate, upgrade
 from chalicelib.openapi import load_openapi
 from chalicelib.queues import QueueUnavailable
@@ -27,6 +29,14 @@ app = Chalice(app_name="handpipe")
 app.log.setLevel(logging.INFO)
 
 QUEUES = sqs_queue_names()
+# API Gateway checks credentials in AWS: the routes declare what it should require.
+PROTECTED: dict[str, Any] = (
+    {"api_key_required": True}
+    if auth_mode() == "api_key"
+    else {"authorizer": IAMAuthorizer()}
+    if auth_mode() == "iam"
+    else {}
+)
 MAX_BODY_BYTES = 64 * 1024
 _PARTS = services.PartCache()
 
@@ -83,6 +93,17 @@ def json_body() -> dict[str, Any]:
     return body
 
 
+def caller() -> Caller:
+    """Who sent the current request; raises Unauthorized or Forbidden (mapped to 401/403)."""
+    request = app.current_request
+    settings = runtime().settings
+    return authenticate(settings.auth, request.headers, request.context, settings.api_keys, settings.scope_callers)
+
+
+def owner() -> str | None:
+    return caller().owner
+
+
 def query(name: str) -> str | None:
     params = app.current_request.query_params or {}
     return params.get(name)
@@ -94,90 +115,100 @@ JSON_ONLY = ["application/json"]
 # --------------------------------------------------------------------------------------------- videos
 
 
-@app.route("/videos", methods=["GET"])
+@app.route("/videos", methods=["GET"], **PROTECTED)
 @api
 def list_videos() -> dict[str, Any]:
-    rt = runtime()
+    who, rt = owner(), runtime()
     return services.list_videos(
         rt.videos,
         status=query("status"),
         limit=services.parse_limit(query("limit"), 20, services.MAX_PAGE),
         next_token=query("next_token"),
+        owner=who,
     )
 
 
-@app.route("/videos", methods=["POST"], content_types=JSON_ONLY)
+@app.route("/videos", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
 @api
 def register_video() -> Response:
-    rt = runtime()
-    view = services.register_video(rt.videos, rt.store, rt.settings, json_body())
+    who, rt = owner(), runtime()
+    view = services.register_video(rt.videos, rt.store, rt.settings, json_body(), owner=who)
     return Response(body=view, status_code=201)
 
 
-@app.route("/videos/{video_id}", methods=["GET"])
+@app.route("/videos/{video_id}", methods=["GET"], **PROTECTED)
 @api
 def get_video(video_id: str) -> dict[str, Any]:
-    return services.video_view(services.get_video(runtime().videos, video_id))
+    who = owner()
+    return services.video_view(services.get_video(runtime().videos, video_id, owner=who))
 
 
-@app.route("/videos/{video_id}", methods=["DELETE"])
+@app.route("/videos/{video_id}", methods=["DELETE"], **PROTECTED)
 @api
 def delete_video(video_id: str) -> dict[str, Any]:
-    rt = runtime()
-    return services.delete_video(rt.videos, rt.jobs, rt.store, video_id)
+    who, rt = owner(), runtime()
+    return services.delete_video(rt.videos, rt.jobs, rt.store, video_id, owner=who)
 
 
 # --------------------------------------------------------------------------------------------- jobs
 
 
-@app.route("/videos/{video_id}/jobs", methods=["POST"], content_types=JSON_ONLY)
+@app.route("/videos/{video_id}/jobs", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
 @api
 def create_job(video_id: str) -> Response:
-    rt = runtime()
-    view, created = services.create_job(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.settings, video_id, json_body())
+    who, rt = owner(), runtime()
+    view, created = services.create_job(
+        rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.settings, video_id, json_body(), owner=who
+    )
     return Response(body=view, status_code=202 if created else 200)
 
 
-@app.route("/videos/{video_id}/jobs", methods=["GET"])
+@app.route("/videos/{video_id}/jobs", methods=["GET"], **PROTECTED)
 @api
 def list_jobs(video_id: str) -> dict[str, Any]:
-    rt = runtime()
+    who, rt = owner(), runtime()
     return services.list_jobs(
         rt.videos,
         rt.jobs,
         video_id,
         limit=services.parse_limit(query("limit"), 20, services.MAX_PAGE),
         next_token=query("next_token"),
+        owner=who,
     )
 
 
-@app.route("/jobs/{job_id}", methods=["GET"])
+@app.route("/jobs/{job_id}", methods=["GET"], **PROTECTED)
 @api
 def get_job(job_id: str) -> dict[str, Any]:
-    return services.job_view(services.get_job(runtime().jobs, job_id))
+    who = owner()
+    return services.job_view(services.get_job(runtime().jobs, job_id, owner=who))
 
 
-@app.route("/jobs/{job_id}/result", methods=["GET"])
+@app.route("/jobs/{job_id}/result", methods=["GET"], **PROTECTED)
 @api
 def get_result(job_id: str) -> dict[str, Any]:
-    rt = runtime()
-    return services.job_result(rt.jobs, rt.store, rt.settings, job_id)
+    who, rt = owner(), runtime()
+    return services.job_result(rt.jobs, rt.store, rt.settings, job_id, owner=who)
 
 
-@app.route("/jobs/{job_id}/frames", methods=["GET"])
+@app.route("/jobs/{job_id}/frames", methods=["GET"], **PROTECTED)
 @api
 def get_frames(job_id: str) -> dict[str, Any]:
-    rt = runtime()
+    who, rt = owner(), runtime()
     return services.job_frames(
         rt.jobs,
         rt.store,
         _PARTS,
         job_id,
+        owner=who,
         start_ms=services.parse_ms(query("start_ms"), "start_ms"),
         end_ms=services.parse_ms(query("end_ms"), "end_ms"),
         max_results=services.parse_limit(query("max_results"), 100, services.MAX_FRAMES_PAGE, "max_results"),
         next_token=query("next_token"),
     )
+
+
+app.register_blueprint(insight_routes)  # /jobs/{job_id}/export, /insights, /viewer
 
 
 # --------------------------------------------------------------------------------------------- health

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .auth import AUTH_MODES, parse_api_keys
 from .contracts import queue_names
 
 QUEUE_PREFIX_VARIABLE = "HANDPIPE_QUEUE_PREFIX"
@@ -20,6 +21,18 @@ def queue_prefix() -> str:
 
 def sqs_queue_names() -> dict[str, str]:
     return queue_names(queue_prefix())
+
+
+def auth_mode(env: Mapping[str, str] | None = None) -> str:
+    """Read at import too, by the route decorators (API Gateway enforces keys or IAM in AWS)."""
+    mode = (os.environ if env is None else env).get("HANDPIPE_AUTH", "api_key")
+    if mode not in AUTH_MODES:
+        raise NotConfigured(f"HANDPIPE_AUTH must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
+    return mode
+
+
+def _local_key(key: str | None) -> str | None:
+    return f"{key}=local" if key else None
 
 
 class NotConfigured(RuntimeError):
@@ -41,6 +54,9 @@ class Settings:
     max_active_jobs_per_video: int = 3
     max_in_flight_per_job: int = 50  # segments of one job on workers at once
     max_in_flight: int = 200  # segments of all jobs on workers at once (the worker's reserved concurrency)
+    auth: str = "api_key"  # api_key | iam | none (none: only for a stack nobody else can reach)
+    api_keys: dict[str, str] = field(default_factory=dict)  # local stack only: key -> owner
+    scope_callers: bool = True  # each caller sees only its own videos and jobs
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -76,4 +92,8 @@ class Settings:
             max_active_jobs_per_video=number("HANDPIPE_MAX_ACTIVE_JOBS_PER_VIDEO", 3) or 3,
             max_in_flight_per_job=number("HANDPIPE_MAX_IN_FLIGHT_PER_JOB", 50) or 50,
             max_in_flight=number("HANDPIPE_MAX_IN_FLIGHT", 200) or 200,
+            auth=auth_mode(env),
+            # Local stacks and `chalice local`: keys listed here; the key a local client uses counts too.
+            api_keys=parse_api_keys(env.get("HANDPIPE_API_KEYS") or _local_key(env.get("HANDPIPE_API_KEY"))),
+            scope_callers=env.get("HANDPIPE_SCOPE_CALLERS", "true").lower() not in ("0", "false", "no"),
         )

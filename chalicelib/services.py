@@ -242,9 +242,11 @@ def register_video(
         filename = safe_filename(_text(body, "filename", max_len=255, required=True) or "")
         content_type = _video_content_type(_text(body, "content_type", max_len=100) or _guess_content_type(filename))
         size = body.get("size_bytes")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        if size is None:
+            raise InvalidInput("size_bytes is required: the upload URL is signed for exactly that size")
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise InvalidInput("size_bytes must be a positive whole number")
-        if size is not None and size > settings.max_upload_bytes:
+        if size > settings.max_upload_bytes:
             raise TooLarge(f"size_bytes {size} is over the limit of {settings.max_upload_bytes} bytes")
         key = video_key(video_id, filename)
         status = "REGISTERED"
@@ -268,8 +270,8 @@ def register_video(
     if status == "REGISTERED":
         view["upload"] = {
             "method": "PUT",
-            "url": store.presign_upload(key, content_type, settings.upload_url_expires_s),
-            "headers": {"Content-Type": content_type},
+            "url": store.presign_upload(key, content_type, size or 0, settings.upload_url_expires_s),
+            "headers": {"Content-Type": content_type, "Content-Length": str(size)},
             "expires_in_s": settings.upload_url_expires_s,
         }
     return view

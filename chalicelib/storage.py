@@ -93,11 +93,12 @@ class ObjectStore:
             self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
-    def presign_upload(self, key: str, content_type: str, expires_s: int) -> str:
-        """A URL for one PUT of this object with this content type (the signature covers both)."""
+    def presign_upload(self, key: str, content_type: str, size: int, expires_s: int) -> str:
+        """A URL for one PUT of this object, of this type and exactly this size: the signature covers
+        all three, so the URL cannot be used for another object or a bigger file."""
         url: str = self.s3.generate_presigned_url(
             "put_object",
-            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
+            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type, "ContentLength": size},
             ExpiresIn=expires_s,
         )
         return url

@@ -161,7 +161,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"S3 and SQS (moto) {info.aws_endpoint_url}  bucket {info.bucket}")
     print(f"database          {_hide_password(info.db_url)}")
     print(f"workers           {info.workers} process(es)")
-    print(f"try:  handpipe demo --api-url {info.api_url}    (Ctrl-C stops the stack)", flush=True)
+    print(f"API key           {info.api_key}   (send it as x-api-key)")
+    print(f"try:  export HANDPIPE_API_KEY={info.api_key}")
+    print(f"      handpipe demo --api-url {info.api_url}    (Ctrl-C stops the stack)", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
@@ -196,6 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("starting a local stack (moto S3/SQS, SQLite, chalice local, worker processes)...")
         stack = _start_stack(args, 0, quiet=True)
         api_url = stack.info.api_url
+        args.api_key = stack.info.api_key
         print(f"local stack up: API at {api_url}")
     try:
         from .client import Client
@@ -290,6 +293,20 @@ def cmd_result(args: argparse.Namespace) -> int:
     return _report_job(client, job, args.out)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .client import ApiError, MissingDependency
+
+    out = Path(args.out or f"{args.job}.{args.format}")
+    try:
+        saved = _client(args).download_export(args.job, out, args.format)
+    except MissingDependency as error:
+        raise CliError(str(error)) from None
+    except ApiError as error:
+        raise CliError(f"the API refused: {error.message}") from None
+    print(f"{out}: {saved['rows']} rows (one per hand per frame), {len(saved['columns'])} columns, {args.format}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ wiring
 
 
@@ -368,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     result.add_argument("--out", help="where to save it (default JOB.json)")
     api_args(result)
     result.set_defaults(run=cmd_result)
+
+    export = commands.add_parser("export", help="save a job's landmarks as a table: one row per hand per frame")
+    export.add_argument("job")
+    export.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv", help="parquet needs pandas and pyarrow")
+    export.add_argument("--out", help="default JOB.FORMAT; a name ending in .gz keeps csv or jsonl compressed")
+    api_args(export)
+    export.set_defaults(run=cmd_export)
     return parser
 
 

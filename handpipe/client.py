@@ -4,6 +4,7 @@ is meant for notebooks too."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import mimetypes
 import time
@@ -13,6 +14,21 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+EXPORT_FORMATS = ("csv", "jsonl", "parquet")
+
+
+class MissingDependency(ImportError):
+    """An optional package (pandas, pyarrow) that a client feature needs is not installed."""
+
+
+def _optional(module: str, feature: str, install: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependency(f"{feature} needs {module}, which is not installed: pip install {install}") from None
 
 
 class ApiError(Exception):
@@ -183,3 +199,52 @@ class Client:
             token = page.get("next_token")
             if not token:
                 return
+
+    # ----------------------------------------------------------------------------- exports and insights
+
+    def _fetch(self, url: str) -> bytes:
+        """A presigned S3 URL's object (the API key is not sent to S3)."""
+        try:
+            with urllib.request.urlopen(url, timeout=max(self.timeout_s, 300)) as response:
+                data: bytes = response.read()
+        except urllib.error.HTTPError as error:
+            raise ApiError(error.code, f"download refused: {error.read()[:300]!r}") from None
+        return data
+
+    def export(self, job_id: str, format: str = "csv") -> dict[str, Any]:
+        """The job's landmarks as one row per hand per frame, made once on the API's side: `format`
+        csv or jsonl; returns {format, columns, rows, url (a presigned gzip download), expires_in_s}."""
+        result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/export", format=format)
+        return result
+
+    def download_export(self, job_id: str, path: str | Path, format: str = "csv") -> dict[str, Any]:
+        """Save the export to `path`: csv or jsonl (gzip-compressed when `path` ends in .gz), or parquet,
+        converted here from the CSV export (needs pandas and pyarrow). Returns the export's description
+        (format, columns, rows) with `path`."""
+        out = Path(path)
+        fmt = format.lower()
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+        if fmt == "parquet":
+            _optional("pyarrow", "format='parquet'", "pandas pyarrow")
+            frame = self.dataframe(job_id)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_parquet(out, index=False, engine="pyarrow")
+            return {"format": "parquet", "columns": list(frame.columns), "rows": len(frame), "path": str(out)}
+        info = self.export(job_id, fmt)
+        data = self._fetch(info["url"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data if out.name.endswith(".gz") else gzip.decompress(data))
+        return {**info, "path": str(out)}
+
+    def insights(self, job_id: str) -> dict[str, Any]:
+        """Gesture ranges, per-frame gestures, hand tracks and motion of a finished job (chalicelib.insights)."""
+        result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/insights")
+        return result
+
+    def dataframe(self, job_id: str) -> Any:
+        """The CSV export as a pandas DataFrame, one row per hand per frame (needs pandas: pip install pandas)."""
+        pandas = _optional("pandas", "Client.dataframe", "pandas")
+        data = self._fetch(self.export(job_id, "csv")["url"])
+        text = {"job_id": str, "video_id": str, "handedness": str, "gesture": str}
+        return pandas.read_csv(io.BytesIO(data), compression="gzip", dtype=text)

@@ -8,6 +8,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import secrets
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +42,7 @@ class StackInfo:
     queue_urls: dict[str, str]
     dlq_urls: dict[str, str]
     workers: int
+    api_key: str
 
 
 def _run_work_batch(event: dict[str, Any], remaining_s: float) -> dict[str, Any]:
@@ -103,6 +105,7 @@ class LocalStack:
         work_visibility_s: int = WORK_VISIBILITY_S,
         quiet: bool = False,
         segment_ms: int | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.port = port
         self.moto_port = moto_port
@@ -113,6 +116,8 @@ class LocalStack:
         self.bucket = bucket
         self.prefix = prefix
         self.work_visibility_s = work_visibility_s
+        # Callers need this key (x-api-key), as they need a usage plan's key in AWS.
+        self.api_key = api_key or os.environ.get("HANDPIPE_API_KEY") or secrets.token_urlsafe(24)
         self.segment_ms = segment_ms  # None: the app's default; 0: one segment per job
         self.quiet = quiet  # no request log and no INFO lines from the handlers (for `handpipe demo`)
         self._moto: MotoServer | None = None
@@ -154,6 +159,11 @@ class LocalStack:
             "HANDPIPE_EVENTS_QUEUE_URL": resources.queue_urls["events"],
             "HANDPIPE_DB_URL": self.db_url,
             "HANDPIPE_WORK_MAX_RECEIVES": str(self.max_receives),
+            "HANDPIPE_PROGRESS_INTERVAL_S": "1",
+            # Fan-out is real here too: as many segments in flight as there are worker processes.
+            "HANDPIPE_MAX_IN_FLIGHT": str(max(self.workers, 1) * 2),
+            "HANDPIPE_AUTH": "api_key",
+            "HANDPIPE_API_KEYS": f"{self.api_key}=local",
             QUEUE_PREFIX_VARIABLE: self.prefix,
             "MPLCONFIGDIR": str((self.data_dir / "matplotlib").resolve()),
         }
@@ -189,6 +199,7 @@ class LocalStack:
             queue_urls=dict(urls),
             dlq_urls=dict(resources.dlq_urls),
             workers=self.workers,
+            api_key=self.api_key,
         )
         return self.info
 

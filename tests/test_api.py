@@ -4,6 +4,7 @@ the worker runs for real on the messages the orchestrator sends."""
 from __future__ import annotations
 
 import json
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from handpipe.localaws import LambdaContext, aws_clients, provision
 from tests.conftest import data_path
 
 MODELS = ModelCache()
+API_KEY = "test-key-0123456789abcdef"
+OTHER_KEY = "other-key-0123456789abcdef"
 
 
 @dataclass
@@ -42,7 +45,7 @@ class Env:
         self, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None
     ) -> Any:
         sent = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        all_headers = {"content-type": "application/json", **(headers or {})}
+        all_headers = {"content-type": "application/json", "x-api-key": API_KEY, **(headers or {})}
         response = getattr(self.client.http, method.lower())(path, body=sent, headers=all_headers)
         return response.status_code, json.loads(response.body or b"null")
 
@@ -97,6 +100,7 @@ def env(moto_endpoint: str, tmp_path: Path) -> Iterator[Env]:
         jobs_queue_url=resources.queue_urls["jobs"],
         work_queue_url=resources.queue_urls["work"],
         db_url="unused: the database is injected",
+        api_keys={API_KEY: "tester", OTHER_KEY: "someone-else"},
     )
     use_runtime(Runtime(settings, s3_client=s3, sqs_client=sqs, database=db))
     worker = Worker(s3, sqs, WorkerSettings(events_queue_url=resources.queue_urls["events"]), models=MODELS)
@@ -200,9 +204,11 @@ def test_redelivered_messages_change_nothing_twice(env: Env) -> None:
 
 
 def test_undecodable_upload_fails_the_job_with_the_reason(env: Env, tmp_path: Path) -> None:
-    status, video = env.call("POST", "/videos", {"filename": "notes.mp4", "content_type": "video/mp4"})
     fake = tmp_path / "notes.mp4"
     fake.write_bytes(b"not a video at all\n" * 100)
+    status, video = env.call(
+        "POST", "/videos", {"filename": "notes.mp4", "content_type": "video/mp4", "size_bytes": fake.stat().st_size}
+    )
     env.upload(video, fake)
     job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
     finished = env.process(job["id"])
@@ -310,7 +316,8 @@ def test_trigger_before_upload_is_a_conflict(env: Env) -> None:
         ("POST", "/videos", {"filename": "clip.mp4", "content_type": "text/html"}, 400, "content_type"),
         ("POST", "/videos", {"filename": "clip.mp4", "colour": "red"}, 400, "unknown field"),
         ("POST", "/videos", {"title": "no file"}, 400, "filename is required"),
-        ("POST", "/videos", {"filename": "clip.mp4", "title": "bell\x07"}, 400, "control"),
+        ("POST", "/videos", {"filename": "clip.mp4", "size_bytes": 9, "title": "bell\x07"}, 400, "control"),
+        ("POST", "/videos", {"filename": "clip.mp4"}, 400, "size_bytes is required"),
         ("POST", "/videos", {"filename": 42}, 400, "must be a string"),
         ("POST", "/videos", [1, 2], 400, "JSON object"),
         ("POST", "/videos", {"s3_key": "../../secret.mp4"}, 400, "s3_key"),
@@ -343,7 +350,7 @@ def test_malformed_json_and_bad_job_options(env: Env) -> None:
 
 
 def test_filenames_are_sanitised_into_the_key(env: Env) -> None:
-    status, video = env.call("POST", "/videos", {"filename": "../../my clip (final)?.MP4"})
+    status, video = env.call("POST", "/videos", {"filename": "../../my clip (final)?.MP4", "size_bytes": 1000})
     assert status == 201
     assert video["filename"] == "my_clip_final.mp4"
     assert video["s3_key"] == f"videos/{video['id']}/my_clip_final.mp4"
@@ -376,3 +383,62 @@ def test_migrate_function_applies_migrations_once(env: Env) -> None:
     assert first["applied"] == list(range(1, LATEST_VERSION + 1)) and again["applied"] == []
     assert again["version"] == LATEST_VERSION
     assert fresh.fetchone("SELECT COUNT(*) AS n FROM videos") == {"n": 0}
+
+
+# ------------------------------------------------------------------------------------ authentication
+
+PROTECTED_ROUTES = [
+    ("GET", "/videos"),
+    ("POST", "/videos"),
+    ("GET", f"/videos/vid_{'0' * 32}"),
+    ("DELETE", f"/videos/vid_{'0' * 32}"),
+    ("POST", f"/videos/vid_{'0' * 32}/jobs"),
+    ("GET", f"/videos/vid_{'0' * 32}/jobs"),
+    ("GET", f"/jobs/job_{'0' * 32}"),
+    ("GET", f"/jobs/job_{'0' * 32}/result"),
+    ("GET", f"/jobs/job_{'0' * 32}/frames"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED_ROUTES)
+def test_every_route_but_health_needs_a_valid_key(env: Env, method: str, path: str) -> None:
+    status, answer = env.call(method, path, {"filename": "a.mp4"}, headers={"x-api-key": ""})
+    assert status == 401 and "x-api-key" in answer["message"]
+    status, answer = env.call(method, path, {"filename": "a.mp4"}, headers={"x-api-key": "wrong-key-0123456789"})
+    assert status == 403 and "not valid" in answer["message"]
+    assert env.db.fetchone("SELECT COUNT(*) AS n FROM videos") == {"n": 0}
+
+
+def test_health_and_the_api_description_are_public(env: Env) -> None:
+    assert env.call("GET", "/health", headers={"x-api-key": ""})[0] == 200
+    assert env.call("GET", "/openapi.json", headers={"x-api-key": ""})[0] == 200
+
+
+def test_callers_see_only_their_own_videos_and_jobs(env: Env) -> None:
+    video = register(env)
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    other = {"x-api-key": OTHER_KEY}
+    assert env.call("GET", "/videos", headers=other)[1]["videos"] == []
+    for method, path in [
+        ("GET", f"/videos/{video['id']}"),
+        ("DELETE", f"/videos/{video['id']}"),
+        ("GET", f"/videos/{video['id']}/jobs"),
+        ("POST", f"/videos/{video['id']}/jobs"),
+        ("GET", f"/jobs/{job['id']}"),
+        ("GET", f"/jobs/{job['id']}/result"),
+        ("GET", f"/jobs/{job['id']}/frames"),
+    ]:
+        status, _ = env.call(method, path, {} if method == "POST" else None, headers=other)
+        assert status == 404, (method, path)  # not 403: another caller's ids do not even exist for them
+    assert env.call("GET", f"/videos/{video['id']}")[0] == 200
+    assert [v["id"] for v in env.call("GET", "/videos")[1]["videos"]] == [video["id"]]
+
+
+def test_upload_urls_are_scoped_signed_for_type_and_size_and_expire(env: Env) -> None:
+    video = register(env, upload=False)
+    url = video["upload"]["url"]
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(url).query)
+    assert urllib.parse.urlparse(url).path.endswith(video["s3_key"])
+    assert int(query["X-Amz-Expires"][0]) == video["upload"]["expires_in_s"] == 900
+    assert {"content-type", "content-length"} <= set(query["X-Amz-SignedHeaders"][0].split(";"))
+    assert video["upload"]["headers"]["Content-Length"] == str(video["size_bytes"])

@@ -29,7 +29,7 @@ from chalicelib.openapi import OPENAPI_PATH, load_openapi
 from chalicelib.runtime import Runtime, use_runtime
 from chalicelib.services import JOB_STATUSES, VIDEO_STATUSES
 from tests.conftest import data_path
-from tests.test_api import Env
+from tests.test_api import API_KEY, Env
 from tests.test_api import env as env  # noqa: F401 (the fixture, for the tests that take `env`)
 
 DOC: dict[str, Any] = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
@@ -275,7 +275,7 @@ class Checked:
         headers: dict[str, str] | None = None,
     ) -> Any:
         sent = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        all_headers = {"content-type": "application/json", **(headers or {})}
+        all_headers = {"content-type": "application/json", "x-api-key": API_KEY, **(headers or {})}
         response = getattr(self.client.http, method.lower())(path, body=sent, headers=all_headers)
         answer = Answer(response.status_code, dict(response.headers), json.loads(response.body or b"null"))
         assert answer.status == expect, (method, path, answer.body)
@@ -409,7 +409,7 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
     # a job that fails: its error is reported
     fake = tmp_path / "notes.mp4"
     fake.write_bytes(b"not a video at all\n" * 100)
-    bad = call("POST", "/videos", {"filename": "notes.mp4"}, expect=201)
+    bad = call("POST", "/videos", {"filename": "notes.mp4", "size_bytes": fake.stat().st_size}, expect=201)
     env.upload(bad, fake)
     failed_id = call("POST", f"/videos/{bad['id']}/jobs", None, expect=202)["id"]
     env.process(failed_id)
@@ -465,6 +465,7 @@ def test_unavailable_dependencies_follow_the_document(env: Env, api: Checked, tm
         jobs_queue_url=env.queues["jobs"],
         work_queue_url=env.queues["work"],
         db_url="unused",
+        api_keys={API_KEY: "tester"},
     )
     unreachable = Database.from_url(f"sqlite:///{tmp_path / 'missing-dir' / 'handpipe.db'}")
     use_runtime(Runtime(settings, s3_client=env.s3, sqs_client=env.sqs, database=unreachable))

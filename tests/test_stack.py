@@ -28,8 +28,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 def test_portrait_clip_end_to_end_through_the_api(stack: LocalStack) -> None:
     assert stack.info is not None
-    client = Client(stack.info.api_url)
+    client = Client(stack.info.api_url, api_key=stack.info.api_key)
     assert client.health()["status"] == "ok"
+    with pytest.raises(ApiError) as refused:
+        list(Client(stack.info.api_url).list_videos())
+    assert refused.value.status == 401
     video_path = data_path("videos/one_hand_wave_portrait.mp4")
     video = client.register_video(video_path, title="wave")
     client.upload(video, video_path)
@@ -64,7 +67,7 @@ def test_a_job_fans_out_over_worker_processes_and_merges_into_one_pass(tmp_path:
     """2 s segments of the 6 s clip on 2 worker processes: the result equals a single pass."""
     with LocalStack(port=0, data_dir=tmp_path, workers=2, bucket="stack-fan", prefix="fan", segment_ms=2000) as stack:
         assert stack.info is not None
-        client = Client(stack.info.api_url)
+        client = Client(stack.info.api_url, api_key=stack.info.api_key)
         job = client.submit(data_path("videos/one_hand_wave_portrait.mp4"))
         finished = client.wait(job["id"], poll_s=0.3, timeout_s=300)
         assert finished["status"] == "SUCCEEDED", finished
@@ -85,7 +88,7 @@ def test_a_worker_killed_mid_item_is_retried_and_the_job_completes(tmp_path: Pat
         port=0, data_dir=tmp_path, workers=1, bucket="stack-kill", prefix="kill", work_visibility_s=3
     ) as stack:
         assert stack.info is not None and stack.worker_pool is not None
-        client = Client(stack.info.api_url)
+        client = Client(stack.info.api_url, api_key=stack.info.api_key)
         job = client.submit(data_path("videos/one_hand_wave_portrait.mp4"))
         for _ in range(600):  # until the worker has reported progress, so it is mid-item
             if client.get_job(job["id"])["progress"]["frames_done"] > 0:

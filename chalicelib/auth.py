@@ -1,0 +1,75 @@
+"""Who is calling: API keys (checked by API Gateway's usage plan in AWS, by the app against a
+configured list in the local stack) or IAM; each caller becomes an owner that scopes what it sees."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ServiceError
+
+AUTH_MODES = ("api_key", "iam", "none")
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str | None  # None: unscoped (auth off, or scoping off)
+
+
+def parse_api_keys(text: str | None) -> dict[str, str]:
+    """`key=owner,key2=owner2` (a bare `key` is owned by "default") into {key: owner}."""
+    keys: dict[str, str] = {}
+    for entry in (text or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        key, _, owner = entry.partition("=")
+        if len(key) < 16:
+            raise ValueError("an API key must be at least 16 characters long")
+        keys[key] = owner.strip() or "default"
+    return keys
+
+
+def authenticate(
+    mode: str,
+    headers: Mapping[str, str],
+    request_context: Mapping[str, Any] | None,
+    local_keys: Mapping[str, str],
+    scope_callers: bool,
+) -> Caller:
+    """The caller of one request, or Unauthorized (no credentials) / Forbidden (wrong ones)."""
+    if mode == "none":
+        return Caller(owner=None)
+    identity = (request_context or {}).get("identity") or {}
+    if mode == "api_key":
+        presented = headers.get("x-api-key")
+        if local_keys:
+            if not presented:
+                raise Unauthorized("send your API key in the x-api-key header")
+            owner = next((o for k, o in local_keys.items() if hmac.compare_digest(k, presented)), None)
+            if owner is None:
+                raise Forbidden("that API key is not valid")
+        else:
+            # In AWS, API Gateway has already checked the key against the usage plan.
+            owner = identity.get("apiKeyId")
+            if not owner:
+                raise Unauthorized("send your API key in the x-api-key header")
+    elif mode == "iam":
+        owner = identity.get("userArn") or identity.get("caller")
+        if not owner:
+            raise Unauthorized("sign the request with AWS credentials (SigV4)")
+    else:
+        raise Forbidden(f"unknown authentication mode {mode!r}")
+    return Caller(owner=str(owner) if scope_callers else None)

@@ -1,0 +1,465 @@
+"""Exports, insights and the viewer on a really processed clip: the routes through chalice.test.Client,
+the client and the CLI, and the viewer page driven in headless Chromium against the local stack."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import re
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import app as chalice_app
+from chalicelib import exports, insight_routes
+from chalicelib.insights import GESTURES, analyze
+from handpipe import cli
+from handpipe.client import Client, MissingDependency
+from tests.conftest import IN_CI, data_path
+from tests.test_api import API_KEY, OTHER_KEY, Env, register
+from tests.test_api import env as env  # noqa: F401 (the fixture)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+UNKNOWN_JOB = "job_" + "0" * 32
+
+
+def processed_job(env: Env) -> dict[str, Any]:
+    video = register(env)
+    status, job = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"num_hands": 2}})
+    assert status == 202, job
+    finished = env.process(job["id"])
+    assert finished["status"] == "SUCCEEDED", finished
+    return finished
+
+
+def all_frames(env: Env, job_id: str) -> list[dict[str, Any]]:
+    status, page = env.call("GET", f"/jobs/{job_id}/frames?max_results=1000")
+    assert status == 200 and page["next_token"] is None
+    frames: list[dict[str, Any]] = page["frames"]
+    return frames
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url) as response:
+        data: bytes = response.read()
+    return data
+
+
+def raw_get(env: Env, path: str, headers: dict[str, str] | None = None) -> Any:
+    return env.client.http.get(path, headers={"x-api-key": API_KEY} if headers is None else headers)
+
+
+# ------------------------------------------------------------------------------------ rows, pure
+
+
+def synthetic_result() -> dict[str, Any]:
+    def hand(label: str, shift: float) -> dict[str, Any]:
+        return {
+            "handedness": label,
+            "score": 0.9,
+            "landmarks": [[0.1 + shift + i / 100, 0.2 + i / 100, -i / 1000] for i in range(21)],
+            "world_landmarks": [[i / 100, -i / 100, i / 1000] for i in range(21)],
+        }
+
+    frames = [
+        {"index": 0, "timestamp_ms": 0.0, "hands": [hand("Left", 0.0)]},
+        {"index": 1, "timestamp_ms": 33.333, "hands": []},
+        {"index": 2, "timestamp_ms": 66.667, "hands": [hand("Left", 0.0), hand("Right", 0.5)]},
+    ]
+    return {"video": {"width": 640, "height": 480}, "frames": frames}
+
+
+def test_columns_are_the_documented_ones() -> None:
+    assert exports.COLUMNS[:9] == [
+        "job_id",
+        "video_id",
+        "frame_index",
+        "timestamp_ms",
+        "hand_index",
+        "handedness",
+        "handedness_score",
+        "gesture",
+        "gesture_score",
+    ]
+    assert exports.COLUMNS[9:12] == ["x0", "y0", "z0"] and exports.COLUMNS[72:75] == ["wx0", "wy0", "wz0"]
+    assert exports.COLUMNS[-1] == "wz20" and len(exports.COLUMNS) == 9 + 2 * 63 == len(set(exports.COLUMNS))
+
+
+def test_rows_are_one_per_hand_per_frame_with_the_gesture_of_that_hand() -> None:
+    result = synthetic_result()
+    insights = analyze(result)
+    rows = list(exports.rows(result, insights, job_id="job_x", video_id="vid_y"))
+    assert [(r["frame_index"], r["hand_index"], r["handedness"]) for r in rows] == [
+        (0, 0, "Left"),
+        (2, 0, "Left"),
+        (2, 1, "Right"),
+    ]
+    labels = {(f, h): (label, score) for f, h, label, score in insights["gestures"]["per_frame"]}
+    for row in rows:
+        assert list(row) == exports.COLUMNS and row["job_id"] == "job_x" and row["video_id"] == "vid_y"
+        assert (row["gesture"], row["gesture_score"]) == labels[(row["frame_index"], row["hand_index"])]
+    assert rows[2]["x0"] == 0.6 and rows[2]["z20"] == -0.02 and rows[2]["wy20"] == -0.2
+
+    data, count = exports.to_csv_gz(exports.rows(result, insights))
+    parsed = list(csv.DictReader(io.StringIO(gzip.decompress(data).decode())))
+    assert count == 3 and len(parsed) == 3 and list(parsed[0]) == exports.COLUMNS
+    assert parsed[0]["job_id"] == "" and float(parsed[2]["x0"]) == 0.6
+    data, count = exports.to_jsonl_gz(exports.rows(result, insights))
+    lines = [json.loads(line) for line in gzip.decompress(data).decode().splitlines()]
+    assert count == 3 and [list(line) for line in lines] == [exports.COLUMNS] * 3 and lines[1]["hand_index"] == 0
+    assert exports.to_csv_gz(iter([]))[1] == 0  # no hands: a header and no rows
+    assert gzip.decompress(exports.to_csv_gz(iter([]))[0]).decode().strip() == ",".join(exports.COLUMNS)
+
+
+def test_the_blueprint_protects_its_routes_as_the_app_does() -> None:
+    assert {k: type(v) for k, v in insight_routes.PROTECTED.items()} == {
+        k: type(v) for k, v in chalice_app.PROTECTED.items()
+    }
+    for path in ("/jobs/{job_id}/export", "/jobs/{job_id}/insights", "/jobs/{job_id}/viewer"):
+        entry = chalice_app.app.routes[path]["GET"]
+        assert entry.api_key_required == chalice_app.PROTECTED.get("api_key_required")
+
+
+# ------------------------------------------------------------------------------------ exports
+
+
+def check_export_rows(
+    rows: list[dict[str, Any]], frames: list[dict[str, Any]], insights: dict[str, Any], job: dict[str, Any]
+) -> None:
+    """Rows as parsed from a file (all values may be text): one per hand seen, matching the frames API."""
+    assert len(rows) == job["summary"]["hands_seen"] == sum(len(f["hands"]) for f in frames)
+    by_frame = {f["index"]: f for f in frames}
+    gestures = {(f, h): (label, score) for f, h, label, score in insights["gestures"]["per_frame"]}
+    for row in rows:
+        frame = by_frame[int(row["frame_index"])]
+        hand = frame["hands"][int(row["hand_index"])]
+        assert row["job_id"] == job["id"] and row["video_id"] == job["video_id"]
+        assert float(row["timestamp_ms"]) == frame["timestamp_ms"]
+        assert row["handedness"] == hand["handedness"] and float(row["handedness_score"]) == hand["score"]
+        label, score = gestures[(frame["index"], int(row["hand_index"]))]
+        assert row["gesture"] == label in GESTURES and float(row["gesture_score"]) == score
+        for i in range(21):
+            for k, axis in enumerate("xyz"):
+                assert float(row[f"{axis}{i}"]) == hand["landmarks"][i][k]
+                assert float(row[f"w{axis}{i}"]) == hand["world_landmarks"][i][k]
+        assert all(math.isfinite(float(row[name])) for name in exports.COLUMNS[9:])
+
+
+def test_csv_and_jsonl_exports_of_a_processed_clip(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = processed_job(env)
+    frames = all_frames(env, job["id"])
+    status, insights = env.call("GET", f"/jobs/{job['id']}/insights")
+    assert status == 200
+
+    status, answer = env.call("GET", f"/jobs/{job['id']}/export?format=csv")
+    assert status == 200, answer
+    assert answer["format"] == "csv" and answer["columns"] == exports.COLUMNS
+    assert answer["rows"] == job["summary"]["hands_seen"] == 86  # 51 frames, 2 hands in 35 of them
+    assert answer["expires_in_s"] == 3600 and answer["key"] == (f"results/{job['video_id']}/{job['id']}/export.csv.gz")
+    text = gzip.decompress(fetch(answer["url"])).decode()
+    reader = csv.DictReader(io.StringIO(text))
+    assert reader.fieldnames == exports.COLUMNS
+    check_export_rows(list(reader), frames, insights, job)
+
+    status, answer = env.call("GET", f"/jobs/{job['id']}/export?format=jsonl")
+    assert status == 200 and answer["format"] == "jsonl" and answer["rows"] == 86
+    lines = gzip.decompress(fetch(answer["url"])).decode().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert all(list(row) == exports.COLUMNS for row in rows)
+    assert all(isinstance(row["frame_index"], int) and isinstance(row["x0"], float) for row in rows)
+    check_export_rows(rows, frames, insights, job)
+
+    # made once, then reused: nothing is written again, and no format means csv
+    etag = env.s3.head_object(Bucket=env.bucket, Key=answer["key"])["ETag"]
+    store_class = type(chalice_app.runtime().store)
+    original = store_class.put_bytes
+    puts: list[str] = []
+
+    def counting_put(store: Any, key: str, data: bytes, content_type: str) -> None:
+        puts.append(key)
+        original(store, key, data, content_type)
+
+    monkeypatch.setattr(store_class, "put_bytes", counting_put)
+    again = env.call("GET", f"/jobs/{job['id']}/export?format=jsonl")[1]
+    default = env.call("GET", f"/jobs/{job['id']}/export")[1]
+    assert puts == [] and again["rows"] == 86 and default["format"] == "csv"
+    assert env.s3.head_object(Bucket=env.bucket, Key=answer["key"])["ETag"] == etag
+    listed = {o["Key"].rsplit("/", 1)[-1] for o in env.s3.list_objects_v2(Bucket=env.bucket)["Contents"]}
+    assert {"export.csv.gz", "export.jsonl.gz", "insights.json", "result.json.gz"} <= listed
+
+
+def test_export_errors(env: Env) -> None:
+    job = processed_job(env)
+    for fmt, fragment in [("parquet", "pip install pandas"), ("xml", "csv, jsonl"), ("", None)]:
+        status, answer = env.call("GET", f"/jobs/{job['id']}/export?format={fmt}")
+        if fragment is None:
+            assert status == 200 and answer["format"] == "csv"  # empty: the default
+            continue
+        assert status == 400 and fragment in answer["message"], answer
+    status, answer = env.call("GET", f"/jobs/{job['id']}/export?format=parquet")
+    assert "handpipe export" in answer["message"] and "download_export" in answer["message"]
+    for path in (f"/jobs/{UNKNOWN_JOB}/export", "/jobs/not-a-job/export", f"/jobs/{UNKNOWN_JOB}/insights"):
+        status, answer = env.call("GET", path)
+        assert status == 404 and answer["code"] == "not_found", (path, answer)
+    video = register(env)
+    queued = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    for route in ("export?format=csv", "insights", "viewer"):
+        status, answer = env.call("GET", f"/jobs/{queued['id']}/{route}")
+        assert status == 409 and "QUEUED" in answer["message"], (route, answer)
+    # credentials: none, wrong, or another caller's (whose jobs do not exist for this one)
+    for route in ("export", "insights", "viewer"):
+        assert env.call("GET", f"/jobs/{job['id']}/{route}", headers={"x-api-key": ""})[0] == 401
+        assert env.call("GET", f"/jobs/{job['id']}/{route}", headers={"x-api-key": "wrong-key-0123456789"})[0] == 403
+        assert env.call("GET", f"/jobs/{job['id']}/{route}", headers={"x-api-key": OTHER_KEY})[0] == 404
+
+
+# ------------------------------------------------------------------------------------ insights
+
+
+def test_insights_are_computed_once_and_kept_next_to_the_result(env: Env) -> None:
+    job = processed_job(env)
+    status, insights = env.call("GET", f"/jobs/{job['id']}/insights")
+    assert status == 200 and insights["format"] == "handpipe.insights" and insights["version"] == 1
+    result = json.loads(gzip.decompress(fetch(env.call("GET", f"/jobs/{job['id']}/result")[1]["result"]["url"])))
+    assert insights == json.loads(json.dumps(analyze(result)))
+    assert len(insights["gestures"]["per_frame"]) == job["summary"]["hands_seen"]
+    assert len(insights["tracks"]) >= 2 and insights["gestures"]["ranges"]
+    key = f"results/{job['video_id']}/{job['id']}/insights.json"
+    stored = json.loads(env.s3.get_object(Bucket=env.bucket, Key=key)["Body"].read())
+    assert stored == insights
+    env.s3.put_object(Bucket=env.bucket, Key=key, Body=json.dumps({**stored, "marker": 1}).encode())
+    assert env.call("GET", f"/jobs/{job['id']}/insights")[1]["marker"] == 1  # served from the stored copy
+
+
+# ------------------------------------------------------------------------------------ the viewer page
+
+
+def test_the_viewer_is_one_self_contained_page(env: Env) -> None:
+    job = processed_job(env)
+    response = raw_get(env, f"/jobs/{job['id']}/viewer")
+    assert response.status_code == 200
+    headers = {k.lower(): v for k, v in response.headers.items()}
+    assert headers["content-type"].startswith("text/html")
+    page = response.body.decode() if isinstance(response.body, bytes) else response.body
+    assert job["id"] in page and job["video_id"] in page and "__HANDPIPE_" not in page
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I), "no external scripts"
+    assert not re.search(r"<link[^>]*\bhref\s*=\s*[\"']?(https?:)?//", page, re.I), "no external styles"
+    assert not re.search(r"@import|url\(\s*[\"']?(https?:)?//", page, re.I)
+    assert "window.handpipeViewer" in page and "<canvas" in page and "<video" in page
+    # the config block carries the presigned video URL; JSON inside <script> cannot close the element
+    config = json.loads(re.search(r'id="handpipe-config">(.*?)</script>', page, re.S).group(1))  # type: ignore[union-attr]
+    assert config["job_id"] == job["id"] and config["video"]["width"] == 640
+    assert fetch(config["video_url"])[:4] == b"\x1a\x45\xdf\xa3"  # the Matroska file itself
+    policy = headers["content-security-policy"]
+    nonce = re.search(r"'nonce-([^']+)'", policy).group(1)  # type: ignore[union-attr]
+    assert f'<script nonce="{nonce}">' in page and "default-src 'none'" in policy and "connect-src 'self'" in policy
+    assert headers["referrer-policy"] == "no-referrer"
+
+    # a browser cannot send headers when it opens a page: the key may come in the query string instead
+    assert raw_get(env, f"/jobs/{job['id']}/viewer?api_key={API_KEY}", headers={}).status_code == 200
+    assert raw_get(env, f"/jobs/{job['id']}/viewer?api_key=wrong-key-0123456789", headers={}).status_code == 403
+    assert raw_get(env, f"/jobs/{job['id']}/viewer", headers={}).status_code == 401
+    assert raw_get(env, f"/jobs/{job['id']}/viewer?api_key={OTHER_KEY}", headers={}).status_code == 404
+    assert raw_get(env, f"/jobs/{UNKNOWN_JOB}/viewer").status_code == 404
+
+
+def test_script_json_cannot_close_the_script_element() -> None:
+    from chalicelib.insight_services import _script_json
+
+    text = _script_json({"title": "</script><script>alert(1)</script> & <!--"})
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == {"title": "</script><script>alert(1)</script> & <!--"}
+
+
+# ------------------------------------------------------------------------------------ client and CLI
+
+
+class ChaliceTransport(Client):
+    """The Python client, talking to chalice.test.Client instead of HTTP (presigned URLs go to moto)."""
+
+    def __init__(self, env: Env) -> None:
+        super().__init__("http://test", api_key=API_KEY)
+        self.env = env
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+        from handpipe.client import ApiError
+
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        status, answer = self.env.call(method, path + (f"?{query}" if query else ""), body)
+        if status >= 400:
+            raise ApiError(status, answer["message"])
+        return answer
+
+
+def test_client_exports_insights_and_the_cli(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = processed_job(env)
+    client = ChaliceTransport(env)
+    assert client.export(job["id"])["rows"] == 86
+    assert client.insights(job["id"])["format"] == "handpipe.insights"
+
+    saved = client.download_export(job["id"], tmp_path / "rows.csv")
+    lines = (tmp_path / "rows.csv").read_text().splitlines()
+    assert saved["rows"] == 86 and len(lines) == 87 and lines[0] == ",".join(exports.COLUMNS)
+    client.download_export(job["id"], tmp_path / "rows.jsonl.gz", "jsonl")
+    assert len(gzip.decompress((tmp_path / "rows.jsonl.gz").read_bytes()).splitlines()) == 86
+
+    # the CLI's export command, on the same client
+    monkeypatch.setattr(cli, "_client", lambda args: client)
+    assert cli.main(["export", job["id"], "--format", "jsonl", "--out", str(tmp_path / "cli.jsonl")]) == 0
+    assert "86 rows" in capsys.readouterr().out and len((tmp_path / "cli.jsonl").read_text().splitlines()) == 86
+
+    # parquet and DataFrames need pandas (and pyarrow): without them, a clear error says what to install
+    for name in ("pandas", "pyarrow"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` fail
+    with pytest.raises(MissingDependency, match="pip install pandas"):
+        client.dataframe(job["id"])
+    with pytest.raises(MissingDependency, match="pip install pandas pyarrow"):
+        client.download_export(job["id"], tmp_path / "rows.parquet", "parquet")
+    assert cli.main(["export", job["id"], "--format", "parquet", "--out", str(tmp_path / "x.parquet")]) == 1
+    assert "pip install pandas pyarrow" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="format must be one of"):
+        client.download_export(job["id"], tmp_path / "rows.xml", "xml")
+
+
+def test_client_dataframe_and_parquet_with_pandas(env: Env, tmp_path: Path) -> None:
+    pandas = pytest.importorskip("pandas", reason="pandas is optional (pip install pandas pyarrow)")
+    pytest.importorskip("pyarrow", reason="pyarrow is optional (pip install pandas pyarrow)")
+    job = processed_job(env)
+    client = ChaliceTransport(env)
+    frame = client.dataframe(job["id"])
+    assert list(frame.columns) == exports.COLUMNS and len(frame) == 86
+    assert frame["frame_index"].dtype.kind == "i" and frame["x0"].dtype.kind == "f"
+    saved = client.download_export(job["id"], tmp_path / "rows.parquet", "parquet")
+    assert saved["rows"] == 86
+    assert pandas.read_parquet(tmp_path / "rows.parquet").equals(frame)
+
+
+# ------------------------------------------------------------------------------------ in a browser
+
+
+def _browser_or_skip() -> Any:
+    if not CHROMIUM.exists():
+        message = (
+            "the viewer's browser test needs /usr/bin/chromium (apt-get install chromium; ./setup.sh does it as root)"
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if IN_CI:
+            pytest.fail("playwright is missing: ./setup.sh installs requirements-dev.txt")
+        pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)")
+    return sync_playwright
+
+
+def test_the_viewer_draws_hands_in_sync_with_the_video_in_chromium(tmp_path: Path) -> None:
+    from handpipe.stack import LocalStack
+
+    sync_playwright = _browser_or_skip()
+    clip = data_path("videos/asl_thanks_two_hands.mkv")
+    with LocalStack(port=0, data_dir=tmp_path, workers=1, bucket="viewer-e2e", prefix="viewer") as stack:
+        assert stack.info is not None
+        api_key = getattr(stack.info, "api_key", None)
+        client = Client(stack.info.api_url, api_key=api_key)
+        job = client.wait(client.submit(clip)["id"], poll_s=0.2, timeout_s=300)
+        assert job["status"] == "SUCCEEDED", job
+        frames = list(client.frames(job["id"]))
+        two_hands = [f for f in frames if len(f["hands"]) == 2]
+        target = two_hands[len(two_hands) // 2]
+        viewer_url = f"{stack.info.api_url}/jobs/{job['id']}/viewer"
+        if api_key:
+            viewer_url += "?" + urllib.parse.urlencode({"api_key": api_key})
+
+        allowed = {
+            urllib.parse.urlsplit(stack.info.api_url).netloc,
+            urllib.parse.urlsplit(stack.info.aws_endpoint_url).netloc,
+        }
+        requested: list[str] = []
+        problems: list[str] = []
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 900})
+                page.on("request", lambda request: requested.append(request.url))
+                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda error: problems.append(str(error)))
+                page.goto(viewer_url)
+                assert page.evaluate("async () => { await window.handpipeViewer.ready; return true; }") is True
+                assert "api_key" not in page.url  # the key stays in memory, not in the address bar
+                assert page.evaluate("document.getElementById('video').readyState") >= 1  # the video loaded
+
+                # seek to a frame with two hands: its 42 landmarks are drawn, on a canvas that is not empty
+                drawn = page.evaluate("ms => window.handpipeViewer.seek(ms)", target["timestamp_ms"])
+                assert drawn == target["index"] == page.evaluate("window.handpipeViewer.drawnFrameIndex")
+                assert page.evaluate("window.handpipeViewer.landmarksDrawn") == 42
+                painted = page.evaluate(
+                    """() => {
+                        const c = document.getElementById('overlay');
+                        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                        let n = 0;
+                        for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+                        return n;
+                    }"""
+                )
+                assert painted > 1000, painted
+                current = page.evaluate("document.getElementById('video').currentTime")
+                assert current * 1000 == pytest.approx(target["timestamp_ms"], abs=1)
+                # the skeleton is where the frame's wrist is: a painted pixel near it
+                wrist = target["hands"][0]["landmarks"][0]
+                near = page.evaluate(
+                    """([x, y]) => {
+                        const c = document.getElementById('overlay');
+                        const cx = Math.round(x * c.width), cy = Math.round(y * c.height), r = 6;
+                        const d = c.getContext('2d').getImageData(cx - r, cy - r, 2 * r + 1, 2 * r + 1).data;
+                        let n = 0;
+                        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+                        return n;
+                    }""",
+                    [wrist[0], wrist[1]],
+                )
+                assert near > 0
+
+                # a click a quarter of the way along a track's lane seeks the video to a quarter of its length
+                lane = page.locator(".lane[data-track='0']")
+                box = lane.bounding_box()
+                assert box is not None
+                duration = page.evaluate("window.handpipeViewer.durationMs")
+                assert duration == pytest.approx(1700, abs=1)
+                lane.click(position={"x": box["width"] * 0.25, "y": box["height"] / 2})
+                expected_ms = duration * 0.25
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    current = page.evaluate("document.getElementById('video').currentTime")
+                    if abs(current * 1000 - expected_ms) < 20:
+                        break
+                    time.sleep(0.05)
+                assert current * 1000 == pytest.approx(expected_ms, abs=20)
+                nearest = min(frames, key=lambda f: abs(f["timestamp_ms"] - current * 1000))
+                page.wait_for_function("i => window.handpipeViewer.drawnFrameIndex === i", arg=nearest["index"])
+            finally:
+                browser.close()
+        assert not problems, problems
+        outside = [url for url in requested if urllib.parse.urlsplit(url).netloc not in allowed]
+        assert not outside, outside
+        assert any("/frames?" in url for url in requested) and any("/insights" in url for url in requested)
+        assert not any("api_key" in url for url in requested if "/viewer" not in url)
