@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from chalice import Chalice, IAMAuthorizer, Response
+from chalice import Chalice, IAMAuthorizer, Rate, Response
 from chalice.app import SQSEvent
 
 from chalicelib import services
@@ -248,6 +248,15 @@ def migrate(event: dict[str, Any], context: Any) -> dict[str, Any]:
     `handpipe deploy` invokes it after `chalice deploy`."""
     applied = upgrade(runtime().database)
     return {"applied": applied, "version": LATEST_VERSION}
+
+
+@app.schedule(Rate(5, unit=Rate.MINUTES))
+def sweep_stuck_jobs(event: Any) -> None:
+    """Every five minutes: fail jobs that have heard nothing for too long, with the reason."""
+    rt = runtime()
+    failed = services.sweep(rt.videos, rt.jobs, rt.settings)
+    if failed:
+        app.log.warning("failed %d stuck job(s): %s", len(failed), ", ".join(failed))
 
 
 # --------------------------------------------------------------------------------------------- queues

@@ -172,6 +172,23 @@ def _calibration_work(loops: int) -> int:
     return x
 
 
+def calibrate(
+    pool: Any, n: int, loops: int = CALIBRATION_LOOPS, rounds: int = CALIBRATION_ROUNDS
+) -> tuple[float, float, float]:
+    """The speed-up the machine gives right now to N CPU-bound processes: `loops` of pure Python timed
+    in 1 process of `pool` (a multiprocessing.Pool of at least N), then in N at once, `rounds` times.
+    Returns the median round's (N x t1 / tN, t1, tN). Used by bench/fanout.py too."""
+    log(f"calibration: {loops:,} pure-Python loops in 1 process, then in {n} at once ({rounds} rounds)")
+    results = []
+    for _ in range(rounds):
+        cal_1 = timed(lambda: pool.apply(_calibration_work, (loops,)))[1]
+        cal_n = timed(lambda: pool.map(_calibration_work, [loops] * n, chunksize=1))[1]
+        results.append((n * cal_1 / cal_n, cal_1, cal_n))
+        log(f"  1 process {cal_1:.2f} s, {n} at once {cal_n:.2f} s: speed-up {results[-1][0]:.2f}")
+    speedup, cal_1, cal_n = sorted(results)[len(results) // 2]
+    return speedup, cal_1, cal_n
+
+
 # ------------------------------------------------------------------------------------- cold start
 
 _COLD_START = """
@@ -427,17 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 log(f"  {len(merged['frames'])} frames in {wall:.2f} s ({nproc_rows[-1].fps:.2f} fps)")
 
-            log(
-                f"calibration: {CALIBRATION_LOOPS:,} pure-Python loops in 1 process, then in {n} at once "
-                f"({CALIBRATION_ROUNDS} rounds)"
-            )
-            rounds = []
-            for _ in range(CALIBRATION_ROUNDS):
-                cal_1 = timed(lambda: pool.apply(_calibration_work, (CALIBRATION_LOOPS,)))[1]
-                cal_n = timed(lambda: pool.map(_calibration_work, [CALIBRATION_LOOPS] * n, chunksize=1))[1]
-                rounds.append((n * cal_1 / cal_n, cal_1, cal_n))
-                log(f"  1 process {cal_1:.2f} s, {n} at once {cal_n:.2f} s: speed-up {rounds[-1][0]:.2f}")
-        calibration_speedup, cal_1, cal_n = sorted(rounds)[len(rounds) // 2]
+            calibration_speedup, cal_1, cal_n = calibrate(pool, n)
 
     # Detections are compared on the last round's results (every round sees the same frames).
     naive, engine, nproc = _best(naive_rows), _best(engine_rows), _best(nproc_rows)

@@ -54,6 +54,9 @@ class Settings:
     max_active_jobs_per_video: int = 3
     max_in_flight_per_job: int = 50  # segments of one job on workers at once
     max_in_flight: int = 200  # segments of all jobs on workers at once (the worker's reserved concurrency)
+    max_duration_ms: int = 4 * 3600 * 1000  # longer videos are refused when probed
+    max_pixels: int = 3840 * 2160  # larger frames are refused when probed
+    stuck_after_s: int = 3600  # a job with no news for this long is failed by the sweeper
     auth: str = "api_key"  # api_key | iam | none (none: only for a stack nobody else can reach)
     api_keys: dict[str, str] = field(default_factory=dict)  # local stack only: key -> owner
     scope_callers: bool = True  # each caller sees only its own videos and jobs
@@ -92,6 +95,9 @@ class Settings:
             max_active_jobs_per_video=number("HANDPIPE_MAX_ACTIVE_JOBS_PER_VIDEO", 3) or 3,
             max_in_flight_per_job=number("HANDPIPE_MAX_IN_FLIGHT_PER_JOB", 50) or 50,
             max_in_flight=number("HANDPIPE_MAX_IN_FLIGHT", 200) or 200,
+            max_duration_ms=number("HANDPIPE_MAX_DURATION_MS", 4 * 3600 * 1000) or 4 * 3600 * 1000,
+            max_pixels=number("HANDPIPE_MAX_PIXELS", 3840 * 2160) or 3840 * 2160,
+            stuck_after_s=number("HANDPIPE_STUCK_AFTER_S", 3600) or 3600,
             auth=auth_mode(env),
             # Local stacks and `chalice local`: keys listed here; the key a local client uses counts too.
             api_keys=parse_api_keys(env.get("HANDPIPE_API_KEYS") or _local_key(env.get("HANDPIPE_API_KEY"))),

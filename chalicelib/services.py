@@ -692,6 +692,10 @@ def record_event(
         if event.video:
             videos.set_metadata(video.id, event.video)
             video = replace(video, metadata=event.video)
+            problems = limit_problems(event.video, settings)
+            if problems:
+                _fail_job(jobs, videos, job, "limit_exceeded", "; ".join(problems))
+                return "failed"
         if job.status == "QUEUED":
             return start_segments(videos, jobs, work_queue, settings, job, video)
         return "already planned"
@@ -713,6 +717,40 @@ def record_event(
     outcome = finish_if_complete(videos, jobs, store, job.id)
     _dispatch_waiting(videos, jobs, work_queue, settings)
     return outcome
+
+
+def limit_problems(video: Mapping[str, Any], settings: Settings) -> list[str]:
+    """What about a probed video is over the configured limits (empty when nothing is)."""
+    problems = []
+    duration = video.get("duration_ms") or 0
+    if duration > settings.max_duration_ms:
+        problems.append(f"the video lasts {_span(duration)}, over the limit of {_span(settings.max_duration_ms)}")
+    pixels = (video.get("width") or 0) * (video.get("height") or 0)
+    if pixels > settings.max_pixels:
+        problems.append(
+            f"frames of {video.get('width')}x{video.get('height')} are over the limit of {settings.max_pixels} pixels"
+        )
+    return problems
+
+
+def _span(ms: float) -> str:
+    return f"{ms / 1000:.1f} s" if ms < 120_000 else f"{ms / 60_000:.1f} min"
+
+
+def sweep(videos: VideoRepository, jobs: JobRepository, settings: Settings, now: int | None = None) -> list[str]:
+    """Fail jobs that have heard nothing for `stuck_after_s` (a message lost, or parked in a
+    dead-letter queue after its retries), so no job waits forever. Returns the ids it failed."""
+    cutoff = (now if now is not None else now_ms()) - settings.stuck_after_s * 1000
+    failed = []
+    for status in ACTIVE_JOB_STATUSES:
+        for job in jobs.stuck(status=status, updated_before_ms=cutoff):
+            reason = (
+                f"no progress for {settings.stuck_after_s // 60} min while {status}: a message was lost or "
+                "ended in a dead-letter queue; see the queues' DLQs and trigger the job again"
+            )
+            if _fail_job(jobs, videos, job, "stuck", reason):
+                failed.append(job.id)
+    return failed
 
 
 def finish_if_complete(videos: VideoRepository, jobs: JobRepository, store: ObjectStore, job_id: str) -> str:
@@ -742,7 +780,8 @@ def finish_if_complete(videos: VideoRepository, jobs: JobRepository, store: Obje
     return "succeeded"
 
 
-def _fail_job(jobs: JobRepository, videos: VideoRepository, job: Job, code: str, reason: str) -> None:
+def _fail_job(jobs: JobRepository, videos: VideoRepository, job: Job, code: str, reason: str) -> bool:
+    """Fail the job unless it has already finished; True when this call failed it."""
     if jobs.transition(
         job.id,
         from_statuses=ACTIVE_JOB_STATUSES,
@@ -752,6 +791,8 @@ def _fail_job(jobs: JobRepository, videos: VideoRepository, job: Job, code: str,
         finished_at=now_ms(),
     ):
         videos.set_status(job.video_id, "FAILED")
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -388,10 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="save a job's landmarks as a table: one row per hand per frame")
     export.add_argument("job")
-    export.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv", help="parquet needs pandas and pyarrow")
+    export.add_argument(
+        "--format", choices=["csv", "jsonl", "parquet"], default="csv", help="parquet needs pandas and pyarrow"
+    )
     export.add_argument("--out", help="default JOB.FORMAT; a name ending in .gz keeps csv or jsonl compressed")
     api_args(export)
     export.set_defaults(run=cmd_export)
+    from .deploy import add_commands
+
+    add_commands(commands)
     return parser
 
 

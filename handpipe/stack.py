@@ -11,6 +11,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -90,6 +91,21 @@ class QuietRequestHandler(ChaliceRequestHandler):
         pass
 
 
+def _scheduled_event() -> dict[str, Any]:
+    """What EventBridge hands a scheduled Lambda."""
+    return {
+        "version": "0",
+        "id": secrets.token_hex(16),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {},
+    }
+
+
 class LocalStack:
     def __init__(
         self,
@@ -127,6 +143,7 @@ class LocalStack:
         self._pool: WorkerPool | None = None
         self._sqs: Any = None
         self._saved_env: dict[str, str | None] = {}
+        self._stopping = threading.Event()
         self.info: StackInfo | None = None
 
     def start(self) -> StackInfo:
@@ -191,6 +208,9 @@ class LocalStack:
         ]
         for poller in self._pollers:
             poller.start()
+        # The schedule that runs `sweep_stuck_jobs` every five minutes in AWS.
+        self._sweeper = threading.Thread(target=self._sweep_periodically, name="sweeper", daemon=True)
+        self._sweeper.start()
         self.info = StackInfo(
             api_url=f"http://127.0.0.1:{self.port}",
             aws_endpoint_url=endpoint,
@@ -202,6 +222,15 @@ class LocalStack:
             api_key=self.api_key,
         )
         return self.info
+
+    def _sweep_periodically(self, interval_s: float = 60.0) -> None:
+        import app as chalice_app
+
+        while not self._stopping.wait(interval_s):
+            try:
+                chalice_app.sweep_stuck_jobs(_scheduled_event(), LambdaContext("handpipe-sweep", 60))
+            except Exception:
+                logger.exception("the sweeper failed; it runs again in %.0f s", interval_s)
 
     def _start_api(self, app_object: Any) -> None:
         from chalice.config import Config
@@ -235,6 +264,7 @@ class LocalStack:
         return drain(self._pollers, self._sqs, self.info.queue_urls, timeout_s)
 
     def stop(self) -> None:
+        self._stopping.set()
         stop_all(self._pollers)
         if self._pool is not None:
             self._pool.shutdown()

@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,11 @@ from handpipe_worker.handler import Worker, WorkerSettings
 from handpipe_worker.models import ModelCache
 
 import app as chalice_app
+from chalicelib import services
 from chalicelib.config import Settings
 from chalicelib.db import Database
 from chalicelib.migrations import LATEST_VERSION, upgrade
-from chalicelib.runtime import Runtime, use_runtime
+from chalicelib.runtime import Runtime, runtime, use_runtime
 from handpipe.localaws import LambdaContext, aws_clients, provision
 from tests.conftest import data_path
 
@@ -442,3 +443,50 @@ def test_upload_urls_are_scoped_signed_for_type_and_size_and_expire(env: Env) ->
     assert int(query["X-Amz-Expires"][0]) == video["upload"]["expires_in_s"] == 900
     assert {"content-type", "content-length"} <= set(query["X-Amz-SignedHeaders"][0].split(";"))
     assert video["upload"]["headers"]["Content-Length"] == str(video["size_bytes"])
+
+
+# ------------------------------------------------------------------------------------ reliability
+
+
+def test_sweeper_fails_jobs_stuck_past_the_deadline(env: Env) -> None:
+    video = register(env)
+    queued = env.call("POST", f"/videos/{video['id']}/jobs", {"client_token": "a"})[1]
+    env.take("jobs")  # the request is lost: the job would wait forever
+    scheduled = env.client.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+    )
+    env.client.lambda_.invoke("sweep_stuck_jobs", scheduled)
+    assert env.call("GET", f"/jobs/{queued['id']}")[1]["status"] == "QUEUED"  # not yet past the deadline
+    later = services.now_ms() + 2 * 3600 * 1000
+    assert services.sweep(runtime().videos, runtime().jobs, runtime().settings, now=later) == [queued["id"]]
+    failed = env.call("GET", f"/jobs/{queued['id']}")[1]
+    assert (
+        failed["status"] == "FAILED"
+        and failed["error"]["code"] == "stuck"
+        and "dead-letter" in failed["error"]["message"]
+    )
+    assert services.sweep(runtime().videos, runtime().jobs, runtime().settings, now=later) == []  # once only
+
+
+def test_videos_over_the_limits_fail_at_the_probe(env: Env) -> None:
+    strict = replace(runtime().settings, max_duration_ms=1000, max_pixels=640 * 480)
+    use_runtime(Runtime(strict, s3_client=env.s3, sqs_client=env.sqs, database=env.db))
+    video = register(env)  # 1.7 s of 640x480: over the duration limit, inside the size limit
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    finished = env.process(job["id"])
+    assert finished["status"] == "FAILED" and finished["error"]["code"] == "limit_exceeded"
+    assert finished["error"]["message"] == "the video lasts 1.7 s, over the limit of 1.0 s"
+    assert env.take("work") == []  # nothing was sent to the workers
+
+
+def test_poison_messages_end_in_the_dead_letter_queue(env: Env) -> None:
+    """A body that is not a job request fails every delivery; after max receives (2 here) SQS moves it."""
+    env.sqs.send_message(QueueUrl=env.queues["jobs"], MessageBody='{"version": 1, "type": "nonsense"}')
+    for _ in range(3):
+        got = env.sqs.receive_message(QueueUrl=env.queues["jobs"], VisibilityTimeout=0, AttributeNames=["All"])
+        for message in got.get("Messages", []):
+            event = env.client.events.generate_sqs_event(message_bodies=[message["Body"]], queue_name="handpipe-jobs")
+            with pytest.raises(RuntimeError, match="redeliver"):
+                env.client.lambda_.invoke("plan_jobs", event)
+    dead = env.sqs.receive_message(QueueUrl=env.dlqs["jobs"], WaitTimeSeconds=1).get("Messages", [])
+    assert [m["Body"] for m in dead] == ['{"version": 1, "type": "nonsense"}']
