@@ -15,6 +15,7 @@ MESSAGE_VERSION = 1
 JOB_REQUESTED = "job.requested"  # "jobs" queue: API -> orchestrator
 WORK_ITEM = "work.item"  # "work" queue: orchestrator -> worker
 PROBE_REQUEST = "video.probe"  # "work" queue: orchestrator -> worker, before splitting a job
+RENDER_REQUEST = "job.render"  # "work" queue: recorder -> worker, once a job's result is merged
 SEGMENT_SUCCEEDED = "segment.succeeded"  # "events" queue: worker -> recorder
 SEGMENT_FAILED = "segment.failed"
 SEGMENT_PROGRESS = "segment.progress"
@@ -53,6 +54,7 @@ class ProcessOptions:
     start_ms: int | None = None
     end_ms: int | None = None
     model_uri: str | None = None  # a hand_landmarker.task: local path or s3:// URI
+    annotated_video: bool = False  # jobs only: also render the video with the landmarks drawn
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> ProcessOptions:
@@ -97,6 +99,11 @@ class ProcessOptions:
                 problems.append("model_uri must be a path or s3:// URI of a .task file")
             else:
                 values["model_uri"] = uri
+        if raw.get("annotated_video") is not None:
+            if not isinstance(raw["annotated_video"], bool):
+                problems.append("annotated_video must be true or false")
+            else:
+                values["annotated_video"] = raw["annotated_video"]
         start, end = values.get("start_ms"), values.get("end_ms")
         if start is not None and end is not None and end <= start:
             problems.append(f"end_ms ({end}) must be greater than start_ms ({start})")
@@ -132,6 +139,18 @@ def part_key(video_id: str, job_id: str, segment: int) -> str:
 
 def result_key(video_id: str, job_id: str) -> str:
     return f"{results_prefix(video_id, job_id)}result.json.gz"
+
+
+def insights_key(video_id: str, job_id: str) -> str:
+    return f"{results_prefix(video_id, job_id)}insights.json"
+
+
+PICTURES = {"contact_sheet": "contact_sheet.png", "timeline": "timeline.png", "annotated_video": "annotated.mp4"}
+
+
+def picture_key(video_id: str, job_id: str, picture: str) -> str:
+    """Where the worker renders a job's pictures: one of PICTURES."""
+    return f"{results_prefix(video_id, job_id)}pictures/{PICTURES[picture]}"
 
 
 def video_prefix(video_id: str) -> str:
@@ -248,11 +267,44 @@ class ProbeRequest:
         )
 
 
+@dataclass(frozen=True)
+class RenderRequest:
+    """Draw a finished job's pictures (contact sheet, timeline, optionally an annotated video) and
+    store its insights next to its result."""
+
+    job_id: str
+    video_id: str
+    bucket: str
+    video_key: str
+    result_key: str
+    annotated_video: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"version": MESSAGE_VERSION, "type": RENDER_REQUEST, **asdict(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> RenderRequest:
+        body = decode_body(text)
+        if body.get("type") != RENDER_REQUEST:
+            raise ContractError(f"expected a {RENDER_REQUEST} message, got {body.get('type')!r}")
+        return cls(
+            job_id=_require(body, "job_id", str),
+            video_id=_require(body, "video_id", str),
+            bucket=_require(body, "bucket", str),
+            video_key=_require(body, "video_key", str),
+            result_key=_require(body, "result_key", str),
+            annotated_video=bool(body.get("annotated_video", False)),
+        )
+
+
+WORK_MESSAGE_TYPES = (WORK_ITEM, PROBE_REQUEST, RENDER_REQUEST)
+
+
 def work_message_type(text: str) -> str:
-    """Which message a "work" queue body holds (a work item or a probe request)."""
+    """Which message a "work" queue body holds (a work item, a probe or a render request)."""
     kind = decode_body(text).get("type")
-    if kind not in (WORK_ITEM, PROBE_REQUEST):
-        raise ContractError(f"unknown work message type {kind!r} (expected {WORK_ITEM} or {PROBE_REQUEST})")
+    if kind not in WORK_MESSAGE_TYPES:
+        raise ContractError(f"unknown work message type {kind!r} (expected one of {', '.join(WORK_MESSAGE_TYPES)})")
     return str(kind)
 
 

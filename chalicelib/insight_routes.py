@@ -51,10 +51,12 @@ def owner() -> str | None:
     return app_owner()
 
 
-def viewer_owner(api_key: str | None) -> str | None:
-    """The caller of the viewer, whose page a browser opens without headers: the x-api-key header, or
-    else the api_key query parameter, where the app itself checks keys (local stack, auth off)."""
+def viewer_owner() -> str | None:
+    """The caller of the viewer, whose page a browser opens without headers: the x-api-key header, or else
+    the api_key query parameter (a credential, like the header: the document lists it as a security scheme),
+    which works where the app itself checks keys (the local stack); API Gateway checks only the header."""
     request = insight_routes.current_request
+    api_key = (request.query_params or {}).get("api_key")
     if request.headers.get("x-api-key") or not api_key:
         return owner()
     settings = runtime().settings
@@ -84,6 +86,6 @@ def get_insights(job_id: str) -> dict[str, Any]:
 @insight_routes.route("/jobs/{job_id}/viewer", methods=["GET"], **PROTECTED)
 @api
 def get_viewer(job_id: str) -> Response:
-    who, rt = viewer_owner(query("api_key")), runtime()
+    who, rt = viewer_owner(), runtime()
     page, headers = insight_services.viewer_page(rt.jobs, rt.videos, rt.store, rt.settings, job_id, owner=who)
     return Response(body=page, status_code=200, headers=headers)

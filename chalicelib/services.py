@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import Settings
 from .contracts import (
+    PICTURES,
     SEGMENT_FAILED,
     SEGMENT_PROGRESS,
     VIDEO_PROBED,
@@ -24,10 +25,12 @@ from .contracts import (
     JobRequested,
     ProbeRequest,
     ProcessOptions,
+    RenderRequest,
     SegmentEvent,
     WorkItem,
     is_valid_id,
     part_key,
+    picture_key,
     result_key,
     results_prefix,
     video_key,
@@ -455,6 +458,15 @@ def job_result(
             "url": store.presign_download(job.result_key, settings.download_url_expires_s, f"{job.id}.json.gz"),
             "expires_in_s": settings.download_url_expires_s,
         },
+        # Drawn by a worker just after the job succeeded: null until they are there.
+        "pictures": {
+            name: (
+                store.presign_download(key, settings.download_url_expires_s)
+                if store.head(key := picture_key(job.video_id, job.id, name))
+                else None
+            )
+            for name in PICTURES
+        },
     }
 
 
@@ -714,7 +726,7 @@ def record_event(
         job.id, event.segment, frames_processed=event.frames_processed, frames_with_hands=event.frames_with_hands
     )
     # Checked even when this event was a repeat: a crash during an earlier merge must not strand the job.
-    outcome = finish_if_complete(videos, jobs, store, job.id)
+    outcome = finish_if_complete(videos, jobs, store, job.id, work_queue, settings)
     _dispatch_waiting(videos, jobs, work_queue, settings)
     return outcome
 
@@ -753,7 +765,14 @@ def sweep(videos: VideoRepository, jobs: JobRepository, settings: Settings, now:
     return failed
 
 
-def finish_if_complete(videos: VideoRepository, jobs: JobRepository, store: ObjectStore, job_id: str) -> str:
+def finish_if_complete(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    store: ObjectStore,
+    job_id: str,
+    work_queue: MessageQueue,
+    settings: Settings,
+) -> str:
     job = jobs.get(job_id)
     if job is None or job.status not in ACTIVE_JOB_STATUSES:
         return "already finished"
@@ -777,6 +796,18 @@ def finish_if_complete(videos: VideoRepository, jobs: JobRepository, store: Obje
     if changed:
         videos.set_metadata(job.video_id, merged["video"])
         videos.set_status(job.video_id, "PROCESSED")
+        video = videos.get(job.video_id)
+        if video is not None:  # pictures are extras: a worker draws them after the job has succeeded
+            work_queue.send(
+                RenderRequest(
+                    job_id=job.id,
+                    video_id=job.video_id,
+                    bucket=settings.bucket,
+                    video_key=video.s3_key,
+                    result_key=key,
+                    annotated_video=bool(job.options.get("annotated_video")),
+                )
+            )
     return "succeeded"
 
 

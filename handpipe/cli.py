@@ -290,7 +290,14 @@ def cmd_result(args: argparse.Namespace) -> int:
     job = client.get_job(args.job)
     if job["status"] != "SUCCEEDED":
         raise CliError(f"job {args.job} is {job['status']}; results exist once it has SUCCEEDED")
-    return _report_job(client, job, args.out)
+    status = _report_job(client, job, args.out)
+    if args.pictures:
+        saved = client.download_pictures(args.job, Path(args.pictures), wait_s=60)
+        if not saved:
+            raise CliError(f"job {args.job} has no pictures yet: a worker draws them just after the job; try again")
+        for path in saved:
+            print(f"picture    {path}")
+    return status
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -383,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     result = commands.add_parser("result", help="download a job's result and print its summary")
     result.add_argument("job")
     result.add_argument("--out", help="where to save it (default JOB.json)")
+    result.add_argument("--pictures", metavar="DIR", help="also save the job's contact sheet, timeline (and video)")
     api_args(result)
     result.set_defaults(run=cmd_result)
 

@@ -174,6 +174,25 @@ class Client:
         result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/result")
         return result
 
+    def download_pictures(self, job_id: str, folder: Path, wait_s: float = 0) -> list[Path]:
+        """Save the pictures a worker drew for the job (drawn just after it succeeded, so this waits
+        up to `wait_s` for them; the contact sheet is drawn last); returns the files written."""
+        deadline = time.monotonic() + wait_s
+        pictures = self.result(job_id)["pictures"]
+        while not pictures["contact_sheet"] and time.monotonic() < deadline:
+            time.sleep(1)
+            pictures = self.result(job_id)["pictures"]
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for name, url in pictures.items():
+            if url:
+                suffix = ".mp4" if name == "annotated_video" else ".png"
+                path = folder / f"{job_id}-{name}{suffix}"
+                with urllib.request.urlopen(url, timeout=max(self.timeout_s, 300)) as response:
+                    path.write_bytes(response.read())
+                saved.append(path)
+        return saved
+
     def download_result(self, job_id: str) -> dict[str, Any]:
         """The full result document (docs/results-format.md)."""
         url = self.result(job_id)["result"]["url"]

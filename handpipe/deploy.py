@@ -4,6 +4,7 @@ Chalice stage config and IAM policy, `chalice deploy`, migrations) and take it o
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
 import json
 import os
@@ -26,14 +27,18 @@ MAIN_TEMPLATE = Path("infra") / "handpipe.yaml"
 ECR_TEMPLATE = Path("infra") / "ecr.yaml"
 DOCKERFILE = "worker_image/Dockerfile"
 
-# The functions app.py declares, by their name in .chalice/config.json, with the suffix Chalice appends to
-# "handpipe-STAGE" to name them in AWS (the API handler has none). tests/test_deploy.py keeps this true.
-CHALICE_FUNCTIONS: Mapping[str, str] = {
-    "api_handler": "",
-    "plan_jobs": "-plan_jobs",
-    "record_events": "-record_events",
-    "migrate": "-migrate",
-}
+# Decorators with which app.py makes a Lambda function of its own (routes all share "api_handler").
+CHALICE_HANDLER_DECORATORS = (
+    "lambda_function",
+    "schedule",
+    "on_sqs_message",
+    "on_s3_event",
+    "on_sns_message",
+    "on_cw_event",
+    "on_kinesis_record",
+    "on_dynamodb_record",
+)
+API_HANDLER = "api_handler"
 CHALICE_DEFAULT_TIMEOUT_S = 60
 
 # AWS advises a queue visibility timeout of at least 6x the timeout of the function its event source feeds.
@@ -42,7 +47,9 @@ MAX_VISIBILITY_S = 43_200
 DEFAULT_WORKER_TIMEOUT_S = 900
 
 DEFAULT_MAX_DB_CONNECTIONS = 40
-MIN_DB_CONNECTIONS = 8
+# How the connections left after one for each other function are shared (each of these gets at least 2).
+DB_CONNECTION_WEIGHTS: Mapping[str, int] = {API_HANDLER: 5, "record_events": 3, "plan_jobs": 2}
+MIN_SHARE = 2
 MIGRATE_TIMEOUT_S = 900
 
 # The worker keeps the whole video in /tmp, next to the model files and the part it writes.
@@ -220,8 +227,31 @@ def ecr_stack_name(stage: str) -> str:
 
 
 def function_name(stage: str, config_name: str) -> str:
-    """The deployed name of one of app.py's functions, as Chalice names it."""
-    return f"{APP_NAME}-{stage}{CHALICE_FUNCTIONS[config_name]}"
+    """The deployed name of one of app.py's functions, as Chalice names it (the API handler has no suffix)."""
+    return f"{APP_NAME}-{stage}" if config_name == API_HANDLER else f"{APP_NAME}-{stage}-{config_name}"
+
+
+def chalice_functions(app_source: str) -> list[str]:
+    """The Lambda functions Chalice makes of app.py, by their names in .chalice/config.json: api_handler for
+    the routes and one for each decorated handler. Read from the source, so app.py is never imported here."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(app_source)):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for decorator in node.decorator_list:
+            call = decorator if isinstance(decorator, ast.Call) else None
+            target = call.func if call else decorator
+            if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)):
+                continue
+            if target.value.id != "app":
+                continue
+            if target.attr == "route" and API_HANDLER not in names:
+                names.insert(0, API_HANDLER)
+            elif target.attr in CHALICE_HANDLER_DECORATORS:
+                given = [k.value for k in (call.keywords if call else []) if k.arg == "name"]
+                name = given[0].value if given and isinstance(given[0], ast.Constant) else node.name
+                names.append(str(name))
+    return names
 
 
 def check_stage(stage: str) -> None:
@@ -243,20 +273,29 @@ def check_stage(stage: str) -> None:
 # ------------------------------------------------------------------------------------------- pure parts
 
 
-def split_db_connections(total: int) -> dict[str, int]:
+def min_db_connections(functions: Sequence[str]) -> int:
+    shared = [name for name in functions if name in DB_CONNECTION_WEIGHTS]
+    return len(functions) - len(shared) + MIN_SHARE * len(shared)
+
+
+def split_db_connections(total: int, functions: Sequence[str]) -> dict[str, int]:
     """Reserved concurrency for the Chalice functions so that together they never hold more than `total`
     database connections.
 
     Each Lambda container holds at most one connection (chalicelib.runtime keeps one per container), so a
-    function's reserved concurrency bounds its connections. `migrate` takes one (it runs only during deploy);
-    of the rest the API gets half, record_events three tenths and plan_jobs the remainder, each at least 2."""
-    if total < MIN_DB_CONNECTIONS:
-        raise ValueError(f"--max-db-connections must be at least {MIN_DB_CONNECTIONS}, got {total}")
-    budget = total - 1
-    api = budget // 2
-    events = max(2, budget * 3 // 10)
-    plan = budget - api - events
-    return {"api_handler": api, "record_events": events, "plan_jobs": plan, "migrate": 1}
+    function's reserved concurrency bounds its connections. Functions that need no parallelism (migrate,
+    scheduled sweeps) get 1; the rest is shared api_handler 5 : record_events 3 : plan_jobs 2, each at least 2,
+    what rounding leaves going to the API."""
+    if total < min_db_connections(functions):
+        raise ValueError(f"--max-db-connections must be at least {min_db_connections(functions)}, got {total}")
+    singles = {name: 1 for name in functions if name not in DB_CONNECTION_WEIGHTS}
+    shared = [name for name in DB_CONNECTION_WEIGHTS if name in functions]
+    budget = total - len(singles)
+    weight = sum(DB_CONNECTION_WEIGHTS[name] for name in shared)
+    shares = {name: max(MIN_SHARE, budget * DB_CONNECTION_WEIGHTS[name] // weight) for name in shared}
+    if shares:
+        shares[shared[0]] += budget - sum(shares.values())
+    return {**shares, **singles}
 
 
 def chalice_function_timeout(config: Mapping[str, Any], stage: str, name: str) -> int:
@@ -283,14 +322,20 @@ def max_upload_bytes(ephemeral_storage_mb: int) -> int:
 
 
 def chalice_policy(
-    outputs: Mapping[str, str], *, stage: str, region: str, account: str, partition: str = "aws"
-) -> dict:
-    """The IAM policy of the Chalice functions (API, plan_jobs, record_events, migrate): only this stage's
-    bucket prefixes, queues, secret and log groups."""
+    outputs: Mapping[str, str],
+    *,
+    stage: str,
+    region: str,
+    account: str,
+    functions: Sequence[str],
+    partition: str = "aws",
+) -> dict[str, Any]:
+    """The IAM policy of the Chalice functions (API, consumers, migrate, sweeps), which share one role: only
+    this stage's bucket prefixes, queues, secret and log groups."""
     bucket_arn = outputs["BucketArn"]
     log_groups = [
         f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{function_name(stage, name)}:*"
-        for name in CHALICE_FUNCTIONS
+        for name in functions
     ]
     return {
         "Version": "2012-10-17",
@@ -368,6 +413,7 @@ def chalice_stage_config(
     outputs: Mapping[str, str],
     *,
     stage: str,
+    functions: Sequence[str],
     reserved: Mapping[str, int] | None,
 ) -> dict[str, Any]:
     """The stage's entry in .chalice/config.json: `current` with the keys deploy owns rewritten."""
@@ -392,16 +438,17 @@ def chalice_stage_config(
         }
     )
     config["environment_variables"] = environment
-    functions = {name: dict(value) for name, value in config.get("lambda_functions", {}).items()}
-    # Migrations can run long, and two at once would fight over the schema.
-    functions.setdefault("migrate", {})["lambda_timeout"] = MIGRATE_TIMEOUT_S
-    for name in CHALICE_FUNCTIONS:
-        entry = functions.setdefault(name, {})
+    per_function = {name: dict(value) for name, value in config.get("lambda_functions", {}).items()}
+    if "migrate" in functions:
+        # Migrations can run long; reserved concurrency 1 keeps two from fighting over the schema.
+        per_function.setdefault("migrate", {})["lambda_timeout"] = MIGRATE_TIMEOUT_S
+    for name in functions:
+        entry = per_function.setdefault(name, {})
         if reserved is None:
             entry.pop("reserved_concurrency", None)
         else:
             entry["reserved_concurrency"] = reserved[name]
-    config["lambda_functions"] = functions
+    config["lambda_functions"] = per_function
     return config
 
 
@@ -412,6 +459,7 @@ def write_chalice_stage(
     *,
     region: str,
     account: str,
+    functions: Sequence[str],
     reserved: Mapping[str, int] | None,
 ) -> tuple[Path, Path]:
     """Write the stage into .chalice/config.json and its policy into .chalice/policy-STAGE.json."""
@@ -419,10 +467,14 @@ def write_chalice_stage(
     config_path = chalice_dir / "config.json"
     config = json.loads(config_path.read_text())
     stages = config.setdefault("stages", {})
-    stages[stage] = chalice_stage_config(stages.get(stage, {}), outputs, stage=stage, reserved=reserved)
+    stages[stage] = chalice_stage_config(
+        stages.get(stage, {}), outputs, stage=stage, functions=functions, reserved=reserved
+    )
     policy_path = chalice_dir / f"policy-{stage}.json"
     partition = outputs["BucketArn"].split(":")[1]
-    policy = chalice_policy(outputs, stage=stage, region=region, account=account, partition=partition)
+    policy = chalice_policy(
+        outputs, stage=stage, region=region, account=account, functions=functions, partition=partition
+    )
     # Written to a temporary name first, so an interrupted deploy never leaves half a config behind.
     for path, document in ((policy_path, policy), (config_path, config)):
         temporary = path.with_suffix(".json.tmp")
@@ -550,15 +602,22 @@ class Deployment:
             "configure AWS credentials (aws configure, or AWS_PROFILE / --profile) for the target account",
         ):
             check_stage(stage)
-            split_db_connections(options.max_db_connections)  # fails early on a bad --max-db-connections
             for needed in ("app.py", ".chalice/config.json", DOCKERFILE, str(MAIN_TEMPLATE), str(ECR_TEMPLATE)):
                 if not (project / needed).exists():
                     raise Problem(
                         f"{project / needed} is missing", "run from the handpipe project or pass --project-dir"
                     )
+            functions = chalice_functions((project / "app.py").read_text())
             self.say(f"  account {self.account}, region {self.aws.region}")
+            self.say(f"  Chalice functions in app.py: {', '.join(functions)}")
             previous = self._previous_parameters(stack_name)
             parameters = self._main_parameters(options, previous, project)
+            reserve = parameters.get("ReserveConcurrency", "true") == "true"
+            if reserve and options.max_db_connections < min_db_connections(functions):
+                raise Problem(
+                    f"--max-db-connections {options.max_db_connections} is too few for {len(functions)} functions",
+                    f"pass at least {min_db_connections(functions)}, or --no-reserved-concurrency",
+                )
 
         with self._step(
             f"image repository (stack {ecr_stack_name(stage)})",
@@ -601,14 +660,19 @@ class Deployment:
         ):
             outputs = self._apply_stack(stack_name, project / MAIN_TEMPLATE, parameters)
 
-        reserve = parameters.get("ReserveConcurrency", "true") == "true"
-        reserved = split_db_connections(options.max_db_connections) if reserve else None
+        reserved = split_db_connections(options.max_db_connections, functions) if reserve else None
         with self._step(
             f"writing .chalice/config.json (stage {stage}) and .chalice/policy-{stage}.json",
             "check that .chalice/config.json is valid JSON and writable",
         ):
             config_path, policy_path = write_chalice_stage(
-                project, stage, outputs, region=self.aws.region, account=self.account, reserved=reserved
+                project,
+                stage,
+                outputs,
+                region=self.aws.region,
+                account=self.account,
+                functions=functions,
+                reserved=reserved,
             )
             if reserved:
                 shares = ", ".join(f"{name} {count}" for name, count in reserved.items())
@@ -1219,7 +1283,7 @@ def add_commands(subparsers: Any) -> None:
         default=DEFAULT_MAX_DB_CONNECTIONS,
         metavar="N",
         help=f"cap on the app's database connections, split into reserved concurrency (default "
-        f"{DEFAULT_MAX_DB_CONNECTIONS}, at least {MIN_DB_CONNECTIONS})",
+        f"{DEFAULT_MAX_DB_CONNECTIONS}); see docs/deploy.md",
     )
     database.add_argument(
         "--no-reserved-concurrency",

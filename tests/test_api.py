@@ -150,6 +150,11 @@ def test_register_upload_trigger_process_and_read_back(env: Env) -> None:
     assert status == 200 and result["summary"]["frames_processed"] == 51
     with urllib.request.urlopen(result["result"]["url"]) as response:
         assert response.read()[:2] == b"\x1f\x8b"  # the full result, gzip
+    # Pictures drawn by the worker after the job succeeded; no annotated video unless asked for.
+    assert result["pictures"]["annotated_video"] is None
+    for name in ("contact_sheet", "timeline"):
+        with urllib.request.urlopen(result["pictures"][name]) as response:
+            assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
 
     status, page = env.call("GET", f"/jobs/{job['id']}/frames?start_ms=500&end_ms=1000&max_results=5")
     assert status == 200 and len(page["frames"]) == 5 and page["next_token"]
@@ -201,7 +206,8 @@ def test_redelivered_messages_change_nothing_twice(env: Env) -> None:
     assert after["progress"] == before["progress"] and after["timings"] == before["timings"]
     row = env.db.fetchone("SELECT segments_done, frames_done FROM jobs WHERE id = ?", [job["id"]])
     assert row == {"segments_done": 1, "frames_done": 51}
-    assert env.take("work") == []
+    [render] = env.take("work")  # the pictures are asked for once, however often the last event came
+    assert '"job.render"' in render
 
 
 def test_undecodable_upload_fails_the_job_with_the_reason(env: Env, tmp_path: Path) -> None:
@@ -281,9 +287,10 @@ def test_delete_removes_objects_and_rows_but_not_while_a_job_runs(env: Env) -> N
     assert status == 409 and "running" in error["message"]
     env.process(job["id"])
     listed = env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"results/{video['id']}/")["KeyCount"]
-    assert listed == 2  # the part and the merged result
+    assert listed == 5  # the part, the merged result, the insights and two pictures
     status, done = env.call("DELETE", f"/videos/{video['id']}")
-    assert status == 200 and done["objects_removed"] == 3
+    assert status == 200 and done["objects_removed"] == 6  # and the video
+    assert env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"results/{video['id']}/")["KeyCount"] == 0
     assert env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"videos/{video['id']}/")["KeyCount"] == 0
     assert env.call("GET", f"/videos/{video['id']}")[0] == 404
     assert env.call("GET", f"/jobs/{job['id']}")[0] == 404

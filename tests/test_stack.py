@@ -26,7 +26,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield running
 
 
-def test_portrait_clip_end_to_end_through_the_api(stack: LocalStack) -> None:
+def test_portrait_clip_end_to_end_through_the_api(stack: LocalStack, tmp_path: Path) -> None:
     assert stack.info is not None
     client = Client(stack.info.api_url, api_key=stack.info.api_key)
     assert client.health()["status"] == "ok"
@@ -53,6 +53,8 @@ def test_portrait_clip_end_to_end_through_the_api(stack: LocalStack) -> None:
     middle = list(client.frames(job["id"], start_ms=2000, end_ms=3000))
     assert len(middle) == 30 and all(2000 <= f["timestamp_ms"] < 3000 for f in middle)
 
+    pictures = client.download_pictures(job["id"], tmp_path / "pictures", wait_s=60)
+    assert sorted(p.name for p in pictures) == [f"{job['id']}-contact_sheet.png", f"{job['id']}-timeline.png"]
     full = client.download_result(job["id"])
     assert full["summary"] == {k: v for k, v in finished["summary"].items() if k not in ("stats", "decode")}
     assert [v["id"] for v in client.list_videos()] == [video["id"]]

@@ -216,3 +216,30 @@ def test_the_handler_named_by_cmd_runs_a_sample_event(setup: Setup, aws_env: str
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"batchItemFailures": []}
     [event_sent] = setup.events()
     assert event_sent.type == "segment.succeeded" and event_sent.frames_processed == 15
+
+
+def test_render_request_draws_pictures_and_stores_insights(setup: Setup) -> None:
+    from chalicelib.contracts import RenderRequest, insights_key, picture_key, result_key
+    from chalicelib.results import to_gzip
+    from handpipe_worker.engine import process_video
+
+    video_id, job_id = "vid_" + "1" * 32, "job_" + "1" * 32
+    result = process_video(data_path("videos/asl_thanks_two_hands.mkv"), ProcessOptions(), models=MODELS)
+    setup.s3.put_object(Bucket=setup.bucket, Key=result_key(video_id, job_id), Body=to_gzip(result))
+    request = RenderRequest(
+        job_id=job_id,
+        video_id=video_id,
+        bucket=setup.bucket,
+        video_key="videos/thanks.mkv",
+        result_key=result_key(video_id, job_id),
+        annotated_video=True,
+    )
+    assert setup.worker.handle_batch({"Records": [record(request.to_json())]}, LambdaContext("worker", 900)) == {
+        "batchItemFailures": []
+    }
+    for name, magic in [("contact_sheet", b"\x89PNG"), ("timeline", b"\x89PNG"), ("annotated_video", b"")]:
+        body = setup.s3.get_object(Bucket=setup.bucket, Key=picture_key(video_id, job_id, name))["Body"].read()
+        assert len(body) > 1000 and body.startswith(magic)
+    insights = json.loads(setup.s3.get_object(Bucket=setup.bucket, Key=insights_key(video_id, job_id))["Body"].read())
+    assert insights["format"] == "handpipe.insights" and len(insights["motion"]["tracks"]) >= 2
+    assert setup.events() == []  # pictures change no job state

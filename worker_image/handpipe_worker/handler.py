@@ -3,6 +3,7 @@ range, writes the result part to S3 and reports on the "events" queue. It never 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -14,15 +15,19 @@ from typing import Any
 
 from chalicelib.contracts import (
     PROBE_REQUEST,
+    RENDER_REQUEST,
     SEGMENT_FAILED,
     SEGMENT_PROGRESS,
     SEGMENT_SUCCEEDED,
     VIDEO_PROBED,
     ContractError,
     ProbeRequest,
+    RenderRequest,
     SegmentEvent,
     WorkItem,
     decode_body,
+    insights_key,
+    picture_key,
     work_message_type,
 )
 from chalicelib.queues import MessageQueue
@@ -34,6 +39,11 @@ from .models import ModelCache, ModelError
 logger = logging.getLogger("handpipe.worker")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 PROBE_BYTES = 8 * 1024 * 1024
+
+
+def _local_name(key: str) -> str:
+    """The file keeps its name, which the result reports; only safe characters reach the filesystem."""
+    return _UNSAFE_NAME.sub("_", os.path.basename(key))[-200:].lstrip(".") or "video"
 
 
 @dataclass(frozen=True)
@@ -89,8 +99,11 @@ class Worker:
         """True when the record is finished with (done, or failed for good and reported)."""
         attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
-            if work_message_type(record["body"]) == PROBE_REQUEST:
+            kind = work_message_type(record["body"])
+            if kind == PROBE_REQUEST:
                 return self._handle_probe(ProbeRequest.from_json(record["body"]), attempt)
+            if kind == RENDER_REQUEST:
+                return self._handle_render(RenderRequest.from_json(record["body"]), attempt)
             item = WorkItem.from_json(record["body"])
         except ContractError as error:
             return self._reject_malformed(record["body"], str(error), attempt)
@@ -134,13 +147,50 @@ class Worker:
         )
         return True
 
+    def _handle_render(self, request: RenderRequest, attempt: int) -> bool:
+        """Pictures are extras of a job that has already SUCCEEDED: a failure is retried, then logged,
+        never turned into a failed job."""
+        try:
+            self.render(request)
+        except Exception:
+            logger.exception("rendering the pictures of job %s failed on attempt %d", request.job_id, attempt)
+            return attempt >= self.settings.max_receives
+        return True
+
+    def render(self, request: RenderRequest) -> list[str]:
+        """Store the job's insights and draw its pictures next to its result; returns the keys."""
+        from chalicelib.insights import analyze
+
+        from .pictures import annotated_video, contact_sheet, timeline_png
+
+        store = ObjectStore(self.s3, request.bucket)
+        result = store.get_result(request.result_key)
+        insights = analyze(result)
+        written = [insights_key(request.video_id, request.job_id)]
+        store.put_bytes(written[0], json.dumps(insights).encode(), "application/json")
+        timeline = picture_key(request.video_id, request.job_id, "timeline")
+        store.put_bytes(timeline, timeline_png(result, insights), "image/png")
+        written.append(timeline)
+        with tempfile.TemporaryDirectory(prefix="handpipe-render-") as workdir:
+            local = os.path.join(workdir, _local_name(request.video_key))
+            store.download(request.video_key, local)
+            if request.annotated_video:
+                out = annotated_video(local, result, os.path.join(workdir, "annotated.mp4"), insights)
+                key = picture_key(request.video_id, request.job_id, "annotated_video")
+                self.s3.upload_file(str(out), request.bucket, key, ExtraArgs={"ContentType": "video/mp4"})
+                written.append(key)
+            # Written last: its presence tells clients that all the pictures are there.
+            sheet = picture_key(request.video_id, request.job_id, "contact_sheet")
+            store.put_bytes(sheet, contact_sheet(local, result, insights=insights), "image/png")
+            written.append(sheet)
+        return written
+
     def probe(self, request: ProbeRequest) -> dict[str, Any]:
         """The video's container facts. The header usually sits in the first megabytes, so those are
         tried first; a file whose index is at its end is fetched whole."""
         store = ObjectStore(self.s3, request.bucket)
-        name = _UNSAFE_NAME.sub("_", os.path.basename(request.video_key))[-200:].lstrip(".") or "video"
         with tempfile.TemporaryDirectory(prefix="handpipe-probe-") as workdir:
-            local = os.path.join(workdir, name)
+            local = os.path.join(workdir, _local_name(request.video_key))
             head = store.get_range(request.video_key, PROBE_BYTES)
             with open(local, "wb") as file:
                 file.write(head)
@@ -223,10 +273,8 @@ class Worker:
                 )
             return None
 
-        # The file keeps its name, which the result reports; only safe characters reach the filesystem.
-        name = _UNSAFE_NAME.sub("_", os.path.basename(item.video_key))[-200:].lstrip(".") or "video"
         with tempfile.TemporaryDirectory(prefix="handpipe-") as workdir:
-            local = os.path.join(workdir, name)
+            local = os.path.join(workdir, _local_name(item.video_key))
             try:
                 store.download(item.video_key, local)
             except ObjectMissing:
