@@ -4,7 +4,7 @@ the request, call chalicelib.insight_services with the container's dependencies,
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from chalice import Blueprint, IAMAuthorizer, Response
@@ -56,7 +56,8 @@ def viewer_owner() -> str | None:
     the api_key query parameter (a credential, like the header: the document lists it as a security scheme),
     which works where the app itself checks keys (the local stack); API Gateway checks only the header."""
     request = insight_routes.current_request
-    api_key = (request.query_params or {}).get("api_key")
+    params: Mapping[str, str] = request.query_params or {}
+    api_key = params.get("api_key")
     if request.headers.get("x-api-key") or not api_key:
         return owner()
     settings = runtime().settings
@@ -65,7 +66,7 @@ def viewer_owner() -> str | None:
 
 
 def query(name: str) -> str | None:
-    params = insight_routes.current_request.query_params or {}
+    params: Mapping[str, str] = insight_routes.current_request.query_params or {}
     return params.get(name)
 
 
@@ -87,5 +88,6 @@ def get_insights(job_id: str) -> dict[str, Any]:
 @api
 def get_viewer(job_id: str) -> Response:
     who, rt = viewer_owner(), runtime()
-    page, headers = insight_services.viewer_page(rt.jobs, rt.videos, rt.store, rt.settings, job_id, owner=who)
+    page, page_headers = insight_services.viewer_page(rt.jobs, rt.videos, rt.store, rt.settings, job_id, owner=who)
+    headers: dict[str, str | list[str]] = {**page_headers}
     return Response(body=page, status_code=200, headers=headers)

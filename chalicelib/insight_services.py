@@ -3,6 +3,7 @@ and store as parameters (like services.py); each derived object is written next 
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
@@ -119,6 +120,12 @@ def _script_json(value: Any) -> str:
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+@functools.cache
+def _viewer_template() -> str:
+    """chalicelib/viewer.html, read once per container."""
+    return VIEWER_PATH.read_text(encoding="utf-8")
+
+
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
@@ -150,7 +157,7 @@ def viewer_page(
     }
     nonce = secrets.token_urlsafe(16)
     page = (
-        VIEWER_PATH.read_text(encoding="utf-8")
+        _viewer_template()
         .replace("__HANDPIPE_TITLE__", html.escape(f"{video.title} · {job.id}"))
         .replace("__HANDPIPE_NONCE__", nonce)
         .replace("__HANDPIPE_CONFIG__", _script_json(config))

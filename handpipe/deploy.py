@@ -144,7 +144,9 @@ class AwsClients:
     s3: Any
     sts: Any
     secretsmanager: Any
+    apigateway: Any
     region: str
+    profile: str | None = None  # passed on to the chalice subprocess, which must act as the same identity
 
     @classmethod
     def from_session(cls, session: Any, endpoint_url: str | None = None) -> AwsClients:
@@ -162,8 +164,17 @@ class AwsClients:
             s3=client("s3"),
             sts=client("sts"),
             secretsmanager=client("secretsmanager"),
+            apigateway=client("apigateway"),
             region=region,
+            profile=session.profile_name if session.profile_name != "default" else None,
         )
+
+    def environment(self) -> dict[str, str]:
+        """What a subprocess (chalice) needs in its environment to work in the same account and region."""
+        env = {"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
+        if self.profile:
+            env["AWS_PROFILE"] = self.profile
+        return env
 
 
 # ------------------------------------------------------------------------------------------- options
@@ -177,6 +188,7 @@ class DeployOptions:
     stage: str
     project_dir: Path
     image_uri: str | None = None  # an image already in ECR: skip the build and the push
+    skip_build: bool = False  # keep the image the stage runs (a settings-only update, no Docker needed)
     subnet_ids: list[str] | None = None
     vpc_endpoints: bool | None = None
     database: str | None = None  # "create" or "existing"
@@ -190,7 +202,7 @@ class DeployOptions:
     worker_ephemeral_storage_mb: int | None = None
     worker_concurrency: int | None = None
     reserve_concurrency: bool | None = None
-    max_db_connections: int = DEFAULT_MAX_DB_CONNECTIONS
+    max_db_connections: int | None = None  # None: what the stage's config reserves now, else the default
     cors_origins: str | None = None
 
 
@@ -210,6 +222,7 @@ class DeployResult:
     config_path: Path
     policy_path: Path
     migration: Any = None
+    api_key: str | None = None  # the key created for the stage's usage plan on its first deploy
 
 
 @dataclass
@@ -296,6 +309,15 @@ def split_db_connections(total: int, functions: Sequence[str]) -> dict[str, int]
     if shares:
         shares[shared[0]] += budget - sum(shares.values())
     return {**shares, **singles}
+
+
+def current_db_connections(project_dir: Path, stage: str) -> int:
+    """The cap a stage has now: the sum of the reserved concurrency its config gives the functions (a
+    re-deploy without --max-db-connections keeps it), or the default for a new stage."""
+    config = json.loads((project_dir / ".chalice" / "config.json").read_text())
+    functions = config.get("stages", {}).get(stage, {}).get("lambda_functions", {})
+    total = sum(int(entry.get("reserved_concurrency") or 0) for entry in functions.values())
+    return total or DEFAULT_MAX_DB_CONNECTIONS
 
 
 def chalice_function_timeout(config: Mapping[str, Any], stage: str, name: str) -> int:
@@ -512,15 +534,32 @@ def template_parameters(template_text: str) -> dict[str, dict[str, Any]]:
     return dict(load_template(template_text).get("Parameters", {}))
 
 
-def api_url(project_dir: Path, stage: str) -> str | None:
-    """The REST API's URL from what `chalice deploy` recorded, if it recorded one."""
+def deployed_rest_api(project_dir: Path, stage: str) -> dict[str, Any]:
+    """What `chalice deploy` recorded of the stage's REST API (rest_api_id, rest_api_url), if anything."""
     deployed = project_dir / ".chalice" / "deployed" / f"{stage}.json"
     if not deployed.is_file():
-        return None
+        return {}
     for resource in json.loads(deployed.read_text()).get("resources", []):
-        if resource.get("name") == "rest_api" and resource.get("rest_api_url"):
-            return str(resource["rest_api_url"])
-    return None
+        if resource.get("name") == "rest_api":
+            return dict(resource)
+    return {}
+
+
+def api_url(project_dir: Path, stage: str) -> str | None:
+    url = deployed_rest_api(project_dir, stage).get("rest_api_url")
+    return str(url) if url else None
+
+
+def stage_environment(config: Mapping[str, Any], stage: str) -> dict[str, str]:
+    """The environment Chalice gives the stage's functions (and app.py at packaging): top level, then stage."""
+    return {
+        **config.get("environment_variables", {}),
+        **config.get("stages", {}).get(stage, {}).get("environment_variables", {}),
+    }
+
+
+def usage_plan_name(stage: str) -> str:
+    return f"{APP_NAME}-{stage}"
 
 
 def _error_code(error: Exception) -> str:
@@ -595,7 +634,7 @@ class Deployment:
         stage = options.stage
         project = options.project_dir.resolve()
         stack_name = main_stack_name(stage)
-        self._begin(8)
+        self._begin(9)
 
         with self._step(
             f"checking the project, the AWS account and the network for stage {stage!r}",
@@ -613,9 +652,10 @@ class Deployment:
             previous = self._previous_parameters(stack_name)
             parameters = self._main_parameters(options, previous, project)
             reserve = parameters.get("ReserveConcurrency", "true") == "true"
-            if reserve and options.max_db_connections < min_db_connections(functions):
+            connections = options.max_db_connections or current_db_connections(project, stage)
+            if reserve and connections < min_db_connections(functions):
                 raise Problem(
-                    f"--max-db-connections {options.max_db_connections} is too few for {len(functions)} functions",
+                    f"--max-db-connections {connections} is too few for {len(functions)} functions",
                     f"pass at least {min_db_connections(functions)}, or --no-reserved-concurrency",
                 )
 
@@ -630,11 +670,13 @@ class Deployment:
             )
             repository = ecr_outputs["RepositoryUri"]
 
-        if options.image_uri:
-            image_uri = options.image_uri
-            with self._step("worker image: using --image-uri, not building", "check --image-uri"):
+        if options.image_uri or options.skip_build:
+            with self._step("worker image: not building (--image-uri or --skip-build)", "check --image-uri"):
+                image_uri = options.image_uri or previous.get("WorkerImageUri", "")
+                if not image_uri:
+                    raise Problem("the stage has no image yet", "deploy once without --skip-build")
                 self.say(f"  {image_uri}")
-            with self._step("pushing the worker image: skipped (--image-uri)", "check --image-uri"):
+            with self._step("pushing the worker image: nothing to push", "check --image-uri"):
                 pass
         else:
             docker_client = None
@@ -643,7 +685,7 @@ class Deployment:
                 f"start Docker and check that `docker build -f {DOCKERFILE} .` works in {project}",
             ):
                 docker_client = self._docker()
-                image, tag = self._build(docker_client, project, repository, stage)
+                tag = self._build(docker_client, project, repository, stage)
             with self._step(
                 f"pushing the worker image to {repository}",
                 "check that your credentials may push to ECR (ecr:GetAuthorizationToken, ecr:*Layer*, ecr:PutImage)",
@@ -660,7 +702,7 @@ class Deployment:
         ):
             outputs = self._apply_stack(stack_name, project / MAIN_TEMPLATE, parameters)
 
-        reserved = split_db_connections(options.max_db_connections, functions) if reserve else None
+        reserved = split_db_connections(connections, functions) if reserve else None
         with self._step(
             f"writing .chalice/config.json (stage {stage}) and .chalice/policy-{stage}.json",
             "check that .chalice/config.json is valid JSON and writable",
@@ -676,7 +718,7 @@ class Deployment:
             )
             if reserved:
                 shares = ", ".join(f"{name} {count}" for name, count in reserved.items())
-                self.say(f"  reserved concurrency (at most {options.max_db_connections} DB connections): {shares}")
+                self.say(f"  reserved concurrency (at most {connections} DB connections): {shares}")
             else:
                 self.say("  no reserved concurrency (--no-reserved-concurrency): DB connections are not capped")
 
@@ -685,7 +727,7 @@ class Deployment:
             f"read chalice's message above; run `chalice deploy --stage {stage}` in {project} to retry this step",
         ):
             # Chalice imports app.py to find the consumers; their queue names come from this variable.
-            env = {"HANDPIPE_QUEUE_PREFIX": outputs["QueuePrefix"], "AWS_DEFAULT_REGION": self.aws.region}
+            env = {**self.aws.environment(), "HANDPIPE_QUEUE_PREFIX": outputs["QueuePrefix"]}
             self.runner.chalice(["deploy", "--stage", stage], cwd=project, env=env)
 
         migrate = function_name(stage, "migrate")
@@ -705,6 +747,12 @@ class Deployment:
             version = migration.get("version") if isinstance(migration, dict) else None
             self.say(f"  schema version {version}" + (f" (applied {applied})" if applied else " (already current)"))
 
+        with self._step(
+            f"API keys: usage plan {usage_plan_name(stage)}",
+            "look at the stage's API in the API Gateway console (Usage plans); run deploy again to retry",
+        ):
+            key = self._ensure_usage_plan(project, stage)
+
         url = api_url(project, stage)
         self.say(f"deployed stage {stage}" + (f": API at {url}" if url else ""))
         self.say(f"  bucket {outputs['BucketName']}, worker {outputs['WorkerFunctionName']}, image {image_uri}")
@@ -715,7 +763,79 @@ class Deployment:
             config_path=config_path,
             policy_path=policy_path,
             migration=migration,
+            api_key=key,
         )
+
+    def _ensure_usage_plan(self, project: Path, stage: str) -> str | None:
+        """With HANDPIPE_AUTH=api_key (the default) API Gateway admits only keys of a usage plan of the API's
+        stage, and Chalice makes neither: make the plan, and on the first deploy one key for its owner."""
+        config = json.loads((project / ".chalice" / "config.json").read_text())
+        mode = stage_environment(config, stage).get("HANDPIPE_AUTH", "api_key")  # chalicelib.config's default
+        if mode != "api_key":
+            self.say(f"  HANDPIPE_AUTH={mode}: the API takes no keys")
+            return None
+        api_id = deployed_rest_api(project, stage).get("rest_api_id")
+        if not api_id:
+            raise Problem(f"chalice recorded no REST API for stage {stage} in .chalice/deployed/{stage}.json")
+        api_stage = config["stages"][stage].get("api_gateway_stage") or config.get("api_gateway_stage") or "api"
+        gateway = self.aws.apigateway
+        name = usage_plan_name(stage)
+        plan = self._usage_plan(name)
+        if plan is None:
+            plan = gateway.create_usage_plan(
+                name=name,
+                description=f"handpipe {stage}: callers of the API (x-api-key)",
+                apiStages=[{"apiId": api_id, "stage": api_stage}],
+            )
+        elif {"apiId": api_id, "stage": api_stage} not in [
+            {"apiId": s.get("apiId"), "stage": s.get("stage")} for s in plan.get("apiStages", [])
+        ]:
+            # Chalice made a new REST API (e.g. after a delete); the plan must cover it.
+            gateway.update_usage_plan(
+                usagePlanId=plan["id"],
+                patchOperations=[{"op": "add", "path": "/apiStages", "value": f"{api_id}:{api_stage}"}],
+            )
+        keys = gateway.get_usage_plan_keys(usagePlanId=plan["id"]).get("items", [])
+        if keys:
+            self.say(f"  usage plan {name} ({plan['id']}) has {len(keys)} key(s); docs/deploy.md shows how to add one")
+            return None
+        key = gateway.create_api_key(
+            name=f"{APP_NAME}-{stage}-owner", description=f"handpipe {stage}: the deployer's key", enabled=True
+        )
+        gateway.create_usage_plan_key(usagePlanId=plan["id"], keyId=key["id"], keyType="API_KEY")
+        self.say(f"  API key {key['id']} for the x-api-key header: {key['value']}")
+        self.say(f"  (shown again by: aws apigateway get-api-key --api-key {key['id']} --include-value)")
+        return str(key["value"])
+
+    def _usage_plan(self, name: str) -> dict[str, Any] | None:
+        for page in self.aws.apigateway.get_paginator("get_usage_plans").paginate():
+            for plan in page.get("items", []):
+                if plan.get("name") == name:
+                    return dict(plan)
+        return None
+
+    def _remove_usage_plan(self, stage: str) -> None:
+        """Remove the stage's usage plan (API Gateway refuses to delete an API a plan still covers) and the
+        keys deploy made for it; other keys are only detached."""
+        gateway = self.aws.apigateway
+        plan = self._usage_plan(usage_plan_name(stage))
+        if plan is None:
+            self.say(f"  no usage plan {usage_plan_name(stage)}")
+            return
+        for key in gateway.get_usage_plan_keys(usagePlanId=plan["id"]).get("items", []):
+            gateway.delete_usage_plan_key(usagePlanId=plan["id"], keyId=key["id"])
+            if str(key.get("name", "")).startswith(f"{APP_NAME}-{stage}-"):
+                gateway.delete_api_key(apiKey=key["id"])
+            else:
+                self.say(f"  detached API key {key.get('name', key['id'])}, which deploy did not make; it is kept")
+        stages = [f"{s['apiId']}:{s['stage']}" for s in plan.get("apiStages", [])]
+        if stages:
+            gateway.update_usage_plan(
+                usagePlanId=plan["id"],
+                patchOperations=[{"op": "remove", "path": "/apiStages", "value": value} for value in stages],
+            )
+        gateway.delete_usage_plan(usagePlanId=plan["id"])
+        self.say(f"  removed usage plan {usage_plan_name(stage)}")
 
     def _docker(self) -> Any:
         if self._docker_factory is None:
@@ -728,7 +848,7 @@ class Deployment:
                 "start the Docker daemon (docker info must work), or pass --image-uri with an image already in ECR",
             ) from error
 
-    def _build(self, docker_client: Any, project: Path, repository: str, stage: str) -> tuple[Any, str]:
+    def _build(self, docker_client: Any, project: Path, repository: str, stage: str) -> str:
         image, logs = docker_client.images.build(
             path=str(project),
             dockerfile=DOCKERFILE,
@@ -745,7 +865,7 @@ class Deployment:
         tag = "img-" + str(image.id).split(":")[-1][:16]
         image.tag(repository, tag=tag)
         self.say(f"  built {image.id}, tagged {repository}:{tag}")
-        return image, tag
+        return tag
 
     def _push(self, docker_client: Any, repository: str, tag: str) -> str:
         token = self.aws.ecr.get_authorization_token()["authorizationData"][0]
@@ -815,8 +935,6 @@ class Deployment:
                 "keep --database create, or `handpipe destroy` the stage (--keep-data keeps the data) and deploy anew",
             )
         given["DatabaseMode"] = mode
-        if options.db_secret_arn:
-            given["ExistingDbSecretArn"] = options.db_secret_arn
         if options.db_security_group_id:
             given["ExistingDbSecurityGroupId"] = options.db_security_group_id
         if mode == "existing":
@@ -827,12 +945,14 @@ class Deployment:
                     "pass --db-secret-arn ARN: a Secrets Manager secret with host, port, username, password, dbname",
                 )
             try:
-                self.aws.secretsmanager.describe_secret(SecretId=secret)
+                described = self.aws.secretsmanager.describe_secret(SecretId=secret)
             except Exception as error:
                 raise Problem(
                     f"cannot find the database secret {secret}: {_error_message(error)}",
-                    "pass the full ARN of a secret in this account and region (--db-secret-arn)",
+                    "pass the ARN (or name) of a secret in this account and region (--db-secret-arn)",
                 ) from error
+            # The full ARN, also when a name was given: the policy grants exactly this secret.
+            given["ExistingDbSecretArn"] = described["ARN"]
 
         # The queues' visibility timeouts follow their consumers' timeouts.
         worker_timeout = int(
@@ -865,8 +985,9 @@ class Deployment:
         subnets = self.aws.ec2.describe_subnets(
             Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "default-for-az", "Values": ["true"]}]
         )["Subnets"]
-        chosen = sorted(subnets, key=lambda s: s["AvailabilityZone"])
-        self.say(f"  no --subnet-ids: using the default VPC {vpc} ({len(chosen)} subnets)")
+        # Two zones are what the database needs; each more would add an interface endpoint per service.
+        chosen = sorted(subnets, key=lambda s: s["AvailabilityZone"])[:2]
+        self.say(f"  no --subnet-ids: using the default VPC {vpc}: {', '.join(s['SubnetId'] for s in chosen)}")
         return [s["SubnetId"] for s in chosen]
 
     def _check_network(self, subnet_ids: Sequence[str], endpoints: bool) -> tuple[str, list[str]]:
@@ -890,6 +1011,19 @@ class Deployment:
                 "pass one subnet per zone, or --no-vpc-endpoints if the subnets reach AWS through a NAT gateway",
             )
         vpc = vpcs.pop()
+        if endpoints:
+            # Interface endpoints with private DNS (how the Lambdas find them) need both attributes on.
+            for attribute, key, flag in (
+                ("enableDnsSupport", "EnableDnsSupport", "--enable-dns-support"),
+                ("enableDnsHostnames", "EnableDnsHostnames", "--enable-dns-hostnames"),
+            ):
+                answer = self.aws.ec2.describe_vpc_attribute(VpcId=vpc, Attribute=attribute)
+                if not answer.get(key, {}).get("Value"):
+                    raise Problem(
+                        f"VPC {vpc} has {attribute} off; the VPC endpoints' private DNS needs it on",
+                        f"aws ec2 modify-vpc-attribute --vpc-id {vpc} {flag} (or deploy with --no-vpc-endpoints "
+                        "if the subnets reach AWS through a NAT gateway)",
+                    )
         route_tables: list[str] = []
         for subnet in subnet_ids:
             tables = self.aws.ec2.describe_route_tables(
@@ -1053,7 +1187,7 @@ class Deployment:
         project = options.project_dir.resolve()
         stack_name = main_stack_name(stage)
         result = DestroyResult()
-        self._begin(7)
+        self._begin(8)
         keep = "Retain" if options.keep_data else "Delete"
 
         with self._step(
@@ -1068,15 +1202,19 @@ class Deployment:
             if stack is None:
                 self.say(f"  no stack {stack_name}")
 
+        with self._step(
+            f"removing usage plan {usage_plan_name(stage)} and its API keys",
+            "remove the plan in the API Gateway console (Usage plans) and run again",
+        ):
+            self._remove_usage_plan(stage)
+
         deployed = project / ".chalice" / "deployed" / f"{stage}.json"
         with self._step(
             f"chalice delete --stage {stage}",
             f"read chalice's message above; run `chalice delete --stage {stage}` in {project} to retry this step",
         ):
             if deployed.is_file():
-                self.runner.chalice(
-                    ["delete", "--stage", stage], cwd=project, env={"AWS_DEFAULT_REGION": self.aws.region}
-                )
+                self.runner.chalice(["delete", "--stage", stage], cwd=project, env=self.aws.environment())
                 result.removed.append(f"Chalice app (stage {stage})")
             else:
                 self.say(f"  nothing recorded in {deployed.relative_to(project)}: no Chalice deployment to delete here")
@@ -1232,7 +1370,7 @@ def _positive(text: str) -> int:
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", required=True, help="the stage to deploy, e.g. dev or prod")
+    parser.add_argument("--stage", required=True, help="the stage, e.g. dev or prod")
     parser.add_argument("--region", help="AWS region (default: your AWS configuration's)")
     parser.add_argument("--profile", help="AWS profile (default: your AWS configuration's)")
     parser.add_argument("--project-dir", default=".", help="the handpipe project (default: the current directory)")
@@ -1249,7 +1387,11 @@ def add_commands(subparsers: Any) -> None:
     )
     _common_arguments(deploy)
     image = deploy.add_argument_group("worker")
-    image.add_argument("--image-uri", help="use this image already in ECR instead of building one")
+    built = image.add_mutually_exclusive_group()
+    built.add_argument("--image-uri", help="use this image already in ECR instead of building one")
+    built.add_argument(
+        "--skip-build", action="store_true", help="keep the image the stage runs (settings-only update, no Docker)"
+    )
     image.add_argument("--worker-memory", type=_positive, metavar="MB", help="worker memory (default 3008)")
     image.add_argument("--worker-timeout", type=_positive, metavar="S", help="worker timeout, up to 900 (default 900)")
     image.add_argument(
@@ -1280,16 +1422,22 @@ def add_commands(subparsers: Any) -> None:
     database.add_argument(
         "--max-db-connections",
         type=_positive,
-        default=DEFAULT_MAX_DB_CONNECTIONS,
         metavar="N",
-        help=f"cap on the app's database connections, split into reserved concurrency (default "
-        f"{DEFAULT_MAX_DB_CONNECTIONS}); see docs/deploy.md",
+        help=f"cap on the app's database connections, split into reserved concurrency (default: the stage's "
+        f"current cap, {DEFAULT_MAX_DB_CONNECTIONS} for a new stage); see docs/deploy.md",
     )
-    database.add_argument(
+    reservation = database.add_mutually_exclusive_group()
+    reservation.add_argument(
+        "--reserved-concurrency",
+        dest="reserve_concurrency",
+        action="store_true",
+        default=None,
+        help="reserve concurrency for the functions (the default)",
+    )
+    reservation.add_argument(
         "--no-reserved-concurrency",
         dest="reserve_concurrency",
         action="store_false",
-        default=None,
         help="reserve no concurrency (for accounts with a low concurrency limit); connections are then not capped",
     )
     deploy.add_argument("--cors-origins", help="comma-separated origins allowed to upload from a browser (default *)")
@@ -1309,8 +1457,12 @@ def add_commands(subparsers: Any) -> None:
 def _real_deployment(args: argparse.Namespace) -> Deployment:
     import boto3
     from botocore.config import Config
+    from botocore.exceptions import BotoCoreError
 
-    session = boto3.session.Session(profile_name=args.profile, region_name=args.region)
+    try:
+        session = boto3.session.Session(profile_name=args.profile, region_name=args.region)
+    except BotoCoreError as error:  # e.g. an unknown --profile
+        raise Problem(f"cannot use the AWS configuration: {error}", "check --profile and ~/.aws/config") from error
     aws = AwsClients.from_session(session)
     # A migration may run up to the function's timeout; never retry it on a read timeout.
     lambda_client = session.client(
@@ -1332,6 +1484,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         stage=args.stage,
         project_dir=Path(args.project_dir),
         image_uri=args.image_uri,
+        skip_build=args.skip_build,
         subnet_ids=[s.strip() for s in args.subnet_ids.split(",") if s.strip()] if args.subnet_ids else None,
         vpc_endpoints=args.vpc_endpoints,
         database=args.database,
@@ -1350,8 +1503,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )
     try:
         _real_deployment(args).deploy(options)
-    except (DeployError, Problem) as error:
-        raise CliError(f"deploy failed at {error}" if isinstance(error, DeployError) else str(error)) from None
+    except DeployError as error:
+        raise CliError(f"deploy {error}") from None
+    except Problem as error:
+        raise CliError(f"{error}\n  what to do: {error.hint}" if error.hint else str(error)) from None
     return 0
 
 
@@ -1361,6 +1516,8 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     options = DestroyOptions(stage=args.stage, project_dir=Path(args.project_dir), keep_data=args.keep_data)
     try:
         _real_deployment(args).destroy(options)
-    except (DeployError, Problem) as error:
-        raise CliError(f"destroy failed at {error}" if isinstance(error, DeployError) else str(error)) from None
+    except DeployError as error:
+        raise CliError(f"destroy {error}") from None
+    except Problem as error:
+        raise CliError(f"{error}\n  what to do: {error.hint}" if error.hint else str(error)) from None
     return 0

@@ -41,8 +41,8 @@ from handpipe.deploy import (
 )
 from tests.conftest import REPO
 
-# moto creates what it can of a template and skips the types it does not know (here AWS::S3::BucketPolicy,
-# which only the "create" database path's Secrets Manager resources join), warning about each.
+# moto creates what it can of a template and skips, with a warning, the types it does not know: here
+# AWS::S3::BucketPolicy (and, on the "create" database path the tests do not take, the Secrets Manager ones).
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS::")
 
 TEMPLATES = sorted((REPO / "infra").glob("*.yaml"))
@@ -102,22 +102,27 @@ class _RecordingImages:
 
 class RecordingRunner:
     """Notes the chalice commands and Lambda invocations deploy asks for instead of running them. For
-    `chalice deploy` it writes the record Chalice leaves (.chalice/deployed/STAGE.json); `chalice delete`
-    removes it, as Chalice does."""
+    `chalice deploy` it leaves what Chalice would: a REST API (in moto) and its record in
+    .chalice/deployed/STAGE.json; `chalice delete` removes both, as Chalice does."""
 
-    def __init__(self, migrate_error: str | None = None) -> None:
+    def __init__(self, apigateway: Any, migrate_error: str | None = None) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self._apigateway = apigateway
         self._migrate_error = migrate_error
 
     def chalice(self, args: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> None:
         self.calls.append(("chalice", {"args": list(args), "cwd": Path(cwd), "env": dict(env)}))
         command, stage = args[0], args[args.index("--stage") + 1]
         deployed = Path(cwd) / ".chalice" / "deployed" / f"{stage}.json"
-        if command == "deploy":
+        if command == "deploy" and not deployed.exists():
+            api_id = self._apigateway.create_rest_api(name=f"handpipe-{stage}")["id"]
+            url = f"https://{api_id}.execute-api.{REGION}.amazonaws.com/api/"
+            record = {"name": "rest_api", "resource_type": "rest_api", "rest_api_id": api_id, "rest_api_url": url}
             deployed.parent.mkdir(exist_ok=True)
-            url = f"https://abc123.execute-api.{REGION}.amazonaws.com/api/"
-            deployed.write_text(json.dumps({"resources": [{"name": "rest_api", "rest_api_url": url}]}))
+            deployed.write_text(json.dumps({"resources": [record]}))
         elif command == "delete":
+            api_id = json.loads(deployed.read_text())["resources"][0]["rest_api_id"]
+            self._apigateway.delete_rest_api(restApiId=api_id)
             deployed.unlink()
 
     def invoke(self, function_name: str, payload: Mapping[str, Any]) -> InvokeResult:
@@ -165,6 +170,7 @@ class Network:
     subnets: list[str]
     db_security_group: str
     db_secret_arn: str
+    db_secret_name: str
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +188,7 @@ def network(account: Account) -> Network:
     ec2 = account.aws.ec2
     octet = uuid.uuid4().int % 200 + 20
     vpc = ec2.create_vpc(CidrBlock=f"10.{octet}.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # off in a new VPC, as in AWS
     subnets = [
         ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.{octet}.{i}.0/24", AvailabilityZone=f"{REGION}{zone}")["Subnet"][
             "SubnetId"
@@ -195,7 +202,7 @@ def network(account: Account) -> Network:
             {"host": "db.internal", "port": 3306, "username": "handpipe", "password": "pw", "dbname": "handpipe"}
         ),
     )
-    return Network(vpc, subnets, group["GroupId"], secret["ARN"])
+    return Network(vpc, subnets, group["GroupId"], secret["ARN"], secret["Name"])
 
 
 @pytest.fixture
@@ -235,11 +242,13 @@ def existing_db_options(stage: str, project: Path, network: Network, **extra: An
 # ------------------------------------------------------------------------------------------- templates
 
 
-@pytest.mark.parametrize("template", TEMPLATES, ids=lambda path: path.name)
-def test_template_passes_cfn_lint(template: Path) -> None:
-    from cfnlint.api import lint_file
+def test_templates_pass_cfn_lint() -> None:
+    # cfn-lint's own runner, once for every template (its rules and schemas load once).
+    from cfnlint.config import ConfigMixIn
+    from cfnlint.runner import Runner
 
-    matches = lint_file(template)
+    assert {template.name for template in TEMPLATES} >= {"handpipe.yaml", "ecr.yaml"}
+    matches = list(Runner(ConfigMixIn([str(template) for template in TEMPLATES])).run())
     assert not matches, "\n".join(str(match) for match in matches)
 
 
@@ -248,7 +257,7 @@ def test_template_keeps_data_only_when_asked_and_wires_the_worker() -> None:
     resources = template["Resources"]
     assert "AWS::LanguageExtensions" in str(template["Transform"])  # lets DeletionPolicy follow a parameter
     for name in ("Bucket", "DbInstance", "DbSecret", "DbSubnetGroup", "DbSecurityGroup"):
-        assert resources[name]["DeletionPolicy"] == {"Fn::If": ["RetainData", "Retain", "Delete"]}, name
+        assert resources[name]["DeletionPolicy"] == {"Fn::If": ["RetainData", "RetainExceptOnCreate", "Delete"]}, name
         assert resources[name]["UpdateReplacePolicy"] == "Retain", name
     assert template["Conditions"]["RetainData"] == {"Fn::Equals": [{"Ref": "DataRetention"}, "Retain"]}
 
@@ -323,14 +332,16 @@ def test_cli_registers_deploy_and_destroy() -> None:
 def test_deploy_update_and_destroy_on_moto(account: Account, network: Network, project: Path) -> None:
     stage = unique_stage()
     original_stages = json.loads((project / ".chalice" / "config.json").read_text())["stages"]
-    docker, runner, said = RecordingDocker(), RecordingRunner(), []
-    result = deployment(account, docker, runner, said).deploy(existing_db_options(stage, project, network))
+    docker, runner, said = RecordingDocker(), RecordingRunner(account.aws.apigateway), list[str]()
+    result = deployment(account, docker, runner, said).deploy(
+        existing_db_options(stage, project, network, max_db_connections=30)
+    )
     outputs = result.outputs
     cloudformation = account.aws.cloudformation
 
     # Every step said what it was doing.
-    for number in range(1, 9):
-        assert any(line.startswith(f"[{number}/8] ") for line in said), number
+    for number in range(1, 10):
+        assert any(line.startswith(f"[{number}/9] ") for line in said), number
 
     # The image was built from the worker Dockerfile for Lambda's platform and pushed to the stage's repository.
     ecr_outputs = {
@@ -403,7 +414,7 @@ def test_deploy_update_and_destroy_on_moto(account: Account, network: Network, p
         assert "*" not in resources
         assert all(stage in resource or outputs["BucketName"] in resource for resource in resources), statement
 
-    check_chalice_stage(project, stage, outputs, network, original_stages)
+    check_chalice_stage(project, stage, outputs, network, original_stages, cap=30)
 
     # chalice deploy ran with the stage's queue prefix, then the migrations ran in the VPC.
     assert [name for name, _ in runner.calls] == ["chalice", "invoke"]
@@ -412,6 +423,16 @@ def test_deploy_update_and_destroy_on_moto(account: Account, network: Network, p
     assert chalice_call["env"]["HANDPIPE_QUEUE_PREFIX"] == outputs["QueuePrefix"]
     assert invoke_call["function"] == f"handpipe-{stage}-migrate"
     assert result.api_url and result.api_url.startswith("https://")
+
+    # API Gateway admits the keys of the stage's usage plan (HANDPIPE_AUTH=api_key): one was made for the owner.
+    gateway = account.aws.apigateway
+    [plan] = [p for p in gateway.get_usage_plans()["items"] if p["name"] == f"handpipe-{stage}"]
+    api_id = json.loads((project / ".chalice" / "deployed" / f"{stage}.json").read_text())["resources"][0][
+        "rest_api_id"
+    ]
+    assert [(s["apiId"], s["stage"]) for s in plan["apiStages"]] == [(api_id, "api")]
+    [key] = gateway.get_usage_plan_keys(usagePlanId=plan["id"])["items"]
+    assert result.api_key and gateway.get_api_key(apiKey=key["id"], includeValue=True)["value"] == result.api_key
 
     # Again with one setting changed: a new image and more memory; the rest of the stage is kept.
     said.clear()
@@ -426,7 +447,20 @@ def test_deploy_update_and_destroy_on_moto(account: Account, network: Network, p
     assert update.outputs["DbSecretArn"] == network.db_secret_arn
     assert update.outputs["SubnetIds"] == outputs["SubnetIds"]
     assert update.outputs["BucketName"] == outputs["BucketName"]
-    check_chalice_stage(project, stage, update.outputs, network, original_stages)
+    assert update.api_key is None  # the plan has its key already
+    check_chalice_stage(project, stage, update.outputs, network, original_stages, cap=30)  # the cap is kept
+
+    # A settings-only update without Docker: same image, a shorter worker timeout, the queue follows it.
+    builds = len(docker.images.calls("build"))
+    deployment(account, docker, runner, said).deploy(
+        DeployOptions(stage=stage, project_dir=project, skip_build=True, worker_timeout_s=600)
+    )
+    assert len(docker.images.calls("build")) == builds
+    worker = lambda_client.get_function(FunctionName=outputs["WorkerFunctionName"])
+    assert worker["Code"]["ImageUri"] == update.image_uri and worker["Configuration"]["Timeout"] == 600
+    work_url = sqs.get_queue_url(QueueName=f"handpipe-{stage}-work")["QueueUrl"]
+    visibility = sqs.get_queue_attributes(QueueUrl=work_url, AttributeNames=["VisibilityTimeout"])["Attributes"]
+    assert visibility["VisibilityTimeout"] == "3600"
 
     # Destroy: chalice delete, the bucket emptied, both stacks gone.
     s3.put_object(Bucket=outputs["BucketName"], Key="videos/vid_1/clip.mp4", Body=b"video")
@@ -439,11 +473,17 @@ def test_deploy_update_and_destroy_on_moto(account: Account, network: Network, p
             cloudformation.describe_stacks(StackName=name)
     assert outputs["BucketName"] not in [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]
     assert not [url for url in sqs.list_queues().get("QueueUrls", []) if f"handpipe-{stage}-" in url]
+    assert not [p for p in gateway.get_usage_plans()["items"] if p["name"] == f"handpipe-{stage}"]
     assert destroyed.retained == {}
 
 
 def check_chalice_stage(
-    project: Path, stage: str, outputs: Mapping[str, str], network: Network, original_stages: Mapping[str, Any]
+    project: Path,
+    stage: str,
+    outputs: Mapping[str, str],
+    network: Network,
+    original_stages: Mapping[str, Any],
+    cap: int,
 ) -> None:
     """The stage deploy wrote: environment from the stack outputs, VPC settings, and a least-privilege policy."""
     config = json.loads((project / ".chalice" / "config.json").read_text())
@@ -465,7 +505,7 @@ def check_chalice_stage(
     assert written["iam_policy_file"] == f"policy-{stage}.json"
     reserved = {name: entry["reserved_concurrency"] for name, entry in written["lambda_functions"].items()}
     assert set(reserved) == set(APP_FUNCTIONS)
-    assert sum(reserved.values()) <= 40  # the default --max-db-connections
+    assert reserved == split_db_connections(cap, APP_FUNCTIONS) and sum(reserved.values()) == cap
 
     policy = json.loads((project / ".chalice" / f"policy-{stage}.json").read_text())
     bucket_arn = outputs["BucketArn"]
@@ -500,7 +540,7 @@ def check_chalice_stage(
 
 def test_destroy_keep_data_retains_the_bucket_and_database(account: Account, network: Network, project: Path) -> None:
     stage = unique_stage()
-    docker, runner, said = RecordingDocker(), RecordingRunner(), []
+    docker, runner, said = RecordingDocker(), RecordingRunner(account.aws.apigateway), list[str]()
     outputs = deployment(account, docker, runner, said).deploy(existing_db_options(stage, project, network)).outputs
     account.aws.s3.put_object(Bucket=outputs["BucketName"], Key="results/vid_1/job_1/result.json.gz", Body=b"{}")
 
@@ -520,8 +560,11 @@ def test_destroy_keep_data_retains_the_bucket_and_database(account: Account, net
 
 def test_destroy_sets_data_retention_before_deleting(account: Account, network: Network, project: Path) -> None:
     stage = unique_stage()
-    docker, runner, said = RecordingDocker(), RecordingRunner(), []
-    deployment(account, docker, runner, said).deploy(existing_db_options(stage, project, network))
+    docker, runner, said = RecordingDocker(), RecordingRunner(account.aws.apigateway), list[str]()
+    # The secret by name, as a user may give it: the stack gets its full ARN.
+    options = existing_db_options(stage, project, network)
+    options.db_secret_arn = network.db_secret_name
+    deployment(account, docker, runner, said).deploy(options)
     recorder = RecordingClient(account.aws.cloudformation)
     aws = AwsClients(**{**vars(account.aws), "cloudformation": recorder})
     Deployment(aws, runner, lambda: docker, say=said.append, sleep=lambda _: None, poll_s=0).destroy(
@@ -539,11 +582,15 @@ def test_destroy_sets_data_retention_before_deleting(account: Account, network: 
 
 
 def test_a_failing_build_names_the_step_and_what_to_do(account: Account, network: Network, project: Path) -> None:
-    docker, runner, said = RecordingDocker(fail_build="no space left on device"), RecordingRunner(), []
+    docker, runner, said = (
+        RecordingDocker(fail_build="no space left on device"),
+        RecordingRunner(account.aws.apigateway),
+        list[str](),
+    )
     with pytest.raises(DeployError) as failure:
         deployment(account, docker, runner, said).deploy(existing_db_options(unique_stage(), project, network))
     message = str(failure.value)
-    assert "step 3/8 (building the worker image" in message
+    assert "step 3/9 (building the worker image" in message
     assert "no space left on device" in message
     assert "what to do: start Docker" in message
     assert runner.calls == []  # nothing after the failed step ran
@@ -553,13 +600,29 @@ def test_a_failing_migration_names_the_step_and_where_to_look(
     account: Account, network: Network, project: Path
 ) -> None:
     stage = unique_stage()
-    runner = RecordingRunner(migrate_error="(2003, \"Can't connect to MySQL server on 'db.internal'\")")
+    runner = RecordingRunner(account.aws.apigateway, "(2003, \"Can't connect to MySQL server on 'db.internal'\")")
     with pytest.raises(DeployError) as failure:
         deployment(account, RecordingDocker(), runner, []).deploy(existing_db_options(stage, project, network))
     message = str(failure.value)
-    assert f"step 8/8 (migrating the database (invoking handpipe-{stage}-migrate))" in message
+    assert f"step 8/9 (migrating the database (invoking handpipe-{stage}-migrate))" in message
     assert "Can't connect to MySQL server" in message
     assert f"aws logs tail /aws/lambda/handpipe-{stage}-migrate" in message
+
+
+def test_a_vpc_without_dns_hostnames_is_refused_with_the_fix(account: Account, project: Path) -> None:
+    ec2 = account.aws.ec2
+    vpc = ec2.create_vpc(CidrBlock="10.251.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.251.{i}.0/24", AvailabilityZone=f"{REGION}{zone}")["Subnet"][
+            "SubnetId"
+        ]
+        for i, zone in ((1, "a"), (2, "b"))
+    ]
+    with pytest.raises(DeployError, match="enableDnsHostnames off") as failure:
+        deployment(account, RecordingDocker(), RecordingRunner(account.aws.apigateway), []).deploy(
+            DeployOptions(stage=unique_stage(), project_dir=project, subnet_ids=subnets)
+        )
+    assert f"aws ec2 modify-vpc-attribute --vpc-id {vpc} --enable-dns-hostnames" in str(failure.value)
 
 
 def test_subnets_in_one_zone_are_refused_before_anything_is_created(account: Account, project: Path) -> None:
@@ -570,8 +633,8 @@ def test_subnets_in_one_zone_are_refused_before_anything_is_created(account: Acc
         for i in (1, 2)
     ]
     stage = unique_stage()
-    with pytest.raises(DeployError, match=r"step 1/8 .* one availability zone") as failure:
-        deployment(account, RecordingDocker(), RecordingRunner(), []).deploy(
+    with pytest.raises(DeployError, match=r"step 1/9 .* one availability zone") as failure:
+        deployment(account, RecordingDocker(), RecordingRunner(account.aws.apigateway), []).deploy(
             DeployOptions(stage=stage, project_dir=project, subnet_ids=subnets)
         )
     assert "--subnet-ids" in str(failure.value)
@@ -643,7 +706,7 @@ def test_chalice_package_of_the_stage_deploy_writes(tmp_path: Path) -> None:
         queue = json.dumps(events[0]["Properties"]["Queue"])
         role = source.queue.rsplit("-", 1)[-1]  # the app was imported here with the default prefix
         assert queue.endswith(f':handpipe-{SAMPLE_STAGE}-{role}"}}'), queue
-        assert events[0]["Properties"]["BatchSize"] == source.batch_size
+        assert events[0]["Properties"]["BatchSize"] == getattr(source, "batch_size")  # noqa: B009 - SQS sources only
     assert handlers["plan_jobs"]["Events"]["PlanJobsSqsEventSource"]["Properties"]["BatchSize"] == 1
     assert handlers["record_events"]["Events"]["RecordEventsSqsEventSource"]["Properties"]["BatchSize"] == 10
 
@@ -687,3 +750,15 @@ def test_chalice_policy_names_only_the_stage() -> None:
     logs = next(statement for statement in policy["Statement"] if statement["Sid"] == "Logs")
     assert "log-group:/aws/lambda/handpipe-prod:*" in " ".join(logs["Resource"])
     assert len(logs["Resource"]) == len(APP_FUNCTIONS)
+
+
+def test_without_subnets_deploy_takes_two_zones_of_the_default_vpc(account: Account) -> None:
+    said: list[str] = []
+    chosen = deployment(
+        account, RecordingDocker(), RecordingRunner(account.aws.apigateway), said
+    )._default_vpc_subnets()
+    subnets = account.aws.ec2.describe_subnets(SubnetIds=chosen)["Subnets"]
+    [default_vpc] = account.aws.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    assert len(chosen) == 2 and len({subnet["AvailabilityZone"] for subnet in subnets}) == 2
+    assert {subnet["VpcId"] for subnet in subnets} == {default_vpc["VpcId"]}
+    assert any("default VPC" in line for line in said)

@@ -463,3 +463,17 @@ def test_the_viewer_draws_hands_in_sync_with_the_video_in_chromium(tmp_path: Pat
         assert not outside, outside
         assert any("/frames?" in url for url in requested) and any("/insights" in url for url in requested)
         assert not any("api_key" in url for url in requested if "/viewer" not in url)
+
+
+def test_the_api_description_follows_the_code() -> None:
+    from chalicelib.openapi import load_openapi
+
+    doc = load_openapi()
+    schemas = doc["components"]["schemas"]
+    assert schemas["Gesture"]["enum"] == list(GESTURES)
+    assert schemas["Export"]["properties"]["columns"]["minItems"] == len(exports.COLUMNS)
+    assert schemas["Export"]["properties"]["format"]["enum"] == list(exports.FORMATS)
+    viewer = doc["paths"]["/jobs/{job_id}/viewer"]["get"]
+    assert set(viewer["responses"]["200"]["content"]) == {"text/html"}
+    assert {"apiKeyQuery": []} in viewer["security"]
+    assert doc["components"]["securitySchemes"]["apiKeyQuery"]["name"] == "api_key"
