@@ -49,6 +49,7 @@ JOB_STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED")
 
 VIDEO_EXTENSIONS = ("mp4", "mov", "m4v", "avi", "webm", "mkv")
 MAX_PAGE = 100
+INCOMING_PREFIX = "incoming/"  # where other systems drop videos to register by key
 MAX_FRAMES_PAGE = 1000
 
 
@@ -226,8 +227,8 @@ def register_video(
     video_id = new_id("vid")
     existing_key = _text(body, "s3_key", max_len=900)
     if existing_key is not None:
-        if existing_key.startswith("/") or ".." in existing_key.split("/"):
-            raise InvalidInput("s3_key must be a key inside the bucket, without '..' or a leading '/'")
+        if not existing_key.startswith(INCOMING_PREFIX) or ".." in existing_key.split("/"):
+            raise InvalidInput(f"s3_key must be a key under {INCOMING_PREFIX} in the bucket, without '..'")
         head = store.head(existing_key)
         if head is None:
             raise InvalidInput(f"there is no object {existing_key!r} in the bucket")
