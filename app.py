@@ -6,14 +6,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 from chalice.app import SQSEvent
 
 from chalicelib import services
-from chalicelib.auth import Caller, authenticate
+from chalicelib.auth import PUBLIC_PATHS, Caller, authenticate
 from chalicelib.config import NotConfigured, auth_mode, sqs_queue_names
 from chalicelib.contracts import JobRequested, SegmentEvent
 from chalicelib.db import DatabaseUnavailable
@@ -94,10 +94,32 @@ def json_body() -> dict[str, Any]:
 
 
 def caller() -> Caller:
-    """Who sent the current request; raises Unauthorized or Forbidden (mapped to 401/403)."""
+    """Who sent the current request; raises Unauthorized or Forbidden (mapped to 401/403). A browser
+    opening a page cannot send headers, so the key may also come as the `api_key` query parameter
+    where the app checks keys itself (API Gateway reads only the header)."""
     request = app.current_request
     settings = runtime().settings
-    return authenticate(settings.auth, request.headers, request.context, settings.api_keys, settings.scope_callers)
+    headers: Mapping[str, str] = request.headers
+    query_key = (request.query_params or {}).get("api_key")
+    if query_key and not headers.get("x-api-key"):
+        headers = {**dict(headers), "x-api-key": query_key}
+    return authenticate(settings.auth, headers, request.context, settings.api_keys, settings.scope_callers)
+
+
+@app.middleware("http")
+def require_credentials(event: Any, get_response: Callable[[Any], Response]) -> Response:
+    """Credentials are checked first, before Chalice checks content types: a caller without a key
+    learns that before anything else about its request."""
+    if (event.context or {}).get("resourcePath") not in PUBLIC_PATHS:
+        try:
+            caller()
+        except ServiceError as error:
+            return _error(error.status, error.code, error.message)
+        except NotConfigured as error:
+            app.log.error("%s", error)
+            return _error(503, "not_configured", "the service is not configured; see its logs", {"Retry-After": "60"})
+    response: Response = get_response(event)
+    return response
 
 
 def owner() -> str | None:
@@ -110,12 +132,13 @@ def query(name: str) -> str | None:
 
 
 JSON_ONLY = ["application/json"]
+NO_BODY = ["*/*"]  # routes that read no body do not care what Content-Type a client sends
 
 
 # --------------------------------------------------------------------------------------------- videos
 
 
-@app.route("/videos", methods=["GET"], **PROTECTED)
+@app.route("/videos", methods=["GET"], content_types=NO_BODY, **PROTECTED)
 @api
 def list_videos() -> dict[str, Any]:
     who, rt = owner(), runtime()
@@ -136,14 +159,14 @@ def register_video() -> Response:
     return Response(body=view, status_code=201)
 
 
-@app.route("/videos/{video_id}", methods=["GET"], **PROTECTED)
+@app.route("/videos/{video_id}", methods=["GET"], content_types=NO_BODY, **PROTECTED)
 @api
 def get_video(video_id: str) -> dict[str, Any]:
     who = owner()
     return services.video_view(services.get_video(runtime().videos, video_id, owner=who))
 
 
-@app.route("/videos/{video_id}", methods=["DELETE"], **PROTECTED)
+@app.route("/videos/{video_id}", methods=["DELETE"], content_types=NO_BODY, **PROTECTED)
 @api
 def delete_video(video_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
@@ -163,7 +186,7 @@ def create_job(video_id: str) -> Response:
     return Response(body=view, status_code=202 if created else 200)
 
 
-@app.route("/videos/{video_id}/jobs", methods=["GET"], **PROTECTED)
+@app.route("/videos/{video_id}/jobs", methods=["GET"], content_types=NO_BODY, **PROTECTED)
 @api
 def list_jobs(video_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
@@ -177,21 +200,21 @@ def list_jobs(video_id: str) -> dict[str, Any]:
     )
 
 
-@app.route("/jobs/{job_id}", methods=["GET"], **PROTECTED)
+@app.route("/jobs/{job_id}", methods=["GET"], content_types=NO_BODY, **PROTECTED)
 @api
 def get_job(job_id: str) -> dict[str, Any]:
     who = owner()
     return services.job_view(services.get_job(runtime().jobs, job_id, owner=who))
 
 
-@app.route("/jobs/{job_id}/result", methods=["GET"], **PROTECTED)
+@app.route("/jobs/{job_id}/result", methods=["GET"], content_types=NO_BODY, **PROTECTED)
 @api
 def get_result(job_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
     return services.job_result(rt.jobs, rt.store, rt.settings, job_id, owner=who)
 
 
-@app.route("/jobs/{job_id}/frames", methods=["GET"], **PROTECTED)
+@app.route("/jobs/{job_id}/frames", methods=["GET"], content_types=NO_BODY, **PROTECTED)
 @api
 def get_frames(job_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
@@ -214,7 +237,7 @@ app.register_blueprint(insight_routes)  # /jobs/{job_id}/export, /insights, /vie
 # --------------------------------------------------------------------------------------------- health
 
 
-@app.route("/health", methods=["GET"])
+@app.route("/health", methods=["GET"], content_types=NO_BODY)
 def health() -> Response:
     try:
         rt = runtime()
@@ -234,7 +257,7 @@ def health() -> Response:
     )
 
 
-@app.route("/openapi.json", methods=["GET"])
+@app.route("/openapi.json", methods=["GET"], content_types=NO_BODY)
 def openapi() -> dict[str, Any]:
     return load_openapi()
 

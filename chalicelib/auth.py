@@ -11,6 +11,7 @@ from typing import Any
 from .errors import ServiceError
 
 AUTH_MODES = ("api_key", "iam", "none")
+PUBLIC_PATHS = ("/health", "/openapi.json")  # route templates anyone may call
 
 
 class Unauthorized(ServiceError):

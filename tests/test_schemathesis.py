@@ -74,21 +74,8 @@ FUZZ = settings(
 )
 FUZZ_WITHOUT_KEY = settings(FUZZ, max_examples=10)
 
-# ------------------------------------------------------------------------------------------------- known bugs
-# Bugs the fuzzing found in the app, each reproduced exactly by a strict xfail test at the end of this file. The
-# fuzz tests skip the checks only for an answer with that bug's exact signature (and count it), so they go on
-# checking everything else. When a bug is fixed its xfail test passes, strict=True makes that a failure, and the
-# xfail mark and the bug's signature below are removed together.
-BUG_415_UNDOCUMENTED = (
-    "bug: GET and DELETE operations answer 415 (Chalice's {Code, Message}) to a request with a Content-Type other "
-    "than application/json, even with no body; the document lists 415 only for the two POST operations"
-)
-BUG_415_BEFORE_401 = (
-    "bug: without credentials, a request with a Content-Type other than application/json answers 415, not 401: "
-    "Chalice checks the route's content types before the view, which is where the app checks the key"
-)
+# Bugs the fuzzing found are fixed and kept as plain tests at the end of this file.
 POSTS_WITH_BODY = {"POST /videos", "POST /videos/{video_id}/jobs"}
-KNOWN: Counter[str] = Counter()  # known-bug answers met by the fuzzing, by bug
 # What each operation answered, by pass ("key", "no key") and the method sent (the coverage phase also sends each
 # path the methods it does not have), for the last fuzz test: fuzzing that only ever got 400s and 404s proves little.
 ANSWERS: Counter[tuple[str, str, str, int]] = Counter()
@@ -96,16 +83,6 @@ ANSWERS: Counter[tuple[str, str, str, int]] = Counter()
 
 def _sent_content_type(response: schemathesis.Response) -> str:
     return str(response.request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-
-
-def _known_bug(case: schemathesis.Case, response: schemathesis.Response, with_key: bool) -> str | None:
-    label, status = case.operation.label, response.status_code
-    if status == 415 and _sent_content_type(response) not in ("", "application/json"):
-        if not with_key and label not in PUBLIC:
-            return BUG_415_BEFORE_401
-        if label not in POSTS_WITH_BODY:
-            return BUG_415_UNDOCUMENTED
-    return None
 
 
 # ------------------------------------------------------------------------------------------------- the stack
@@ -207,10 +184,6 @@ def test_every_operation_with_the_api_key(case: schemathesis.Case, real: bool, l
     headers = {"x-api-key": live.api_key}
     response = case.call(base_url=live.api_url, headers=headers)
     ANSWERS[("key", case.operation.label, case.method.upper(), response.status_code)] += 1
-    bug = _known_bug(case, response, with_key=True)
-    if bug is not None:
-        KNOWN[bug] += 1
-        return
     case.validate_response(response, checks=CHECKS, headers=headers)
 
 
@@ -223,10 +196,6 @@ def test_every_protected_operation_without_a_key_is_401(case: schemathesis.Case,
     answer; API Gateway answers both 403 in AWS)."""
     response = case.call(base_url=live.api_url)
     ANSWERS[("no key", case.operation.label, case.method.upper(), response.status_code)] += 1
-    bug = _known_bug(case, response, with_key=False)
-    if bug is not None:
-        KNOWN[bug] += 1
-        return
     case.validate_response(response, checks=CHECKS)
     if case.operation.label not in PUBLIC and case.method.upper() == case.operation.method.upper():
         assert response.status_code == 401, (case.as_curl_command(), response.status_code, response.text[:300])
@@ -240,7 +209,6 @@ def test_the_fuzzing_reached_every_operation() -> None:
         pytest.skip("both fuzz tests must run in the session (run the whole file)")
     for (what, label, method, status), count in sorted(ANSWERS.items()):
         print(f"{what:>6}  {label:<32} sent {method:<7} {status}  x{count}")
-    print("known bugs met:", {bug.split(":")[1][:70]: count for bug, count in KNOWN.items()})
     own = [(what, label, status) for what, label, method, status in ANSWERS if label.startswith(method + " ")]
     succeeded = {label for what, label, status in own if what == "key" and 200 <= status < 300}
     assert set(OPERATIONS) - succeeded == set(), "operations never answered 2xx with the key"
@@ -270,19 +238,17 @@ def test_a_blank_s3_key_is_a_400_not_a_503(live: Live, s3_key: str) -> None:
     assert (status, body.get("code")) == (400, "invalid_input"), (status, body)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=BUG_415_UNDOCUMENTED)
 @pytest.mark.parametrize("method, path", [("GET", "/videos"), ("DELETE", "/videos/vid_0"), ("GET", "/jobs/job_0")])
-def test_bug_a_content_type_on_a_request_without_body_gets_a_documented_answer(
-    live: Live, method: str, path: str
-) -> None:
+def test_a_content_type_on_a_request_without_body_gets_a_documented_answer(live: Live, method: str, path: str) -> None:
+    """Fixed: routes that read no body answered 415 to a Content-Type other than JSON."""
     status, body = _call(live, method, path, None, {"x-api-key": live.api_key, "Content-Type": "text/plain"})
     label = next(label for label in OPERATIONS if _matches(label, method, path))
     assert str(status) in OPERATIONS[label]["responses"], (status, body)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=BUG_415_BEFORE_401)
 @pytest.mark.parametrize("method, path", [("POST", "/videos"), ("GET", "/videos")])
-def test_bug_without_a_key_any_content_type_is_401(live: Live, method: str, path: str) -> None:
+def test_without_a_key_any_content_type_is_401(live: Live, method: str, path: str) -> None:
+    """Fixed: without a key, a non-JSON Content-Type was answered 415 before the key was checked."""
     status, body = _call(live, method, path, b"x" if method == "POST" else None, {"Content-Type": "text/plain"})
     assert (status, body.get("code")) == (401, "unauthorized"), (status, body)
 
