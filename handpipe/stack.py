@@ -84,8 +84,15 @@ class WorkerPool:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class QuietRequestHandler(ChaliceRequestHandler):
-    """Chalice's local request handler without the access-log line per request."""
+class LocalRequestHandler(ChaliceRequestHandler):
+    """Chalice's local request handler with Nagle's algorithm off: it writes headers and body
+    separately, and with Nagle on every keep-alive request waited ~40 ms for a delayed ACK."""
+
+    disable_nagle_algorithm = True
+
+
+class QuietRequestHandler(LocalRequestHandler):
+    """Without the access-log line per request."""
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -241,10 +248,9 @@ class LocalStack:
             self._server = LocalDevServer(app_object, config, "127.0.0.1", self.port)
         else:
             self._server = create_local_server(app_object, config, "127.0.0.1", self.port)
+        handler = QuietRequestHandler if self.quiet else LocalRequestHandler
+        self._server.server.RequestHandlerClass = functools.partial(handler, app_object=app_object, config=config)
         if self.quiet:
-            self._server.server.RequestHandlerClass = functools.partial(
-                QuietRequestHandler, app_object=app_object, config=config
-            )
             logging.getLogger(app_object.app_name).setLevel(logging.WARNING)
         self.port = self._server.server.server_address[1]  # the real port when 0 was asked for
         self._server_thread = threading.Thread(target=self._server.server.serve_forever, name="api", daemon=True)
