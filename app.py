@@ -9,11 +9,11 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from chalice import Chalice, IAMAuthorizer, Rate, Response
+from chalice import Chalice, Rate, Response
 from chalice.app import SQSEvent
 
 from chalicelib import services
-from chalicelib.auth import PUBLIC_PATHS, Caller, authenticate
+from chalicelib.auth import NO_BODY, PUBLIC_PATHS, Caller, authenticate, route_protection
 from chalicelib.config import NotConfigured, auth_mode, sqs_queue_names
 from chalicelib.contracts import JobRequested, SegmentEvent
 from chalicelib.db import DatabaseUnavailable
@@ -29,14 +29,7 @@ app = Chalice(app_name="handpipe")
 app.log.setLevel(logging.INFO)
 
 QUEUES = sqs_queue_names()
-# API Gateway checks credentials in AWS: the routes declare what it should require.
-PROTECTED: dict[str, Any] = (
-    {"api_key_required": True}
-    if auth_mode() == "api_key"
-    else {"authorizer": IAMAuthorizer()}
-    if auth_mode() == "iam"
-    else {}
-)
+PROTECTED = route_protection(auth_mode())
 MAX_BODY_BYTES = 64 * 1024
 _PARTS = services.PartCache()
 
@@ -132,7 +125,6 @@ def query(name: str) -> str | None:
 
 
 JSON_ONLY = ["application/json"]
-NO_BODY = ["*/*"]  # routes that read no body do not care what Content-Type a client sends
 
 
 # --------------------------------------------------------------------------------------------- videos

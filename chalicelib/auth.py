@@ -12,6 +12,7 @@ from .errors import ServiceError
 
 AUTH_MODES = ("api_key", "iam", "none")
 PUBLIC_PATHS = ("/health", "/openapi.json")  # route templates anyone may call
+NO_BODY = ["*/*"]  # routes that read no body do not care what Content-Type a client sends
 
 
 class Unauthorized(ServiceError):
@@ -74,3 +75,15 @@ def authenticate(
     else:
         raise Forbidden(f"unknown authentication mode {mode!r}")
     return Caller(owner=str(owner) if scope_callers else None)
+
+
+def route_protection(mode: str) -> dict[str, Any]:
+    """What the protected routes declare, so that API Gateway checks credentials in AWS: an API key
+    of the stage's usage plan, or an IAM signature (the app checks them again for each request)."""
+    if mode == "api_key":
+        return {"api_key_required": True}
+    if mode == "iam":
+        from chalice import IAMAuthorizer  # only the app, never the worker, needs chalice
+
+        return {"authorizer": IAMAuthorizer()}
+    return {}

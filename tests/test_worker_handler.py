@@ -219,9 +219,10 @@ def test_the_handler_named_by_cmd_runs_a_sample_event(setup: Setup, aws_env: str
 
 
 def test_render_request_draws_pictures_and_stores_insights(setup: Setup) -> None:
+    from handpipe_worker.engine import process_video
+
     from chalicelib.contracts import RenderRequest, insights_key, picture_key, result_key
     from chalicelib.results import to_gzip
-    from handpipe_worker.engine import process_video
 
     video_id, job_id = "vid_" + "1" * 32, "job_" + "1" * 32
     result = process_video(data_path("videos/asl_thanks_two_hands.mkv"), ProcessOptions(), models=MODELS)
