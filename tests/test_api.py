@@ -497,3 +497,23 @@ def test_poison_messages_end_in_the_dead_letter_queue(env: Env) -> None:
                 env.client.lambda_.invoke("plan_jobs", event)
     dead = env.sqs.receive_message(QueueUrl=env.dlqs["jobs"], WaitTimeSeconds=1).get("Messages", [])
     assert [m["Body"] for m in dead] == ['{"version": 1, "type": "nonsense"}']
+
+
+def test_queued_work_waits_out_a_database_outage_and_completes(env: Env, tmp_path: Path) -> None:
+    """While the database is down the consumers fail (SQS keeps the messages) and the API answers 503;
+    when it is back, the same messages complete the job."""
+    video = register(env)
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    healthy = runtime()
+    down = Database.from_url(f"sqlite:///{tmp_path / 'no-such-dir' / 'handpipe.db'}")
+    use_runtime(Runtime(healthy.settings, s3_client=env.s3, sqs_client=env.sqs, database=down))
+    requests = env.take("jobs")
+    with pytest.raises(RuntimeError, match="redeliver"):
+        env.deliver("jobs", requests)
+    status, answer = env.call("GET", f"/jobs/{job['id']}")
+    assert status == 503 and answer["code"] == "unavailable"
+    use_runtime(healthy)  # the database is back: SQS delivers the same request again
+    env.deliver("jobs", requests)
+    while env.run_worker():
+        env.deliver("events", env.take("events"))
+    assert env.call("GET", f"/jobs/{job['id']}")[1]["status"] == "SUCCEEDED"
