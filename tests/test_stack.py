@@ -14,6 +14,7 @@ import pytest
 from handpipe_worker.engine import process_video
 
 from chalicelib.contracts import ProcessOptions
+from handpipe import cli
 from handpipe.client import ApiError, Client
 from handpipe.stack import LocalStack
 from tests.conftest import REPO, data_path
@@ -55,6 +56,11 @@ def test_portrait_clip_end_to_end_through_the_api(stack: LocalStack, tmp_path: P
 
     pictures = client.download_pictures(job["id"], tmp_path / "pictures", wait_s=60)
     assert sorted(p.name for p in pictures) == [f"{job['id']}-contact_sheet.png", f"{job['id']}-timeline.png"]
+    # the CLI's export command over HTTP, as a user runs it
+    api = ["--api-url", stack.info.api_url, "--api-key", stack.info.api_key]
+    assert cli.main(["export", job["id"], "--format", "csv", "--out", str(tmp_path / "rows.csv"), *api]) == 0
+    rows = (tmp_path / "rows.csv").read_text().splitlines()
+    assert len(rows) == 1 + finished["summary"]["hands_seen"] and rows[0].startswith("job_id,video_id,frame_index")
     full = client.download_result(job["id"])
     assert full["summary"] == {k: v for k, v in finished["summary"].items() if k not in ("stats", "decode")}
     assert [v["id"] for v in client.list_videos()] == [video["id"]]
