@@ -206,6 +206,10 @@ def run_stack(
     )
 
 
+def _ready(barrier: Any) -> None:
+    barrier.wait()
+
+
 # ----------------------------------------------------------------------------------------- output
 
 
@@ -289,7 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [min(all_runs[w], key=lambda run: run.wall_s) for w in (1, n)]
 
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(n) as pool:
+        barrier = ctx.Barrier(n + 1)
+        # Wait until every pool process has started and imported this module, as bench/worker.py's pool
+        # has when it calibrates; otherwise the first timing holds a process start.
+        with ctx.Pool(n, initializer=_ready, initargs=(barrier,)) as pool:
+            barrier.wait(timeout=300)
             calibration_speedup, cal_1, cal_n = calibrate(pool, n)
 
     one, many = runs
