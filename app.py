@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from chalice import Chalice, Rate, Response
-from chalice.app import SQSEvent
+from chalice.app import Request, SQSEvent
 
 from chalicelib import services
 from chalicelib.auth import NO_BODY, PUBLIC_PATHS, Caller, authenticate, route_protection
@@ -35,7 +35,16 @@ _PARTS = services.PartCache()
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(body={"code": code, "message": message}, status_code=status, headers=headers or {})
+    response_headers: dict[str, str | list[str]] = {**(headers or {})}
+    return Response(body={"code": code, "message": message}, status_code=status, headers=response_headers)
+
+
+def current_request() -> Request:
+    """The request being handled; Chalice sets it before it calls a route or middleware."""
+    request = app.current_request
+    if request is None:
+        raise RuntimeError("no request is being handled")
+    return request
 
 
 def api(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,7 +77,7 @@ def api(view: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def json_body() -> dict[str, Any]:
-    request = app.current_request
+    request = current_request()
     raw = request.raw_body or b""
     if len(raw) > MAX_BODY_BYTES:
         raise InvalidInput(f"the request body is larger than {MAX_BODY_BYTES} bytes")
@@ -87,16 +96,10 @@ def json_body() -> dict[str, Any]:
 
 
 def caller() -> Caller:
-    """Who sent the current request; raises Unauthorized or Forbidden (mapped to 401/403). A browser
-    opening a page cannot send headers, so the key may also come as the `api_key` query parameter
-    where the app checks keys itself (API Gateway reads only the header)."""
-    request = app.current_request
+    """Who sent the current request; raises Unauthorized or Forbidden (mapped to 401/403)."""
+    request = current_request()
     settings = runtime().settings
-    headers: Mapping[str, str] = request.headers
-    query_key = (request.query_params or {}).get("api_key")
-    if query_key and not headers.get("x-api-key"):
-        headers = {**dict(headers), "x-api-key": query_key}
-    return authenticate(settings.auth, headers, request.context, settings.api_keys, settings.scope_callers)
+    return authenticate(settings.auth, request.headers, request.context, settings.api_keys, settings.scope_callers)
 
 
 @app.middleware("http")
@@ -120,7 +123,7 @@ def owner() -> str | None:
 
 
 def query(name: str) -> str | None:
-    params = app.current_request.query_params or {}
+    params: Mapping[str, str] = current_request().query_params or {}
     return params.get(name)
 
 

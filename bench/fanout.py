@@ -71,8 +71,8 @@ def tree_cpu_s() -> float | None:
         return None
     stats = {pid: stat for pid in pids if (stat := _proc_stat(pid)) is not None}
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(int(pid))
+    for pid_text, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(int(pid_text))
     total, todo = 0.0, [os.getpid()]
     while todo:
         pid = todo.pop()

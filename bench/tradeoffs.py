@@ -228,7 +228,7 @@ def write_scaled(source: Path, target: Path, size: tuple[int, int]) -> None:
     wheels carry), at the source's fps."""
     capture = cv2.VideoCapture(str(source))
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    writer = cv2.VideoWriter(str(target), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
     while True:
         ok, image = capture.read()
         if not ok:
@@ -299,13 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print_table(measures)
     print()
-    reference = {m.clip: m for m in measures if m.config == REFERENCE}
+    references = {m.clip: m for m in measures if m.config == REFERENCE}
     print("decode alone (grab + retrieve + cvtColor, every frame, CPU ms per frame) against the full model's")
     for clip, (frames, ms) in decode.items():
-        info = reference[clip].result["video"]
+        info = references[clip].result["video"]
         print(
             f"  {clip:<9} {info['width']}x{info['height']} {info['codec']:<5} {frames} frames: {ms:.2f} ms, "
-            f"{100 * ms / reference[clip].cpu_ms:.1f}% of {reference[clip].cpu_ms:.1f} ms"
+            f"{100 * ms / references[clip].cpu_ms:.1f}% of {references[clip].cpu_ms:.1f} ms"
         )
     if resolution:
         low, high = resolution

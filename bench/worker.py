@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 from handpipe_worker.engine import probe, process_video
 from handpipe_worker.models import ModelCache, assemble_bundled
 
@@ -64,7 +65,7 @@ def write_looped(source: Path, target: Path, frames: int) -> tuple[float, int, i
     if not capture.isOpened():
         raise SystemExit(f"cannot open {source}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-    images = []
+    images: list[np.ndarray] = []
     while len(images) < frames:
         ok, image = capture.read()
         if not ok:
@@ -74,7 +75,7 @@ def write_looped(source: Path, target: Path, frames: int) -> tuple[float, int, i
     if not images:
         raise SystemExit(f"{source} holds no decodable frame")
     height, width = images[0].shape[:2]
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    writer = cv2.VideoWriter(str(target), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise SystemExit(f"cannot write {target} with the mp4v codec")
     for i in range(frames):

@@ -11,7 +11,9 @@ from typing import Any
 from .errors import ServiceError
 
 AUTH_MODES = ("api_key", "iam", "none")
-PUBLIC_PATHS = ("/health", "/openapi.json")  # route templates anyone may call
+# Route templates anyone may call. The viewer page holds no data (it asks the API with the caller's key),
+# and a browser cannot send a header when it opens a link.
+PUBLIC_PATHS = ("/health", "/openapi.json", "/jobs/{job_id}/viewer")
 NO_BODY = ["*/*"]  # routes that read no body do not care what Content-Type a client sends
 
 

@@ -57,6 +57,8 @@ class Settings:
     max_duration_ms: int = 4 * 3600 * 1000  # longer videos are refused when probed
     max_pixels: int = 3840 * 2160  # larger frames are refused when probed
     stuck_after_s: int = 3600  # a job with no news for this long is failed by the sweeper
+    # Exports of up to this many rows are written while the caller waits; larger ones by the worker.
+    export_inline_max_rows: int = 30_000
     auth: str = "api_key"  # api_key | iam | none (none: only for a stack nobody else can reach)
     api_keys: dict[str, str] = field(default_factory=dict)  # local stack only: key -> owner
     scope_callers: bool = True  # each caller sees only its own videos and jobs
@@ -98,6 +100,7 @@ class Settings:
             max_duration_ms=number("HANDPIPE_MAX_DURATION_MS", 4 * 3600 * 1000) or 4 * 3600 * 1000,
             max_pixels=number("HANDPIPE_MAX_PIXELS", 3840 * 2160) or 3840 * 2160,
             stuck_after_s=number("HANDPIPE_STUCK_AFTER_S", 3600) or 3600,
+            export_inline_max_rows=number("HANDPIPE_EXPORT_INLINE_MAX_ROWS", 30_000) or 0,
             auth=auth_mode(env),
             # Local stacks and `chalice local`: keys listed here; the key a local client uses counts too.
             api_keys=parse_api_keys(env.get("HANDPIPE_API_KEYS") or _local_key(env.get("HANDPIPE_API_KEY"))),

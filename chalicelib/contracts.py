@@ -53,7 +53,7 @@ class ProcessOptions:
     sample_fps: float | None = None
     start_ms: int | None = None
     end_ms: int | None = None
-    model_uri: str | None = None  # a hand_landmarker.task: local path or s3:// URI
+    model_uri: str | None = None  # a hand_landmarker.task or gesture_recognizer.task: local path or s3:// URI
     annotated_video: bool = False  # jobs only: also render the video with the landmarks drawn
 
     @classmethod

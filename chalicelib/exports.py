@@ -1,4 +1,4 @@
-"""A job's landmarks as flat rows, one per hand per frame, written as gzip CSV or JSON Lines.
+"""A job's landmarks as flat rows, one per hand per frame, written as gzip CSV, gzip JSON Lines or Parquet.
 Standard library only: it runs in the API Lambda, which has no numpy, pandas or pyarrow."""
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ import gzip
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-FORMATS = ("csv", "jsonl")
+from . import parquet
+
+FORMATS = ("csv", "jsonl", "parquet")
 LANDMARKS = 21
 
 ID_COLUMNS = [
@@ -27,8 +29,25 @@ ID_COLUMNS = [
 LANDMARK_COLUMNS = [f"{axis}{i}" for i in range(LANDMARKS) for axis in "xyz"]
 WORLD_COLUMNS = [f"w{axis}{i}" for i in range(LANDMARKS) for axis in "xyz"]
 COLUMNS: list[str] = ID_COLUMNS + LANDMARK_COLUMNS + WORLD_COLUMNS
+# Declared rather than inferred from the rows, so that an export of no rows has the same columns and types.
+PARQUET_SCHEMA: list[tuple[str, str]] = [
+    ("job_id", parquet.STRING),
+    ("video_id", parquet.STRING),
+    ("frame_index", parquet.INT64),
+    ("timestamp_ms", parquet.DOUBLE),
+    ("hand_index", parquet.INT64),
+    ("handedness", parquet.STRING),
+    ("handedness_score", parquet.DOUBLE),
+    ("gesture", parquet.STRING),
+    ("gesture_score", parquet.DOUBLE),
+] + [(name, parquet.DOUBLE) for name in LANDMARK_COLUMNS + WORLD_COLUMNS]
 
-CONTENT_TYPE = "application/gzip"
+# Level 6, not gzip's default 9: about six times faster on these rows for a file a few percent larger.
+GZIP_LEVEL = 6
+
+# Parquet compresses its pages itself, so its file is not gzipped again.
+SUFFIXES = {"csv": ".csv.gz", "jsonl": ".jsonl.gz", "parquet": ".parquet"}
+CONTENT_TYPES = {"csv": "application/gzip", "jsonl": "application/gzip", "parquet": "application/vnd.apache.parquet"}
 
 
 def gestures_by_hand(insights: Mapping[str, Any]) -> dict[tuple[int, int], tuple[str, float]]:
@@ -79,7 +98,7 @@ def to_csv_gz(records: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
     """Gzip CSV with a header line of COLUMNS (None is an empty cell); returns the bytes and the row count."""
     buffer = io.BytesIO()
     count = 0
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as raw:
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="raise", lineterminator="\n")
         writer.writeheader()
@@ -95,7 +114,7 @@ def to_jsonl_gz(records: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
     """Gzip JSON Lines, one object per row with the keys of COLUMNS; returns the bytes and the row count."""
     buffer = io.BytesIO()
     count = 0
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as raw:
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL) as raw:
         for record in records:
             raw.write(json.dumps({name: record[name] for name in COLUMNS}, separators=(",", ":")).encode())
             raw.write(b"\n")
@@ -103,9 +122,37 @@ def to_jsonl_gz(records: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
     return buffer.getvalue(), count
 
 
-WRITERS = {"csv": to_csv_gz, "jsonl": to_jsonl_gz}
+def to_parquet(records: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
+    """Parquet with the columns and types of PARQUET_SCHEMA (None is null, GZIP-compressed pages, see
+    chalicelib.parquet); returns the bytes and the row count."""
+    return parquet.write(PARQUET_SCHEMA, records)
+
+
+WRITERS = {"csv": to_csv_gz, "jsonl": to_jsonl_gz, "parquet": to_parquet}
 
 
 def export_key(results_prefix: str, fmt: str) -> str:
     """Where a job's export lives: next to its result, e.g. results/{video_id}/{job_id}/export.csv.gz."""
-    return f"{results_prefix}export.{fmt}.gz"
+    return f"{results_prefix}export{SUFFIXES[fmt]}"
+
+
+class BytesStore(Protocol):
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
+
+
+def write_export(
+    store: BytesStore,
+    results_prefix: str,
+    fmt: str,
+    result: Mapping[str, Any],
+    insights: Mapping[str, Any],
+    *,
+    job_id: str,
+    video_id: str,
+) -> tuple[str, int]:
+    """Write a job's export in `fmt` next to its result (the API for a small job while the caller waits,
+    the worker for every job just after it succeeds); returns the key and the row count."""
+    key = export_key(results_prefix, fmt)
+    data, count = WRITERS[fmt](rows(result, insights, job_id=job_id, video_id=video_id))
+    store.put_bytes(key, data, CONTENT_TYPES[fmt])
+    return key, count

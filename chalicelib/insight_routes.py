@@ -62,10 +62,17 @@ def get_insights(job_id: str) -> dict[str, Any]:
     return insight_services.job_insights(rt.jobs, rt.store, _RESULTS, job_id, owner=who)
 
 
-@insight_routes.route("/jobs/{job_id}/viewer", methods=["GET"], content_types=NO_BODY, **PROTECTED)
+@insight_routes.route("/jobs/{job_id}/viewer", methods=["GET"], content_types=NO_BODY)
 @api
 def get_viewer(job_id: str) -> Response:
-    who, rt = owner(), runtime()  # app.caller() also takes ?api_key=, for browsers opening the page
-    page, page_headers = insight_services.viewer_page(rt.jobs, rt.videos, rt.store, rt.settings, job_id, owner=who)
+    # public (see PUBLIC_PATHS): the page holds no data and asks the API for it with the caller's key
+    page, page_headers = insight_services.viewer_page(runtime().store, job_id)
     headers: dict[str, str | list[str]] = {**page_headers}
     return Response(body=page, status_code=200, headers=headers)
+
+
+@insight_routes.route("/jobs/{job_id}/viewer/config", methods=["GET"], content_types=NO_BODY, **PROTECTED)
+@api
+def get_viewer_config(job_id: str) -> dict[str, Any]:
+    who, rt = owner(), runtime()
+    return insight_services.viewer_config(rt.jobs, rt.videos, rt.store, rt.settings, job_id, owner=who)

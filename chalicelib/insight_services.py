@@ -14,21 +14,20 @@ from urllib.parse import urlsplit
 
 from . import exports
 from .config import Settings
-from .contracts import results_prefix
+from .contracts import insights_key, results_prefix
 from .db import Job, JobRepository, VideoRepository
 from .errors import Conflict, InvalidInput
 from .insights import analyze
-from .services import PartCache, get_job, get_video
+from .services import PartCache, check_id, get_job, get_video
 from .storage import ObjectMissing, ObjectStore
 
 logger = logging.getLogger("handpipe.insights")
 
 VIEWER_PATH = Path(__file__).resolve().with_name("viewer.html")
-CLIENT_ONLY_FORMATS = ("parquet",)
 
 
-def insights_key(job: Job) -> str:
-    return f"{results_prefix(job.video_id, job.id)}insights.json"
+class ExportPending(Conflict):
+    code = "export_pending"
 
 
 def finished_job(jobs: JobRepository, job_id: str, what: str, owner: str | None = None) -> Job:
@@ -47,7 +46,7 @@ def _merged_result(store: ObjectStore, results: PartCache, job: Job) -> dict[str
 def insights_for(store: ObjectStore, results: PartCache, job: Job) -> dict[str, Any]:
     """The insights document of a finished job: read from S3, or computed from the merged result
     (chalicelib.insights.analyze) and stored at results/{video_id}/{job_id}/insights.json."""
-    key = insights_key(job)
+    key = insights_key(job.video_id, job.id)
     try:
         cached: dict[str, Any] = json.loads(store.get_bytes(key))
         return cached
@@ -68,12 +67,6 @@ def job_insights(
 
 def parse_format(raw: str | None) -> str:
     fmt = (raw or "csv").strip().lower()
-    if fmt in CLIENT_ONLY_FORMATS:
-        raise InvalidInput(
-            f"format={fmt} is made by the client, not the API: `handpipe export JOB --format {fmt}` or "
-            f"handpipe.client.Client.download_export(job_id, path, format='{fmt}') converts the CSV export "
-            "(pip install pandas pyarrow)"
-        )
     if fmt not in exports.FORMATS:
         raise InvalidInput(f"format must be one of {', '.join(exports.FORMATS)} (got {fmt[:40]!r})")
     return fmt
@@ -88,26 +81,33 @@ def job_export(
     fmt: str | None,
     owner: str | None = None,
 ) -> dict[str, Any]:
-    """GET /jobs/{id}/export: one row per hand per frame (chalicelib.exports.COLUMNS) as gzip CSV or
-    JSON Lines, written once to results/{video_id}/{job_id}/export.{fmt}.gz, and a download URL for it
-    (an API Gateway response may not exceed 10 MB, so the rows never travel in the response)."""
+    """GET /jobs/{id}/export: one row per hand per frame (chalicelib.exports.COLUMNS) as gzip CSV, gzip
+    JSON Lines or Parquet, written once to results/{video_id}/{job_id}/export.csv.gz (.jsonl.gz, .parquet),
+    and a download URL for it (an API Gateway response may not exceed 10 MB, so the rows never travel in
+    the response)."""
     fmt = parse_format(fmt)
     job = finished_job(jobs, job_id, "export", owner)
-    key = exports.export_key(results_prefix(job.video_id, job.id), fmt)
+    prefix = results_prefix(job.video_id, job.id)
+    key = exports.export_key(prefix, fmt)
     count = (job.summary or {}).get("hands_seen")
     if store.head(key) is None or count is None:
+        if count is not None and count > settings.export_inline_max_rows:
+            # Too many rows to write within API Gateway's 29 s: the worker writes them after the job.
+            raise ExportPending(
+                f"the {fmt} export of job {job.id} ({count} rows) is being written by a worker, which does that "
+                "just after a large job succeeds; try again in a minute"
+            )
         result = _merged_result(store, results, job)
-        records = exports.rows(result, insights_for(store, results, job), job_id=job.id, video_id=job.video_id)
-        data, count = exports.WRITERS[fmt](records)
-        store.put_bytes(key, data, exports.CONTENT_TYPE)
-        logger.info("export of job %s: %d rows, %d bytes at %s", job.id, count, len(data), key)
+        insights = insights_for(store, results, job)
+        key, count = exports.write_export(store, prefix, fmt, result, insights, job_id=job.id, video_id=job.video_id)
+        logger.info("export of job %s: %d rows at %s", job.id, count, key)
     return {
         "job_id": job.id,
         "format": fmt,
         "columns": exports.COLUMNS,
         "rows": count,
         "key": key,
-        "url": store.presign_download(key, settings.download_url_expires_s, f"{job.id}.{fmt}.gz"),
+        "url": store.presign_download(key, settings.download_url_expires_s, f"{job.id}{exports.SUFFIXES[fmt]}"),
         "expires_in_s": settings.download_url_expires_s,
     }
 
@@ -131,44 +131,51 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def viewer_page(
+def viewer_config(
     jobs: JobRepository,
     videos: VideoRepository,
     store: ObjectStore,
     settings: Settings,
     job_id: str,
     owner: str | None = None,
-) -> tuple[str, dict[str, str]]:
-    """GET /jobs/{id}/viewer: the self-contained page (chalicelib/viewer.html) with the job's ids, video
-    metadata and a presigned URL of the video filled in, and the headers to send it with (a Content
-    Security Policy that lets it load nothing but its own inline code, the API and the video)."""
+) -> dict[str, Any]:
+    """GET /jobs/{id}/viewer/config: what the viewer page needs to play a finished job: its ids, title,
+    video metadata, options and summary, and a presigned URL of the video."""
     job = finished_job(jobs, job_id, "viewer", owner)
     video = get_video(videos, job.video_id, owner)
-    video_url = store.presign_download(video.s3_key, settings.download_url_expires_s)
-    config = {
+    return {
         "job_id": job.id,
         "video_id": video.id,
         "title": video.title,
-        "video_url": video_url,
+        "video_url": store.presign_download(video.s3_key, settings.download_url_expires_s),
         "expires_in_s": settings.download_url_expires_s,
         "video": job.video_metadata,
         "options": job.options,
         "summary": {k: v for k, v in (job.summary or {}).items() if k not in ("stats", "decode")},
     }
+
+
+def viewer_page(store: ObjectStore, job_id: str) -> tuple[str, dict[str, str]]:
+    """GET /jobs/{id}/viewer: the self-contained page (chalicelib/viewer.html) with only the job id and a
+    nonce filled in, so anyone may load it (a browser cannot send a header when it opens a link); the
+    page asks the API for everything else with the caller's key. Also the headers to send it with: a
+    Content Security Policy that lets it load nothing but its own inline code, the API and the video."""
+    check_id(job_id, "job", "job")
     nonce = secrets.token_urlsafe(16)
     page = (
         _viewer_template()
-        .replace("__HANDPIPE_TITLE__", html.escape(f"{video.title} · {job.id}"))
+        .replace("__HANDPIPE_TITLE__", html.escape(job_id))
         .replace("__HANDPIPE_NONCE__", nonce)
-        .replace("__HANDPIPE_CONFIG__", _script_json(config))
+        .replace("__HANDPIPE_CONFIG__", _script_json({"job_id": job_id}))
     )
+    video_origin = _origin(store.presign_download("videos/origin-probe", 60))
     policy = "; ".join(
         [
             "default-src 'none'",
             f"script-src 'nonce-{nonce}'",
             f"style-src 'nonce-{nonce}'",
             "connect-src 'self'",
-            f"media-src {_origin(video_url)} https://*.amazonaws.com",
+            f"media-src {video_origin} https://*.amazonaws.com",
             "img-src data:",
             "base-uri 'none'",
             "form-action 'none'",

@@ -4,6 +4,7 @@ Pure standard-library Python so the API Lambda, which has no numpy, can serve it
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -12,6 +13,19 @@ INSIGHTS_FORMAT = "handpipe.insights"
 INSIGHTS_VERSION = 1
 
 GESTURES = ("open_palm", "closed_fist", "pointing_up", "thumb_up", "thumb_down", "victory", "i_love_you", "none")
+# MediaPipe's canned gestures as a gesture_recognizer.task names them, in the vocabulary of GESTURES.
+CANNED_GESTURES = {
+    "None": "none",
+    "Open_Palm": "open_palm",
+    "Closed_Fist": "closed_fist",
+    "Pointing_Up": "pointing_up",
+    "Thumb_Up": "thumb_up",
+    "Thumb_Down": "thumb_down",
+    "Victory": "victory",
+    "ILoveYou": "i_love_you",
+}
+RULES_METHOD = "rules"
+RECOGNIZER_METHOD = "gesture_recognizer"
 
 # A track or range survives a gap without its hand of up to this long (as the result's hand_time_ranges).
 GAP_MS = 300.0
@@ -412,12 +426,27 @@ def _aspect(result_or_none: Mapping[str, Any] | None) -> float:
     return float(width) / float(height) if width and height else 1.0
 
 
+def recognizer_label(name: str) -> str:
+    """A GestureRecognizer category name in handpipe's vocabulary: a canned gesture as in GESTURES, any
+    other (a custom classifier's) in snake_case; an empty name is "none"."""
+    if name in CANNED_GESTURES:
+        return CANNED_GESTURES[name]
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_") or "none"
+
+
 def _labels(frames: Sequence[Mapping[str, Any]], aspect_ratio: float) -> dict[Ref, tuple[str, float]]:
+    """Every hand's gesture and score: the recognizer's where the result carries one (a job run with a
+    gesture_recognizer.task), else classify_gesture's."""
     labels: dict[Ref, tuple[str, float]] = {}
     for frame in frames:
         for h_pos, hand in enumerate(frame["hands"]):
-            labels[(int(frame["index"]), h_pos)] = classify_gesture(
-                hand["landmarks"], hand["world_landmarks"], hand["handedness"], aspect_ratio=aspect_ratio
+            recognized = hand.get("gesture")
+            labels[(int(frame["index"]), h_pos)] = (
+                (recognizer_label(str(recognized["label"])), float(recognized["score"]))
+                if recognized is not None
+                else classify_gesture(
+                    hand["landmarks"], hand["world_landmarks"], hand["handedness"], aspect_ratio=aspect_ratio
+                )
             )
     return labels
 
@@ -591,7 +620,9 @@ def motion_summary(
 
 def analyze(result: Mapping[str, Any], *, min_duration_ms: float = 200, window: int = 5) -> dict[str, Any]:
     """The insights document for a result (docs/results-format.md): hand tracks, per-frame and
-    smoothed gestures, and the motion summary. JSON-serialisable."""
+    smoothed gestures, and the motion summary. JSON-serialisable. Gestures come from MediaPipe's
+    GestureRecognizer when the result carries them (method "gesture_recognizer", with the .task it
+    came from as `model`), else from classify_gesture (method "rules")."""
     frames = result["frames"]
     video = result.get("video") or {}
     aspect = _aspect(result)
@@ -599,6 +630,8 @@ def analyze(result: Mapping[str, Any], *, min_duration_ms: float = 200, window: 
     tracks = assign_tracks(frames)
     labels = _labels(frames, aspect)
     by_index = _frames_by_index(frames)
+    model = result.get("model") or {}
+    recognized = model.get("task") == RECOGNIZER_METHOD or any("gesture" in h for f in frames for h in f["hands"])
     return {
         "format": INSIGHTS_FORMAT,
         "version": INSIGHTS_VERSION,
@@ -616,8 +649,10 @@ def analyze(result: Mapping[str, Any], *, min_duration_ms: float = 200, window: 
             for track_id, track in enumerate(tracks)
         ],
         "gestures": {
-            "method": "rules",
-            "labels": list(GESTURES),
+            # the rules can give every label of GESTURES; a recognizer is listed with the labels it gave
+            "method": RECOGNIZER_METHOD if recognized else RULES_METHOD,
+            "model": model.get("source") if recognized else None,
+            "labels": sorted({label for label, _ in labels.values()} | {"none"}) if recognized else list(GESTURES),
             "per_frame": [[f, h, label, score] for (f, h), (label, score) in labels.items()],
             "ranges": _gesture_ranges(frames, tracks, labels, min_duration_ms=min_duration_ms, window=window),
         },

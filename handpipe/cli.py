@@ -36,7 +36,9 @@ def _add_process_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-presence-confidence", type=float, help="0-1 (default 0.5)")
     group.add_argument("--min-tracking-confidence", type=float, help="0-1 (default 0.5)")
     group.add_argument("--model", choices=["full", "lite"], help="full (default) or lite: faster, a little less exact")
-    group.add_argument("--model-uri", help="your own hand_landmarker.task (path, or s3:// for jobs)")
+    group.add_argument(
+        "--model-uri", help="your own hand_landmarker.task or gesture_recognizer.task (path, or s3:// for jobs)"
+    )
     group.add_argument("--sample-fps", type=float, help="process at most this many frames a second (default: all)")
     group.add_argument("--start-ms", type=int, help="start of the time range to process")
     group.add_argument("--end-ms", type=int, help="end of the time range to process")
@@ -54,7 +56,12 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "start_ms",
         "end_ms",
     ]
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    uri = options.get("model_uri")
+    if uri and not uri.startswith("s3://") and Path(uri).expanduser().is_file():
+        # the local stack's workers run in other processes, possibly from another directory
+        options["model_uri"] = str(Path(uri).expanduser().resolve())
+    return options
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -95,7 +102,9 @@ def cmd_process(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(result))
     if not result["decode"]["complete"]:
         print(f"warning: {result['decode']['error']}", file=sys.stderr)
-    print(format_summary(result["summary"], result["video"], result["stats"], str(out)))
+    from chalicelib.insights import analyze
+
+    print(format_summary(result["summary"], result["video"], result["stats"], str(out), analyze(result)))
     return 0
 
 
@@ -204,13 +213,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from .client import Client
 
         client = Client(api_url, api_key=args.api_key)
-        return _submit_and_report(client, video, _options(args), wait=True, out=args.out)
+        # a stack started for the demo stops when it ends, so there is no viewer to point to then
+        return _submit_and_report(client, video, _options(args), wait=True, out=args.out, viewer=stack is None)
     finally:
         if stack is not None:
             stack.stop()
 
 
-def _submit_and_report(client: Any, video: Path, options: dict[str, Any], wait: bool, out: str | None) -> int:
+def _submit_and_report(
+    client: Any, video: Path, options: dict[str, Any], wait: bool, out: str | None, viewer: bool = True
+) -> int:
     from .client import ApiError
 
     try:
@@ -233,10 +245,10 @@ def _submit_and_report(client: Any, video: Path, options: dict[str, Any], wait: 
         job = client.wait(job["id"], on_progress=show, poll_s=0.5)
     finally:
         bar.close()
-    return _report_job(client, job, out)
+    return _report_job(client, job, out, viewer)
 
 
-def _report_job(client: Any, job: dict[str, Any], out: str | None) -> int:
+def _report_job(client: Any, job: dict[str, Any], out: str | None, viewer: bool = True) -> int:
     if job["status"] == "FAILED":
         error = job.get("error") or {}
         print(f"job {job['id']} FAILED: {error.get('message')} ({error.get('code')})", file=sys.stderr)
@@ -248,7 +260,9 @@ def _report_job(client: Any, job: dict[str, Any], out: str | None) -> int:
     path.write_text(json.dumps(client.download_result(job["id"])))
     where = f"{path} (full landmarks; in S3 at {result['result']['key']})"
     print(f"job {job['id']} SUCCEEDED")
-    print(format_summary(summary, result["video"], stats, where))
+    print(format_summary(summary, result["video"], stats, where, client.insights(job["id"])))
+    if viewer:
+        print(f"viewer     {client.api_url}/jobs/{job['id']}/viewer (in a browser; it asks for your API key)")
     return 0
 
 
@@ -301,13 +315,11 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .client import ApiError, MissingDependency
+    from .client import ApiError
 
     out = Path(args.out or f"{args.job}.{args.format}")
     try:
         saved = _client(args).download_export(args.job, out, args.format)
-    except MissingDependency as error:
-        raise CliError(str(error)) from None
     except ApiError as error:
         raise CliError(f"the API refused: {error.message}") from None
     print(f"{out}: {saved['rows']} rows (one per hand per frame), {len(saved['columns'])} columns, {args.format}")
@@ -397,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="save a job's landmarks as a table: one row per hand per frame")
     export.add_argument("job")
     export.add_argument(
-        "--format", choices=["csv", "jsonl", "parquet"], default="csv", help="parquet needs pandas and pyarrow"
+        "--format", choices=["csv", "jsonl", "parquet"], default="csv", help="csv (default), jsonl or parquet"
     )
     export.add_argument("--out", help="default JOB.FORMAT; a name ending in .gz keeps csv or jsonl compressed")
     api_args(export)

@@ -19,7 +19,7 @@ EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 
 
 class MissingDependency(ImportError):
-    """An optional package (pandas, pyarrow) that a client feature needs is not installed."""
+    """An optional package (pandas) that a client feature needs is not installed."""
 
 
 def _optional(module: str, feature: str, install: str) -> Any:
@@ -32,12 +32,14 @@ def _optional(module: str, feature: str, install: str) -> Any:
 
 
 class ApiError(Exception):
-    """The API answered with an error; `status` is the HTTP status, the text is its message."""
+    """The API answered with an error; `status` is the HTTP status, `code` the error's code (e.g.
+    "not_found"; None when the answer carried none), the text is its message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.code = code
 
 
 class Client:
@@ -63,11 +65,13 @@ class Client:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             raw = error.read()
+            code = None
             try:
-                message = json.loads(raw).get("message") or raw.decode(errors="replace")
+                answer = json.loads(raw)
+                message, code = answer.get("message") or raw.decode(errors="replace"), answer.get("code")
             except (ValueError, AttributeError):
                 message = raw.decode(errors="replace")[:500]
-            raise ApiError(error.code, message) from None
+            raise ApiError(error.code, message, code) from None
         except urllib.error.URLError as error:
             raise ConnectionError(
                 f"cannot reach the handpipe API at {self.api_url} ({error.reason}); "
@@ -230,30 +234,34 @@ class Client:
             raise ApiError(error.code, f"download refused: {error.read()[:300]!r}") from None
         return data
 
-    def export(self, job_id: str, format: str = "csv") -> dict[str, Any]:
+    def export(self, job_id: str, format: str = "csv", wait_s: float = 600, poll_s: float = 5) -> dict[str, Any]:
         """The job's landmarks as one row per hand per frame, made once on the API's side: `format`
-        csv or jsonl; returns {format, columns, rows, url (a presigned gzip download), expires_in_s}."""
-        result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/export", format=format)
-        return result
+        csv, jsonl or parquet; returns {format, columns, rows, key, url (a presigned download of the gzip
+        file, or of the Parquet file), expires_in_s}. A large job's export is written by a worker just
+        after the job succeeds; until it is there the API answers export_pending, and this waits up to
+        `wait_s` for it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/export", format=format)
+                return result
+            except ApiError as error:
+                if error.code != "export_pending" or time.monotonic() + poll_s > deadline:
+                    raise
+            time.sleep(poll_s)
 
     def download_export(self, job_id: str, path: str | Path, format: str = "csv") -> dict[str, Any]:
-        """Save the export to `path`: csv or jsonl (gzip-compressed when `path` ends in .gz), or parquet,
-        converted here from the CSV export (needs pandas and pyarrow). Returns the export's description
-        (format, columns, rows) with `path`."""
+        """Save the export to `path`: csv or jsonl (gzip-compressed when `path` ends in .gz), or parquet
+        as the API wrote it (compressed inside). Returns the export's description (format, columns, rows)
+        with `path`."""
         out = Path(path)
         fmt = format.lower()
         if fmt not in EXPORT_FORMATS:
             raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
-        if fmt == "parquet":
-            _optional("pyarrow", "format='parquet'", "pandas pyarrow")
-            frame = self.dataframe(job_id)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            frame.to_parquet(out, index=False, engine="pyarrow")
-            return {"format": "parquet", "columns": list(frame.columns), "rows": len(frame), "path": str(out)}
         info = self.export(job_id, fmt)
         data = self._fetch(info["url"])
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data if out.name.endswith(".gz") else gzip.decompress(data))
+        out.write_bytes(data if fmt == "parquet" or out.name.endswith(".gz") else gzip.decompress(data))
         return {**info, "path": str(out)}
 
     def insights(self, job_id: str) -> dict[str, Any]:

@@ -50,10 +50,30 @@ def seconds(ms: float | None) -> str:
     return "?" if ms is None else f"{ms / 1000:.2f} s"
 
 
+def format_gestures(insights: dict[str, Any], shown: int = 6) -> str:
+    """One line of the gestures held (smoothed ranges other than `none`) and what named them."""
+    gestures = insights["gestures"]
+    held = [r for r in gestures["ranges"] if r["label"] != "none"]
+    listed = ", ".join(
+        f"{r['label']} {r['start_ms'] / 1000:.2f}-{r['end_ms'] / 1000:.2f} s ({r['handedness']})" for r in held[:shown]
+    )
+    more = f" and {len(held) - shown} more" if len(held) > shown else ""
+    by = (
+        f"MediaPipe GestureRecognizer, {gestures.get('model')}"
+        if gestures["method"] == "gesture_recognizer"
+        else "rules on the landmarks"
+    )
+    return f"gestures   {listed + more if held else 'none held for 200 ms or more'} [{by}]"
+
+
 def format_summary(
-    summary: dict[str, Any], video: dict[str, Any] | None, stats: dict[str, Any] | None, where: str | None = None
+    summary: dict[str, Any],
+    video: dict[str, Any] | None,
+    stats: dict[str, Any] | None,
+    where: str | None = None,
+    insights: dict[str, Any] | None = None,
 ) -> str:
-    """The few lines a person wants after a run: how long, where the hands are, how fast."""
+    """The few lines a person wants after a run: how long, where the hands are, which gestures, how fast."""
     lines = []
     if video:
         lines.append(
@@ -72,6 +92,8 @@ def format_summary(
     shown = ", ".join(f"{r['start_ms'] / 1000:.2f}-{r['end_ms'] / 1000:.2f} s" for r in ranges[:6])
     more = f" and {len(ranges) - 6} more" if len(ranges) > 6 else ""
     lines.append(f"hands at   {shown + more if ranges else 'no time with hands'}")
+    if insights is not None:
+        lines.append(format_gestures(insights))
     if stats:
         lines.append(
             f"speed      {stats['fps']:.1f} frames/s ({stats['inference_s']:.1f} s inference, "

@@ -118,7 +118,7 @@ def test_road_traffic_at_12_5_fps_has_no_hands() -> None:
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
     for frame in frames:
         writer.write(frame)
     writer.release()
@@ -132,7 +132,7 @@ def test_generated_noise_and_blanked_footage_have_no_hands(tmp_path: Path) -> No
     assert len(result["frames"]) == 40 and with_hands(result) == 0
 
     capture = cv2.VideoCapture(str(data_path("videos/one_hand_wave_portrait.mp4")))
-    blank = []
+    blank: list[np.ndarray] = []
     while len(blank) < 30 and (frame := capture.read()[1]) is not None:
         blank.append(np.full_like(frame, 128))
     result = valid(process_video(write_video(tmp_path / "blank.mp4", blank, 30.0), models=MODELS))

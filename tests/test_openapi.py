@@ -401,9 +401,11 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
     call("GET", f"/jobs/{job['id']}/frames?start_ms=soon", expect=400)
     call("GET", f"/jobs/{job['id']}/frames?next_token=!!!", expect=400)
     assert call("GET", f"/jobs/{job['id']}/export?format=jsonl", expect=200)["rows"] > 0
-    call("GET", f"/jobs/{job['id']}/export?format=parquet", expect=400)
+    assert call("GET", f"/jobs/{job['id']}/export?format=parquet", expect=200)["format"] == "parquet"
+    call("GET", f"/jobs/{job['id']}/export?format=xml", expect=400)
     assert call("GET", f"/jobs/{job['id']}/insights", expect=200)["format"] == "handpipe.insights"
     assert job["id"] in call("GET", f"/jobs/{job['id']}/viewer", expect=200)
+    assert call("GET", f"/jobs/{job['id']}/viewer/config", expect=200)["video_url"].startswith("http")
 
     # lists, filtered and paged
     processed = call("GET", "/videos?status=PROCESSED", expect=200)["videos"]

@@ -163,5 +163,7 @@ def test_the_handpipe_command_runs_the_demo_on_the_shipped_sample(tmp_path: Path
     out = done.stdout
     assert "SUCCEEDED" in out and "720x1280 portrait" in out
     assert "frames     180 processed" in out and "with hands" in out and "hands at" in out
+    # the wave is an open hand, labelled by the rules (no gesture_recognizer.task given)
+    assert "gestures   open_palm " in out and "[rules on the landmarks]" in out
     assert (tmp_path / "result.json").stat().st_size > 10_000
     assert (REPO / "handpipe" / "samples" / "one_hand_wave_portrait.mp4").stat().st_size < 1_000_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -37,7 +38,7 @@ class Setup:
     worker: Worker
 
     def events(self) -> list[SegmentEvent]:
-        found = []
+        found: list[SegmentEvent] = []
         while True:
             got = self.sqs.receive_message(QueueUrl=self.events_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
             messages = got.get("Messages", [])
@@ -243,4 +244,12 @@ def test_render_request_draws_pictures_and_stores_insights(setup: Setup) -> None
         assert len(body) > 1000 and body.startswith(magic)
     insights = json.loads(setup.s3.get_object(Bucket=setup.bucket, Key=insights_key(video_id, job_id))["Body"].read())
     assert insights["format"] == "handpipe.insights" and len(insights["motion"]["tracks"]) >= 2
+    # every export, so that the API need not write a large one while a caller waits
+    prefix = f"results/{video_id}/{job_id}/"
+    csv_text = gzip.decompress(setup.s3.get_object(Bucket=setup.bucket, Key=prefix + "export.csv.gz")["Body"].read())
+    lines = csv_text.decode().splitlines()
+    assert lines[0].startswith("job_id,video_id,frame_index") and len(lines) == 1 + result["summary"]["hands_seen"]
+    assert lines[1].startswith(f"{job_id},{video_id},")
+    for name in ("export.jsonl.gz", "export.parquet"):
+        assert setup.s3.head_object(Bucket=setup.bucket, Key=prefix + name)["ContentLength"] > 1000
     assert setup.events() == []  # pictures change no job state

@@ -19,7 +19,7 @@ import numpy as np
 from chalicelib.contracts import ProcessOptions
 from chalicelib.results import build_result, finish_stats
 
-from .models import ModelBundle, ModelCache
+from .models import GESTURE_RECOGNIZER, ModelBundle, ModelCache
 
 COORD_DIGITS = 5  # 1e-5 of the frame is far below what the model resolves
 DECODE_AHEAD = 8  # frames buffered between the decode thread and inference
@@ -225,39 +225,68 @@ class _Sampler:
         return keep
 
 
-def _create_landmarker(bundle: ModelBundle, options: ProcessOptions) -> Any:
-    from mediapipe.tasks.python import BaseOptions, vision  # heavy import, deferred to first use
+class _Detector:
+    """MediaPipe's HandLandmarker, or its GestureRecognizer when the bundle is a gesture_recognizer.task:
+    the same hand models and options, one call per frame; `gestures` tells whether hands carry one."""
 
-    return vision.HandLandmarker.create_from_options(
-        vision.HandLandmarkerOptions(
-            base_options=BaseOptions(model_asset_buffer=bundle.data),
-            running_mode=vision.RunningMode.VIDEO,
-            num_hands=options.num_hands,
-            min_hand_detection_confidence=options.min_detection_confidence,
-            min_hand_presence_confidence=options.min_presence_confidence,
-            min_tracking_confidence=options.min_tracking_confidence,
-        )
-    )
+    def __init__(self, bundle: ModelBundle, options: ProcessOptions) -> None:
+        from mediapipe.tasks.python import BaseOptions, vision  # heavy import, deferred to first use
+
+        common = {
+            "base_options": BaseOptions(model_asset_buffer=bundle.data),
+            "running_mode": vision.RunningMode.VIDEO,
+            "num_hands": options.num_hands,
+            "min_hand_detection_confidence": options.min_detection_confidence,
+            "min_hand_presence_confidence": options.min_presence_confidence,
+            "min_tracking_confidence": options.min_tracking_confidence,
+        }
+        self.gestures = bundle.task == GESTURE_RECOGNIZER
+        if self.gestures:
+            recognizer = vision.GestureRecognizer.create_from_options(vision.GestureRecognizerOptions(**common))
+            self._task: Any = recognizer
+            self._detect: Callable[[Any, int], Any] = recognizer.recognize_for_video
+        else:
+            landmarker = vision.HandLandmarker.create_from_options(vision.HandLandmarkerOptions(**common))
+            self._task, self._detect = landmarker, landmarker.detect_for_video
+
+    def detect(self, image: Any, timestamp_ms: int) -> list[dict[str, Any]]:
+        return _hands(self._detect(image, timestamp_ms), self.gestures)
+
+    def close(self) -> None:
+        self._task.close()
 
 
-def _hands(detection: Any) -> list[dict[str, Any]]:
+def _rounded(points: Any) -> list[list[float]]:
+    return [[round(p.x, COORD_DIGITS), round(p.y, COORD_DIGITS), round(p.z, COORD_DIGITS)] for p in points]
+
+
+def _hands(detection: Any, gestures: bool = False) -> list[dict[str, Any]]:
+    """The result's hands[] for one frame; with `gestures`, each hand's top gesture category from the
+    recognizer ("None" with score 0 when it names none)."""
+    per_hand_gestures = detection.gestures if gestures else []
     hands = []
-    for landmarks, world, handedness in zip(
-        detection.hand_landmarks, detection.hand_world_landmarks, detection.handedness, strict=False
+    for position, (landmarks, world, handedness) in enumerate(
+        zip(detection.hand_landmarks, detection.hand_world_landmarks, detection.handedness, strict=False)
     ):
         category = handedness[0]
-        hands.append(
-            {
-                "handedness": category.category_name,
-                "score": round(float(category.score), 4),
-                "landmarks": [
-                    [round(p.x, COORD_DIGITS), round(p.y, COORD_DIGITS), round(p.z, COORD_DIGITS)] for p in landmarks
-                ],
-                "world_landmarks": [
-                    [round(p.x, COORD_DIGITS), round(p.y, COORD_DIGITS), round(p.z, COORD_DIGITS)] for p in world
-                ],
-            }
-        )
+        hand: dict[str, Any] = {
+            "handedness": category.category_name,
+            "score": round(float(category.score), 4),
+            "landmarks": _rounded(landmarks),
+            "world_landmarks": _rounded(world),
+        }
+        if gestures:
+            top = (
+                per_hand_gestures[position][0]
+                if position < len(per_hand_gestures) and per_hand_gestures[position]
+                else None
+            )
+            hand["gesture"] = (
+                {"label": top.category_name or "None", "score": round(float(top.score), 4)}
+                if top is not None
+                else {"label": "None", "score": 0.0}
+            )
+        hands.append(hand)
     return hands
 
 
@@ -292,7 +321,7 @@ def process_video(
             # The sampler must see every frame in order, so it is asked before the range checks.
             return sampler.keep(timestamp_ms) and feed_from_ms <= timestamp_ms < end_ms
 
-        landmarker = _create_landmarker(bundle, options)
+        detector = _Detector(bundle, options)
         from mediapipe import Image, ImageFormat
 
         frames: list[dict[str, Any]] = []
@@ -320,17 +349,16 @@ def process_video(
                 rgb = cv2.cvtColor(item.frame, cv2.COLOR_BGR2RGB)
                 feed_ms = max(int(item.timestamp_ms), last_feed_ms + 1)
                 last_feed_ms = feed_ms
-                detection = landmarker.detect_for_video(Image(image_format=ImageFormat.SRGB, data=rgb), feed_ms)
+                hands = detector.detect(Image(image_format=ImageFormat.SRGB, data=rgb), feed_ms)
                 inference_s += time.perf_counter() - started
                 if item.timestamp_ms < start_ms:
                     continue  # warm-up frame: tracked, not reported
-                hands = _hands(detection)
                 with_hands += bool(hands)
                 frames.append({"index": item.index, "timestamp_ms": round(item.timestamp_ms, 3), "hands": hands})
                 if progress is not None and len(frames) % progress_every == 0:
                     progress(len(frames), expected)
         finally:
-            landmarker.close()
+            detector.close()
         if decoded == 0:
             raise VideoDecodeError("no_frames", f"{Path(path).name} holds no decodable video frame")
         if first_shape is not None:

@@ -28,10 +28,11 @@ from chalicelib.contracts import (
     decode_body,
     insights_key,
     picture_key,
+    results_prefix,
     work_message_type,
 )
 from chalicelib.queues import MessageQueue
-from chalicelib.storage import ObjectMissing, ObjectStore
+from chalicelib.storage import ObjectMissing, ObjectStore, StorageUnavailable
 
 from .engine import StoppedEarly, VideoDecodeError, probe, process_video
 from .models import ModelCache, ModelError
@@ -84,8 +85,19 @@ class Worker:
         self.clock = clock
 
     def _fetch_s3_uri(self, uri: str) -> bytes:
+        """A user's model from S3; a missing or forbidden object fails the job (ModelError), not retried."""
         bucket, _, key = uri[len("s3://") :].partition("/")
-        return ObjectStore(self.s3, bucket).get_bytes(key)
+        try:
+            return ObjectStore(self.s3, bucket).get_bytes(key)
+        except ObjectMissing:
+            raise ModelError(f"model {uri} does not exist: upload the .task file there first") from None
+        except StorageUnavailable as error:
+            if "AccessDenied" not in str(error):
+                raise
+            raise ModelError(
+                f"the worker may not read {uri}: put the model under models/ in handpipe's bucket "
+                "(s3://BUCKET/models/NAME.task)"
+            ) from None
 
     def handle_batch(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         """Returns the partial-batch response: only records that should be retried are listed."""
@@ -158,7 +170,10 @@ class Worker:
         return True
 
     def render(self, request: RenderRequest) -> list[str]:
-        """Store the job's insights and draw its pictures next to its result; returns the keys."""
+        """Store the job's insights and exports and draw its pictures next to its result; returns the keys.
+        The API writes a small job's export itself when asked, but a large one takes longer than an API
+        request may, so every export is written here once the job has succeeded."""
+        from chalicelib import exports
         from chalicelib.insights import analyze
 
         from .pictures import annotated_video, contact_sheet, timeline_png
@@ -168,6 +183,12 @@ class Worker:
         insights = analyze(result)
         written = [insights_key(request.video_id, request.job_id)]
         store.put_bytes(written[0], json.dumps(insights).encode(), "application/json")
+        prefix = results_prefix(request.video_id, request.job_id)
+        for fmt in exports.FORMATS:
+            key, _ = exports.write_export(
+                store, prefix, fmt, result, insights, job_id=request.job_id, video_id=request.video_id
+            )
+            written.append(key)
         timeline = picture_key(request.video_id, request.job_id, "timeline")
         store.put_bytes(timeline, timeline_png(result, insights), "image/png")
         written.append(timeline)

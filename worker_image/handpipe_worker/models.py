@@ -1,5 +1,6 @@
-"""Hand-landmarker model bundles: assembled from the tflite files inside the installed mediapipe
-package (nothing is downloaded at run time), or a user's own hand_landmarker.task."""
+"""Model bundles: a hand landmarker assembled from the tflite files inside the installed mediapipe
+package (nothing is downloaded at run time), or a user's own hand_landmarker.task or
+gesture_recognizer.task (which also names each hand's gesture)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ BUNDLED_VARIANTS: dict[str, tuple[str, str]] = {
 }
 
 
+HAND_LANDMARKER = "hand_landmarker"
+GESTURE_RECOGNIZER = "gesture_recognizer"
+# What each kind of .task bundle holds at its top level (MediaPipe's layout).
+TASK_MEMBERS: dict[str, frozenset[str]] = {
+    HAND_LANDMARKER: frozenset({"hand_detector.tflite", "hand_landmarks_detector.tflite"}),
+    GESTURE_RECOGNIZER: frozenset({"hand_landmarker.task", "hand_gesture_recognizer.task"}),
+}
+
+
 class ModelError(Exception):
     """A model that cannot be found or read; the text says which and what to do."""
 
@@ -30,9 +40,10 @@ class ModelBundle:
     name: str  # "full", "lite" or "custom"
     source: str  # where the bytes came from
     data: bytes
+    task: str = HAND_LANDMARKER  # or GESTURE_RECOGNIZER
 
     def describe(self) -> dict[str, str]:
-        return {"name": self.name, "source": self.source, "mediapipe_version": mediapipe_version()}
+        return {"name": self.name, "source": self.source, "task": self.task, "mediapipe_version": mediapipe_version()}
 
 
 def mediapipe_version() -> str:
@@ -79,12 +90,23 @@ def load_task_file(uri: str, fetch_s3: Callable[[str], bytes] | None = None) -> 
         if not path.is_file():
             raise ModelError(f"model file {uri} does not exist")
         data = path.read_bytes()
+    return ModelBundle(name="custom", source=uri, data=data, task=task_kind(uri, data))
+
+
+def task_kind(uri: str, data: bytes) -> str:
+    """HAND_LANDMARKER or GESTURE_RECOGNIZER, from the members of the .task zip (ModelError otherwise)."""
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ModelError(f"{uri} is not a MediaPipe .task bundle (expected a zip of tflite models)")
     names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
-    if not {"hand_detector.tflite", "hand_landmarks_detector.tflite"} <= names:
-        raise ModelError(f"{uri} is not a hand landmarker bundle (it holds {', '.join(sorted(names))})")
-    return ModelBundle(name="custom", source=uri, data=data)
+    for kind, members in TASK_MEMBERS.items():
+        if members <= names:
+            return kind
+    raise ModelError(
+        f"{uri} is neither a hand_landmarker.task nor a gesture_recognizer.task "
+        f"(it holds {', '.join(sorted(names)) or 'nothing'}; expected "
+        + " or ".join(" + ".join(sorted(members)) for members in TASK_MEMBERS.values())
+        + ")"
+    )
 
 
 class ModelCache:

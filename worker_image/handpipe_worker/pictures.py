@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,12 @@ GESTURE_COLOURS: dict[str, tuple[int, int, int]] = {
     "i_love_you": (180, 90, 230),
     "none": (170, 170, 170),
 }
+# For labels of a custom gesture classifier: picked by a stable hash of the label, so a label keeps its
+# colour across pictures and jobs.
+EXTRA_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (75, 25, 230), (75, 180, 60), (25, 225, 255), (200, 130, 0), (48, 130, 245),
+    (180, 30, 145), (240, 240, 70), (230, 50, 240), (128, 128, 0), (40, 110, 170),
+)  # fmt: skip
 PRESENT_COLOUR = (225, 225, 225)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -87,7 +94,7 @@ def draw_hands(
             cv2.circle(image, point, size, colour, max(1, line // 2), cv2.LINE_AA)
         label = labels[i] if labels is not None and i < len(labels) else None
         caption = hand.get("handedness", "?") + (f" {label}" if label else "")
-        box_colour = GESTURE_COLOURS.get(label or "", (40, 40, 40))
+        box_colour = gesture_colour(label) if label else (40, 40, 40)
         top = max(p[1] for p in points) + radius + 2
         left = min(p[0] for p in points)
         _text(image, caption, (left, top), 0.45 * unit, background=box_colour, thickness=max(1, round(unit / 1.5)))
@@ -95,6 +102,11 @@ def draw_hands(
 
 
 # ------------------------------------------------------------------------------------ result helpers
+
+
+def gesture_colour(label: str) -> tuple[int, int, int]:
+    """The BGR colour of a gesture label: the fixed one of a known gesture, else a stable pick."""
+    return GESTURE_COLOURS.get(label) or EXTRA_COLOURS[zlib.crc32(label.encode()) % len(EXTRA_COLOURS)]
 
 
 def _insights_for(result: Mapping[str, Any], insights: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -265,6 +277,8 @@ def timeline_png(result: Mapping[str, Any], insights: Mapping[str, Any], *, widt
         return margin_left + round((ms - start_ms) / (end_ms - start_ms) * plot_w)
 
     title = f"{video.get('filename', 'video')}  -  {len(tracks)} hand track(s), {_format_time(end_ms - start_ms)}"
+    if insights["gestures"].get("method") == "gesture_recognizer":
+        title += "  -  gestures by MediaPipe GestureRecognizer"
     _text(image, title, (10, 10), 0.55, colour=(30, 30, 30), background=None, thickness=1)
 
     ranges_by_track: dict[int, list[Mapping[str, Any]]] = {}
@@ -277,7 +291,7 @@ def timeline_png(result: Mapping[str, Any], insights: Mapping[str, Any], *, widt
         for a, b in track["present"]:
             cv2.rectangle(image, (x_of(a), top + 4), (max(x_of(a) + 1, x_of(b)), top + lane_h - 4), PRESENT_COLOUR, -1)
         for item in ranges_by_track.get(int(track["track"]), []):
-            colour = GESTURE_COLOURS.get(str(item["label"]), (0, 0, 0))
+            colour = gesture_colour(str(item["label"]))
             x0, x1 = x_of(float(item["start_ms"])), max(x_of(float(item["start_ms"])) + 1, x_of(float(item["end_ms"])))
             cv2.rectangle(image, (x0, top + 4), (x1, top + lane_h - 4), colour, -1)
             if x1 - x0 > 70:
@@ -300,7 +314,8 @@ def timeline_png(result: Mapping[str, Any], insights: Mapping[str, Any], *, widt
 
     x = 10
     legend_y = axis_y + axis_h
-    for label, colour in [("on screen", PRESENT_COLOUR), *GESTURE_COLOURS.items()]:
+    legend = [(label, gesture_colour(label)) for label in insights["gestures"].get("labels", GESTURE_COLOURS)]
+    for label, colour in [("on screen", PRESENT_COLOUR), *legend]:
         cv2.rectangle(image, (x, legend_y + 6), (x + 16, legend_y + 22), colour, -1)
         cv2.rectangle(image, (x, legend_y + 6), (x + 16, legend_y + 22), (120, 120, 120), 1)
         _text(image, label, (x + 20, legend_y + 4), 0.45, (30, 30, 30), None)
