@@ -409,6 +409,16 @@ def _browser_or_skip() -> Any:
     return sync_playwright
 
 
+def until_true(page: Any, expression: str, arg: Any = None, timeout_s: float = 10) -> None:
+    """Polls `expression` with page.evaluate, which the page's Content-Security-Policy allows; Playwright's
+    wait_for_function polls by evaluating strings inside the page, which the policy's script-src forbids."""
+    for _ in range(int(timeout_s / 0.05)):
+        if page.evaluate(expression, arg):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{expression} ({arg!r}) stayed false for {timeout_s} s")
+
+
 def test_the_viewer_draws_hands_in_sync_with_the_video_in_chromium(tmp_path: Path) -> None:
     from handpipe.stack import LocalStack
 
@@ -444,7 +454,7 @@ def test_the_viewer_draws_hands_in_sync_with_the_video_in_chromium(tmp_path: Pat
                 page.wait_for_selector("#key-form:not([hidden])")
                 page.fill("#key-input", "wrong-key-0123456789")
                 page.click("#key-form button")
-                page.wait_for_function("document.getElementById('status').textContent.includes('refused')")
+                page.locator("#status.error", has_text="refused").wait_for()
                 page.wait_for_selector("#key-form:not([hidden])")
                 page.fill("#key-input", api_key)
                 page.click("#key-form button")
@@ -508,7 +518,7 @@ def test_the_viewer_draws_hands_in_sync_with_the_video_in_chromium(tmp_path: Pat
                     time.sleep(0.05)
                 assert current * 1000 == pytest.approx(expected_ms, abs=20)
                 nearest = min(frames, key=lambda f: abs(f["timestamp_ms"] - current * 1000))
-                page.wait_for_function("i => window.handpipeViewer.drawnFrameIndex === i", arg=nearest["index"])
+                until_true(page, "i => window.handpipeViewer.drawnFrameIndex === i", nearest["index"])
             finally:
                 browser.close()
         # the browser reports the refused key's 401/403 answers on the console; nothing else may appear
