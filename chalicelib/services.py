@@ -8,8 +8,9 @@ import binascii
 import json
 import logging
 import re
+import secrets
+import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import replace
@@ -57,8 +58,27 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class _IdClock:
+    """A nanosecond clock that never repeats or goes back within a process."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def tick(self) -> int:
+        with self._lock:
+            self._last = max(time.time_ns(), self._last + 1)
+            return self._last
+
+
+_ID_CLOCK = _IdClock()
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """prefix_ and 32 hex digits: 16 of the creation time in ns, then 16 random. Lists sort by
+    (created_at, id) and created_at is in ms, so ids made within one millisecond still list in the order
+    they were made (a UUID4 would order them at random)."""
+    return f"{prefix}_{_ID_CLOCK.tick():016x}{secrets.token_hex(8)}"
 
 
 # ---------------------------------------------------------------------------------------------

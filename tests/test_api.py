@@ -268,6 +268,14 @@ def test_videos_newest_first_with_status_filter_and_pagination(env: Env) -> None
     assert len(env.call("GET", "/videos?status=REGISTERED")[1]["videos"]) == 5
 
 
+def test_ids_made_within_a_millisecond_keep_the_order_they_were_made_in() -> None:
+    from chalicelib.contracts import is_valid_id
+
+    ids = [services.new_id("vid") for _ in range(2000)]  # far more than one a millisecond
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(is_valid_id(value, "vid") for value in ids)
+
+
 def test_register_an_object_already_in_the_bucket(env: Env) -> None:
     env.s3.upload_file(str(data_path("videos/asl_thanks_two_hands.mkv")), env.bucket, "incoming/thanks.mkv")
     status, video = env.call("POST", "/videos", {"s3_key": "incoming/thanks.mkv", "title": "from the bucket"})
