@@ -434,6 +434,12 @@ def recognizer_label(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_") or "none"
 
 
+def _recognizer_labels(model: Mapping[str, Any], labels: Mapping[Ref, tuple[str, float]]) -> list[str]:
+    """What a recognizer can say: its model's labels where the result names them, the ones it gave, none."""
+    named = {recognizer_label(str(name)) for name in model.get("gesture_labels") or []}
+    return sorted(named | {label for label, _ in labels.values()} | {"none"})
+
+
 def _labels(frames: Sequence[Mapping[str, Any]], aspect_ratio: float) -> dict[Ref, tuple[str, float]]:
     """Every hand's gesture and score: the recognizer's where the result carries one (a job run with a
     gesture_recognizer.task), else classify_gesture's."""
@@ -649,10 +655,9 @@ def analyze(result: Mapping[str, Any], *, min_duration_ms: float = 200, window: 
             for track_id, track in enumerate(tracks)
         ],
         "gestures": {
-            # the rules can give every label of GESTURES; a recognizer is listed with the labels it gave
             "method": RECOGNIZER_METHOD if recognized else RULES_METHOD,
             "model": model.get("source") if recognized else None,
-            "labels": sorted({label for label, _ in labels.values()} | {"none"}) if recognized else list(GESTURES),
+            "labels": _recognizer_labels(model, labels) if recognized else list(GESTURES),
             "per_frame": [[f, h, label, score] for (f, h), (label, score) in labels.items()],
             "ranges": _gesture_ranges(frames, tracks, labels, min_duration_ms=min_duration_ms, window=window),
         },

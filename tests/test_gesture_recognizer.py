@@ -106,7 +106,9 @@ def test_a_task_file_is_recognised_by_what_it_holds(recognizer_task: Path, tmp_p
 
     bundle = ModelCache(fetch_s3=fetch).get("full", "s3://bucket/models/gesture_recognizer.task")
     assert bundle.task == GESTURE_RECOGNIZER and fetched == ["s3://bucket/models/gesture_recognizer.task"]
-    assert bundle.describe()["task"] == GESTURE_RECOGNIZER
+    # the labels come from the label file TFLite metadata packs into the classifier
+    assert bundle.describe()["task"] == GESTURE_RECOGNIZER and bundle.gesture_labels == LABELS
+    assert "gesture_labels" not in ModelCache().get("full").describe()
 
 
 # ------------------------------------------------------------------------------------ engine
@@ -115,6 +117,7 @@ def test_a_task_file_is_recognised_by_what_it_holds(recognizer_task: Path, tmp_p
 def test_every_hand_carries_the_recognizers_gesture(recognized: dict[str, Any], recognizer_task: Path) -> None:
     assert recognized["model"]["task"] == GESTURE_RECOGNIZER
     assert recognized["model"]["source"] == str(recognizer_task)
+    assert recognized["model"]["gesture_labels"] == list(LABELS)
     assert recognized["summary"]["frames_with_hands"] >= 3 * BLOCK - 2
     for frame in recognized["frames"]:
         for hand in frame["hands"]:
@@ -160,6 +163,10 @@ def test_insights_use_and_name_the_recognizer(recognized: dict[str, Any], recogn
     gestures = insights["gestures"]
     assert gestures["method"] == "gesture_recognizer" and gestures["model"] == str(recognizer_task)
     assert gestures["labels"] == ["fingers_down", "fingers_up", "none"]
+    # the model's labels are listed even where a stretch of video shows only some of them
+    upright_only = {**recognized, "frames": recognized["frames"][:BLOCK]}
+    assert analyze(upright_only)["gestures"]["labels"] == ["fingers_down", "fingers_up", "none"]
+    assert {label for _f, _h, label, _s in analyze(upright_only)["gestures"]["per_frame"]} <= {"fingers_up", "none"}
     upright = [label for f, _h, label, _s in gestures["per_frame"] if f < BLOCK]
     assert Counter(upright)["fingers_up"] >= BLOCK - 1
     held = [(r["label"], r["start_ms"], r["end_ms"]) for r in gestures["ranges"] if r["duration_ms"] >= 500]

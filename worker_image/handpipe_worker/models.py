@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 # Which tflite files make up each bundled variant. The package's lite palm detector lacks the
 # NormalizationOptions metadata the Tasks API requires, so "lite" pairs the full palm detector with
@@ -41,9 +42,18 @@ class ModelBundle:
     source: str  # where the bytes came from
     data: bytes
     task: str = HAND_LANDMARKER  # or GESTURE_RECOGNIZER
+    gesture_labels: tuple[str, ...] | None = None  # a recognizer's, when its classifiers name them
 
-    def describe(self) -> dict[str, str]:
-        return {"name": self.name, "source": self.source, "task": self.task, "mediapipe_version": mediapipe_version()}
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "name": self.name,
+            "source": self.source,
+            "task": self.task,
+            "mediapipe_version": mediapipe_version(),
+        }
+        if self.gesture_labels is not None:
+            described["gesture_labels"] = list(self.gesture_labels)
+        return described
 
 
 def mediapipe_version() -> str:
@@ -90,7 +100,33 @@ def load_task_file(uri: str, fetch_s3: Callable[[str], bytes] | None = None) -> 
         if not path.is_file():
             raise ModelError(f"model file {uri} does not exist")
         data = path.read_bytes()
-    return ModelBundle(name="custom", source=uri, data=data, task=task_kind(uri, data))
+    task = task_kind(uri, data)
+    labels = recognizer_labels(data) if task == GESTURE_RECOGNIZER else None
+    return ModelBundle(name="custom", source=uri, data=data, task=task, gesture_labels=labels)
+
+
+# The classifiers of a hand_gesture_recognizer.task, in the order MediaPipe consults them.
+GESTURE_CLASSIFIERS = ("custom_gesture_classifier.tflite", "canned_gesture_classifier.tflite")
+
+
+def recognizer_labels(data: bytes) -> tuple[str, ...] | None:
+    """Every label a gesture_recognizer.task's classifiers can give, from the label files TFLite metadata
+    packs into each classifier (a zip appended to the model); None when none can be read."""
+    try:
+        outer = zipfile.ZipFile(io.BytesIO(data))
+        recognizer = zipfile.ZipFile(io.BytesIO(outer.read("hand_gesture_recognizer.task")))
+        labels: list[str] = []
+        for name in GESTURE_CLASSIFIERS:
+            if name not in recognizer.namelist():
+                continue
+            packed = zipfile.ZipFile(io.BytesIO(recognizer.read(name)))
+            for member in packed.namelist():
+                if member.endswith(".txt"):
+                    lines = packed.read(member).decode("utf-8", "replace").splitlines()
+                    labels += [line.strip() for line in lines if line.strip() and line.strip() not in labels]
+        return tuple(labels) or None
+    except (zipfile.BadZipFile, KeyError):
+        return None
 
 
 def task_kind(uri: str, data: bytes) -> str:
