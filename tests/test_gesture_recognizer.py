@@ -8,6 +8,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -30,7 +31,7 @@ from handpipe_worker.models import (
     assemble_bundled,
     task_kind,
 )
-from handpipe_worker.pictures import gesture_colour, timeline_png
+from handpipe_worker.pictures import EXTRA_COLOURS_RGB, gesture_colour, timeline_png
 
 from chalicelib.contracts import ProcessOptions
 from chalicelib.insights import CANNED_GESTURES, GESTURES, analyze, recognizer_label
@@ -192,6 +193,15 @@ def test_the_timeline_draws_and_lists_the_recognizers_labels(recognized: dict[st
         assert (image == colour).all(axis=2).sum() > 500, label  # the lane's range, and the legend's swatch
     assert gesture_colour("fingers_up") != gesture_colour("fingers_down")
     assert gesture_colour("fingers_up") == gesture_colour("fingers_up")
+
+
+def test_the_viewer_colours_a_custom_label_as_the_pictures_do() -> None:
+    page = (REPO / "chalicelib" / "viewer.html").read_text()
+    listed = re.search(r"const EXTRA_COLOURS = \[(.*?)\];", page)
+    assert listed is not None and tuple(re.findall(r'"(#[0-9a-f]{6})"', listed.group(1))) == EXTRA_COLOURS_RGB
+    assert "hash = (hash * 31 + ch.codePointAt(0)) >>> 0" in page  # the hash gesture_colour computes
+    red = EXTRA_COLOURS_RGB[0]
+    assert gesture_colour("fingers_up") == (int(red[5:7], 16), int(red[3:5], 16), int(red[1:3], 16))
 
 
 def test_the_command_line_says_which_gestures_and_who_named_them(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,11 @@ GESTURE_COLOURS: dict[str, tuple[int, int, int]] = {
     "none": (170, 170, 170),
 }
 # For labels of a custom gesture classifier: picked by a stable hash of the label, so a label keeps its
-# colour across pictures and jobs.
-EXTRA_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (75, 25, 230), (75, 180, 60), (25, 225, 255), (200, 130, 0), (48, 130, 245),
-    (180, 30, 145), (240, 240, 70), (230, 50, 240), (128, 128, 0), (40, 110, 170),
-)  # fmt: skip
+# colour across pictures and jobs; the same palette and hash as chalicelib/viewer.html's gestureColour.
+EXTRA_COLOURS_RGB = ("#e6194b", "#3cb44b", "#ffe119", "#0082c8", "#f58231", "#911eb4", "#46f0f0", "#f032e6")
+EXTRA_COLOURS: tuple[tuple[int, int, int], ...] = tuple(
+    (int(rgb[5:7], 16), int(rgb[3:5], 16), int(rgb[1:3], 16)) for rgb in EXTRA_COLOURS_RGB
+)
 PRESENT_COLOUR = (225, 225, 225)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -106,7 +105,12 @@ def draw_hands(
 
 def gesture_colour(label: str) -> tuple[int, int, int]:
     """The BGR colour of a gesture label: the fixed one of a known gesture, else a stable pick."""
-    return GESTURE_COLOURS.get(label) or EXTRA_COLOURS[zlib.crc32(label.encode()) % len(EXTRA_COLOURS)]
+    if label in GESTURE_COLOURS:
+        return GESTURE_COLOURS[label]
+    digest = 0
+    for char in label:
+        digest = (digest * 31 + ord(char)) & 0xFFFFFFFF
+    return EXTRA_COLOURS[digest % len(EXTRA_COLOURS)]
 
 
 def _insights_for(result: Mapping[str, Any], insights: Mapping[str, Any] | None) -> Mapping[str, Any]:
