@@ -327,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{run.workers} worker(s): job run_ms {run.run_ms} (server side, started -> finished); frames decoded "
             f"{s['frames_decoded']}, inference {s['inference_s']:.1f} s, decode {s['decode_s']:.1f} s "
-            f"(summed over segments); warm-up before timing {run.warmup_s:.1f} s (not timed)"
+            f"(summed over segments); warm-up before timing {run.warmup_s:.1f} s (not timed); "
+            f"bytes read from S3 {s.get('bytes_read', 0) / 1e6:.1f} MB over {run.segments} segment(s) "
+            f"= {s.get('bytes_read', 0) / (size_mb * 1e6):.2f}x the object (ranged reads)"
         )
     print(
         f"speed-up {n} workers over 1: {speedup:.2f}x; calibration (pure CPU) speed-up: {calibration_speedup:.2f}x "
@@ -374,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "merge_s_n": None if many.merge_s is None else round(many.merge_s, 2),
         "others_cores_1": None if one.others_cores is None else round(one.others_cores, 2),
         "others_cores_n": None if many.others_cores is None else round(many.others_cores, 2),
+        "bytes_read_1": one.result["stats"].get("bytes_read"),
+        "bytes_read_n": many.result["stats"].get("bytes_read"),
+        "bytes_ratio_n": round(many.result["stats"].get("bytes_read", 0) / (size_mb * 1e6), 3),
         "seconds": round(frames / fps, 1),
         "segment_s": args.segment_s,
         "rounds": args.rounds,

@@ -141,6 +141,13 @@ def result_key(video_id: str, job_id: str) -> str:
     return f"{results_prefix(video_id, job_id)}result.json.gz"
 
 
+def frame_index_key(video_id: str, etag: str) -> str:
+    """Where the worker keeps a video object's frame index (every frame's PTS): one per version of the
+    object, so a replaced upload is indexed anew."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", etag) or "unversioned"
+    return f"results/{video_id}/frame_index/{safe}.json.gz"
+
+
 def insights_key(video_id: str, job_id: str) -> str:
     return f"{results_prefix(video_id, job_id)}insights.json"
 

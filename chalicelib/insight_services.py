@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from . import exports
 from .config import Settings
-from .contracts import insights_key, results_prefix
+from .contracts import insights_key, picture_key, results_prefix
 from .db import Job, JobRepository, VideoRepository
 from .errors import Conflict, InvalidInput
 from .insights import analyze
@@ -140,14 +140,19 @@ def viewer_config(
     owner: str | None = None,
 ) -> dict[str, Any]:
     """GET /jobs/{id}/viewer/config: what the viewer page needs to play a finished job: its ids, title,
-    video metadata, options and summary, and a presigned URL of the video."""
+    video metadata, options and summary, a presigned URL of the video and, once the worker has drawn it,
+    of the annotated video (H.264, which every browser plays, whatever the source's codec)."""
     job = finished_job(jobs, job_id, "viewer", owner)
     video = get_video(videos, job.video_id, owner)
+    annotated = picture_key(job.video_id, job.id, "annotated_video")
     return {
         "job_id": job.id,
         "video_id": video.id,
         "title": video.title,
         "video_url": store.presign_download(video.s3_key, settings.download_url_expires_s),
+        "annotated_video_url": (
+            store.presign_download(annotated, settings.download_url_expires_s) if store.head(annotated) else None
+        ),
         "expires_in_s": settings.download_url_expires_s,
         "video": job.video_metadata,
         "options": job.options,

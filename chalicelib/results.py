@@ -86,38 +86,60 @@ def build_result(
 def merge_parts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Join the parts of one job into the result a single pass over their joint range gives.
 
-    Parts must cover adjacent ranges ([start, end) each, the next starting where one ends) of the
-    same video with the same options. Frames are concatenated in time; none may appear twice."""
+    Parts must cover adjacent ranges of the same video with the same options: each [start, end) in ms
+    and, from the frame index, [first_index, end_index) in frames, the next starting exactly where one
+    ends. Frames are checked by identity: indices inside their part's range, indices and timestamps
+    strictly increasing across parts. Every refusal names the two segments (by position in time)."""
     ordered = sorted(parts, key=lambda p: p["range"]["start_ms"])
     if not ordered:
         raise MergeError("no parts to merge")
     first = ordered[0]
-    for previous, part in zip(ordered, ordered[1:], strict=False):
+    for number, (previous, part) in enumerate(zip(ordered, ordered[1:], strict=False)):
+        pair = f"segments {number} and {number + 1}"
         if part["video"] != first["video"] or part["model"] != first["model"]:
-            raise MergeError("parts come from different videos or models")
+            raise MergeError(f"{pair} come from different videos or models")
         if _options_without_range(part) != _options_without_range(first):
-            raise MergeError("parts were processed with different options")
-        if previous["range"]["end_ms"] != part["range"]["start_ms"]:
+            raise MergeError(f"{pair} were processed with different options")
+        ends, starts = previous["range"], part["range"]
+        if ends["end_ms"] != starts["start_ms"]:
             raise MergeError(
-                f"parts do not meet: one ends at {previous['range']['end_ms']} ms, "
-                f"the next starts at {part['range']['start_ms']} ms"
+                f"{pair} do not meet: segment {number} ends at {ends['end_ms']} ms, "
+                f"segment {number + 1} starts at {starts['start_ms']} ms"
+            )
+        end_index, first_index = ends.get("end_index"), starts.get("first_index")
+        if end_index is not None and first_index is not None and end_index != first_index:
+            kind = "a gap" if end_index < first_index else "an overlap"
+            raise MergeError(
+                f"{pair} do not meet frame for frame ({kind}): segment {number} ends before frame {end_index}, "
+                f"segment {number + 1} starts at frame {first_index}"
             )
     frames: list[dict[str, Any]] = []
-    for part in ordered:
+    for number, part in enumerate(ordered):
+        low, high = part["range"].get("first_index"), part["range"].get("end_index")
         for frame in part["frames"]:
-            if frames and frame["index"] <= frames[-1]["index"]:
-                raise MergeError(f"frame {frame['index']} appears twice or out of order")
+            if (low is not None and frame["index"] < low) or (high is not None and frame["index"] >= high):
+                raise MergeError(f"segment {number} reports frame {frame['index']}, outside its frames [{low}, {high})")
+            if frames and (
+                frame["index"] <= frames[-1]["index"] or frame["timestamp_ms"] <= frames[-1]["timestamp_ms"]
+            ):
+                raise MergeError(
+                    f"frame {frame['index']} at {frame['timestamp_ms']} ms of segment {number} appears twice or out "
+                    f"of order (after frame {frames[-1]['index']} at {frames[-1]['timestamp_ms']} ms)"
+                )
             frames.append(frame)
     stats = _sum_stats(p["stats"] for p in ordered)
     incomplete = [p["decode"] for p in ordered if not p["decode"]["complete"]]
     decode = incomplete[0] if incomplete else first["decode"]
     options = dict(first["options"])
     options.update(start_ms=first["options"].get("start_ms"), end_ms=ordered[-1]["options"].get("end_ms"))
+    time_range = {"start_ms": first["range"]["start_ms"], "end_ms": ordered[-1]["range"]["end_ms"]}
+    if "first_index" in first["range"]:
+        time_range.update(first_index=first["range"]["first_index"], end_index=ordered[-1]["range"].get("end_index"))
     return build_result(
         video=first["video"],
         model=first["model"],
         options=options,
-        time_range={"start_ms": first["range"]["start_ms"], "end_ms": ordered[-1]["range"]["end_ms"]},
+        time_range=time_range,
         frames=frames,
         stats=stats,
         decode=decode,
@@ -137,9 +159,14 @@ def _sum_stats(all_stats: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "inference_s": 0.0,
         "wall_s": 0.0,
     }
+    read: int | None = None
     for stats in all_stats:
         for key in total:
             total[key] += stats[key]
+        if "bytes_read" in stats:
+            read = (read or 0) + int(stats["bytes_read"])
+    if read is not None:
+        total["bytes_read"] = read
     return finish_stats(total)
 
 

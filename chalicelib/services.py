@@ -40,7 +40,7 @@ from .contracts import (
 from .db import ACTIVE_JOB_STATUSES, Job, JobRepository, Segment, Video, VideoRepository
 from .errors import Conflict, InvalidInput, NotFound, TooLarge
 from .queues import MessageQueue
-from .results import frames_between, merge_parts
+from .results import MergeError, frames_between, merge_parts
 from .storage import ObjectStore
 
 logger = logging.getLogger("handpipe.service")
@@ -800,7 +800,12 @@ def finish_if_complete(
     segments = jobs.segments(job.id)
     if not segments or any(s.status != "SUCCEEDED" for s in segments):
         return "waiting for parts"
-    merged = merge_parts(store.get_result(s.part_key) for s in segments)
+    try:
+        merged = merge_parts(store.get_result(s.part_key) for s in segments)
+    except MergeError as error:
+        # Deterministic: the same parts would fail the same way on every redelivery of this event.
+        _fail_job(jobs, videos, job, "merge_error", f"the segments' results do not form one video: {error}")
+        return "failed"
     key = result_key(job.video_id, job.id)
     store.put_result(key, merged)
     summary = dict(merged["summary"], stats=merged["stats"], decode=merged["decode"])

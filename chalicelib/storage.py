@@ -3,6 +3,8 @@ constructor. The worker image copies this file too, so both sides read and write
 
 from __future__ import annotations
 
+import io
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,7 +48,11 @@ class ObjectStore:
             response = self._call("head_object", Key=key)
         except ObjectMissing:
             return None
-        return {"size": response.get("ContentLength"), "content_type": response.get("ContentType")}
+        return {
+            "size": response.get("ContentLength"),
+            "content_type": response.get("ContentType"),
+            "etag": str(response.get("ETag") or "").strip('"'),
+        }
 
     def download(self, key: str, path: str) -> None:
         try:
@@ -66,6 +72,15 @@ class ObjectStore:
         """The first `length` bytes of the object (all of it when it is shorter)."""
         body: bytes = self._call("get_object", Key=key, Range=f"bytes=0-{length - 1}")["Body"].read()
         return body
+
+    def open_ranged(self, key: str, *, block_size: int = 1 << 20, cache_blocks: int = 16) -> RangedReader:
+        """The object as a seekable binary file that fetches only the byte ranges that are read."""
+        info = self.head(key)
+        if info is None:
+            raise ObjectMissing(f"s3://{self.bucket}/{key} does not exist")
+        return RangedReader(
+            self, key, int(info["size"] or 0), etag=info["etag"], block_size=block_size, cache_blocks=cache_blocks
+        )
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self._call("put_object", Key=key, Body=data, ContentType=content_type)
@@ -113,3 +128,97 @@ class ObjectStore:
     def check(self) -> None:
         """Raise StorageUnavailable unless the bucket answers."""
         self._call("head_bucket")
+
+
+class RangedReader(io.RawIOBase):
+    """A read-only, seekable file over one S3 object through `Range` GETs, so a decoder reads the
+    container index and its own share of the frames instead of downloading the whole video.
+
+    Reads go through aligned blocks kept in a small LRU cache (an MP4's index and the frames near it
+    are read more than once); a run of sequential blocks doubles the next fetch, up to `max_fetch`,
+    so a long sequential read costs few requests. `bytes_fetched` counts what S3 sent."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        key: str,
+        size: int,
+        *,
+        etag: str = "",
+        block_size: int = 1 << 20,
+        cache_blocks: int = 16,
+        max_fetch_blocks: int = 4,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.key = key
+        self.size = size
+        self.etag = etag  # which version of the object this is: derived data (the frame index) is keyed by it
+        self.block_size = block_size
+        self.cache_blocks = max(cache_blocks, max_fetch_blocks + 1)
+        self.max_fetch_blocks = max_fetch_blocks
+        self.bytes_fetched = 0
+        self.requests = 0
+        self._position = 0
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+        self._last_fetched: int | None = None
+        self._run = 1
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            position = offset
+        elif whence == io.SEEK_CUR:
+            position = self._position + offset
+        elif whence == io.SEEK_END:
+            position = self.size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if position < 0:
+            raise ValueError("negative seek position")
+        self._position = position
+        return position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = min(len(view), max(0, self.size - self._position))
+        done = 0
+        while done < wanted:
+            number, offset = divmod(self._position, self.block_size)
+            block = self._block(number)
+            chunk = block[offset : offset + wanted - done]
+            if not chunk:
+                break
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+            self._position += len(chunk)
+        return done
+
+    def _block(self, number: int) -> bytes:
+        if number in self._blocks:
+            self._blocks.move_to_end(number)
+            return self._blocks[number]
+        sequential = self._last_fetched is not None and number == self._last_fetched + 1
+        self._run = min(self._run * 2, self.max_fetch_blocks) if sequential else 1
+        last_block = max(0, (self.size - 1) // self.block_size)
+        count = min(self._run, last_block - number + 1)
+        start = number * self.block_size
+        end = min(self.size, (number + count) * self.block_size) - 1
+        data: bytes = self.store._call("get_object", Key=self.key, Range=f"bytes={start}-{end}")["Body"].read()
+        self.requests += 1
+        self.bytes_fetched += len(data)
+        for i in range(count):
+            self._blocks[number + i] = data[i * self.block_size : (i + 1) * self.block_size]
+            self._blocks.move_to_end(number + i)
+        while len(self._blocks) > self.cache_blocks:
+            self._blocks.popitem(last=False)
+        self._last_fetched = number + count - 1
+        return self._blocks[number]

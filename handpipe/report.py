@@ -82,7 +82,13 @@ def format_summary(
         )
     processed = summary["frames_processed"]
     share = 100.0 * summary["frames_with_hands"] / processed if processed else 0.0
-    lines.append(f"frames     {processed} processed, {summary['frames_with_hands']} with hands ({share:.0f}%)")
+    decoded = f"{stats['frames_decoded']} decoded, " if stats and "frames_decoded" in stats else ""
+    timing = ""
+    if video and video.get("frame_rate_mode"):
+        timing = f"; {video['frame_rate_mode']} frame rate, each frame at its own timestamp"
+    lines.append(
+        f"frames     {decoded}{processed} processed, {summary['frames_with_hands']} with hands ({share:.0f}%){timing}"
+    )
     counts = ", ".join(f"{n} {label}" for label, n in summary.get("handedness_counts", {}).items()) or "none"
     lines.append(
         f"hands      {summary['hands_seen']} seen ({counts}; MediaPipe's mirrored labels), "

@@ -147,7 +147,7 @@ def test_time_range_reports_only_its_frames() -> None:
     stamps = [f["timestamp_ms"] for f in result["frames"]]
     assert min(stamps) >= 2000 and max(stamps) < 4000
     assert len(stamps) == 60
-    assert result["range"] == {"start_ms": 2000, "end_ms": 4000}
+    assert result["range"] == {"start_ms": 2000, "end_ms": 4000, "first_index": 60, "end_index": 120}
     assert with_hands(result) >= 57
 
 
@@ -230,7 +230,12 @@ def test_parts_merge_into_the_single_pass_result(name: str, cuts: list[int], sam
             assert twin["handedness"] == hand["handedness"]
             assert landmark_shift(hand, twin) <= 0.01, f"frame {ours['index']} moved more than 0.01"
     assert merged["summary"]["frames_with_hands"] == whole["summary"]["frames_with_hands"]
-    assert merged["range"] == {"start_ms": 0, "end_ms": None}
+    assert merged["range"] == {
+        "start_ms": 0,
+        "end_ms": None,
+        "first_index": 0,
+        "end_index": whole["video"]["frame_count"],
+    }
 
 
 def test_merge_refuses_overlaps_and_gaps() -> None:

@@ -428,8 +428,9 @@ def test_the_viewer_draws_hands_in_sync_with_the_video_in_chromium(tmp_path: Pat
         assert stack.info is not None
         api_key = getattr(stack.info, "api_key", None)
         client = Client(stack.info.api_url, api_key=api_key)
-        job = client.wait(client.submit(clip)["id"], poll_s=0.2, timeout_s=300)
+        job = client.wait(client.submit(clip, {"annotated_video": True})["id"], poll_s=0.2, timeout_s=300)
         assert job["status"] == "SUCCEEDED", job
+        assert client.download_pictures(job["id"], tmp_path / "pictures", wait_s=120), "the worker drew no pictures"
         frames = list(client.frames(job["id"]))
         two_hands = [f for f in frames if len(f["hands"]) == 2]
         target = two_hands[len(two_hands) // 2]
@@ -519,6 +520,26 @@ def test_the_viewer_draws_hands_in_sync_with_the_video_in_chromium(tmp_path: Pat
                 assert current * 1000 == pytest.approx(expected_ms, abs=20)
                 nearest = min(frames, key=lambda f: abs(f["timestamp_ms"] - current * 1000))
                 until_true(page, "i => window.handpipeViewer.drawnFrameIndex === i", nearest["index"])
+
+                # the worker's annotated video (H.264, whatever the source's codec) plays in the same place
+                assert page.is_visible("#annotated-toggle")
+                page.check("#annotated-input")
+                until_true(page, "() => document.getElementById('video').dataset.showing === 'annotated'", None)
+                until_true(page, "() => document.getElementById('video').readyState >= 2", None)
+                assert "annotated.mp4" in page.evaluate("document.getElementById('video').currentSrc")
+                assert page.evaluate("document.getElementById('video').videoWidth") == job["video"]["width"]
+                assert page.is_hidden("#overlay")
+                played = page.evaluate(
+                    """async () => {
+                        const v = document.getElementById('video');
+                        v.currentTime = 0;
+                        await v.play();
+                        while (v.currentTime < 0.3 && !v.ended) await new Promise((r) => setTimeout(r, 50));
+                        v.pause();
+                        return [v.currentTime, v.error ? v.error.code : 0];
+                    }"""
+                )
+                assert played[0] >= 0.3 and played[1] == 0, played
             finally:
                 browser.close()
         # the browser reports the refused key's 401/403 answers on the console; nothing else may appear

@@ -20,7 +20,7 @@ from botocore.config import Config
 from handpipe_worker.handler import Worker, WorkerSettings
 from handpipe_worker.models import ModelCache
 
-from chalicelib.contracts import ProcessOptions, SegmentEvent, WorkItem, part_key
+from chalicelib.contracts import ProbeRequest, ProcessOptions, SegmentEvent, WorkItem, frame_index_key, part_key
 from chalicelib.results import from_gzip
 from handpipe.localaws import LambdaContext, aws_clients
 from tests.conftest import REPO, data_path
@@ -253,3 +253,34 @@ def test_render_request_draws_pictures_and_stores_insights(setup: Setup) -> None
     for name in ("export.jsonl.gz", "export.parquet"):
         assert setup.s3.head_object(Bucket=setup.bucket, Key=prefix + name)["ContentLength"] > 1000
     assert setup.events() == []  # pictures change no job state
+
+
+def test_probe_fails_a_zero_byte_or_mislabelled_object_at_once_and_indexes_a_real_one(setup: Setup) -> None:
+    """A 0-byte object is deterministic (not an S3 range error to retry): the job fails on the first
+    delivery. A real video is indexed (every frame's PTS) and its container comes from the demuxer,
+    not from its name."""
+    setup.s3.put_object(Bucket=setup.bucket, Key="videos/empty.mp4", Body=b"")
+    setup.s3.upload_file(str(data_path("videos/asl_thanks_two_hands.mkv")), setup.bucket, "videos/really-mkv.mp4")
+    empty = ProbeRequest(
+        job_id=f"job_{uuid.uuid4().hex}", video_id="vid_" + "1" * 32, bucket=setup.bucket, video_key="videos/empty.mp4"
+    )
+    real = ProbeRequest(
+        job_id=f"job_{uuid.uuid4().hex}",
+        video_id="vid_" + "2" * 32,
+        bucket=setup.bucket,
+        video_key="videos/really-mkv.mp4",
+    )
+    response = setup.worker.handle_batch(
+        {"Records": [record(empty.to_json()), record(real.to_json())]}, LambdaContext("worker", 900)
+    )
+    assert response == {"batchItemFailures": []}
+    events = {e.job_id: e for e in setup.events()}
+    failed = events[empty.job_id]
+    assert (failed.type, failed.error_code) == ("segment.failed", "empty") and "0 bytes" in (failed.error or "")
+    probed = events[real.job_id]
+    assert probed.type == "video.probed" and probed.video is not None
+    assert probed.video["container"] == "mkv" and probed.video["frame_count"] == 51
+    assert probed.video["frame_rate_mode"] == "constant"
+    etag = setup.s3.head_object(Bucket=setup.bucket, Key="videos/really-mkv.mp4")["ETag"].strip('"')
+    index = setup.s3.head_object(Bucket=setup.bucket, Key=frame_index_key(real.video_id, etag))
+    assert index["ContentLength"] > 0

@@ -1,5 +1,6 @@
-"""The engine: one local video file (or one time range of it) in, a handpipe result out. Plain Python
-with no AWS, so it runs the same in the Lambda, in the local stack and from `handpipe process`."""
+"""The engine: one video (a local file or a ranged S3 reader), or one time range of it, in; a handpipe
+result out. Plain Python with no AWS, so it runs the same in the Lambda, in the local stack and from
+`handpipe process`. Frames and their times come from video.py (PyAV): exact PTS, exact indices."""
 
 from __future__ import annotations
 
@@ -9,32 +10,25 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
-import cv2
 import numpy as np
 
 from chalicelib.contracts import ProcessOptions
 from chalicelib.results import build_result, finish_stats
 
 from .models import GESTURE_RECOGNIZER, ModelBundle, ModelCache
+from .video import FrameIndex, VideoDecodeError, VideoFile, VideoInfo, VideoSource
+from .video import probe as probe_video
+
+__all__ = ["StoppedEarly", "VideoDecodeError", "VideoInfo", "default_models", "probe", "process_video"]
 
 COORD_DIGITS = 5  # 1e-5 of the frame is far below what the model resolves
 DECODE_AHEAD = 8  # frames buffered between the decode thread and inference
 
 ProgressCallback = Callable[[int, int | None], None]  # (frames processed, frames expected or None)
 StopCheck = Callable[[], str | None]  # returns a reason to stop, or None to go on
-
-
-class VideoDecodeError(Exception):
-    """The file is not a video this engine can decode (not a video, empty, or no decodable frame)."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class StoppedEarly(Exception):
@@ -47,126 +41,37 @@ class StoppedEarly(Exception):
         self.last_timestamp_ms = last_timestamp_ms
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    path: str
-    width: int  # upright, as the frames reach the model
-    height: int
-    fps: float
-    frame_count: int | None
-    duration_ms: float | None
-    rotation: int
-    codec: str
-    container: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "filename": os.path.basename(self.path),
-            "container": self.container,
-            "codec": self.codec,
-            "width": self.width,
-            "height": self.height,
-            "rotation": self.rotation,
-            "orientation": "portrait" if self.height > self.width else "landscape",
-            "fps": round(self.fps, 3),
-            "frame_count": self.frame_count,
-            "duration_ms": None if self.duration_ms is None else round(self.duration_ms, 3),
-        }
-
-
-def _open(path: str | os.PathLike[str]) -> cv2.VideoCapture:
-    file = Path(path)
-    if not file.is_file():
-        raise VideoDecodeError("not_found", f"{path} does not exist or is not a file")
-    if file.stat().st_size == 0:
-        raise VideoDecodeError("empty", f"{file.name} is empty (0 bytes)")
-    # OpenCV's own warnings about files it cannot open say less than the error raised below.
-    cv2.setLogLevel(2)  # 2: errors only
-    capture = cv2.VideoCapture(str(file), cv2.CAP_FFMPEG)
-    if not capture.isOpened():
-        raise VideoDecodeError(
-            "not_video", f"{file.name} is not a video that can be decoded (unknown container or codec)"
-        )
-    # Rotation metadata is applied by the decoder, so portrait phone clips reach the model upright.
-    capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
-    return capture
-
-
-def probe(path: str | os.PathLike[str]) -> VideoInfo:
-    """Container facts without decoding the whole file."""
-    capture = _open(path)
-    try:
-        return _describe(capture, str(path), first_frame=None)
-    finally:
-        capture.release()
-
-
-def _describe(capture: cv2.VideoCapture, path: str, first_frame: np.ndarray | None) -> VideoInfo:
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    rotation = int(capture.get(cv2.CAP_PROP_ORIENTATION_META) or 0) % 360
-    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    if first_frame is not None:
-        height, width = first_frame.shape[:2]
-    elif rotation in (90, 270):
-        width, height = height, width
-    fourcc = int(capture.get(cv2.CAP_PROP_FOURCC))
-    codec = fourcc.to_bytes(4, "little").decode("ascii", "replace").strip("\x00 ") if fourcc else "unknown"
-    duration = count * 1000.0 / fps if fps > 0 and count > 0 else None
-    return VideoInfo(
-        path=path,
-        width=width,
-        height=height,
-        fps=fps if math.isfinite(fps) else 0.0,
-        frame_count=count or None,
-        duration_ms=duration,
-        rotation=rotation,
-        codec=codec,
-        container=Path(path).suffix.lstrip(".").lower() or "unknown",
-    )
+def probe(path: VideoSource, name: str | None = None) -> VideoInfo:
+    """Container facts, with exact frame count and duration from demuxing (no decoding)."""
+    return probe_video(path, name)[0]
 
 
 @dataclass
 class _Decoded:
     index: int
     timestamp_ms: float
-    frame: np.ndarray | None  # None: decoded but not wanted (before the range, or sampled out)
+    image: np.ndarray | None  # upright RGB; None: decoded but not wanted (before the range, sampled out)
     decode_s: float
 
 
-def _frames(
-    capture: cv2.VideoCapture, fps: float, wanted: Callable[[float], bool], seek_ms: float = 0.0
+def _decoded(
+    video: VideoFile,
+    index: FrameIndex | None,
+    from_ms: float,
+    wanted: Callable[[int, float], bool],
 ) -> Iterator[_Decoded]:
-    """Every frame in order (from the first at or after `seek_ms`) with its index and presentation
-    time. Frames that `wanted` turns down (sampled out, say) are only grabbed, never converted to an
-    image. Seeking lets a segment late in a long video skip decoding everything before it; OpenCV's
-    FFmpeg seek lands on the exact frame, whose index it reports."""
-    index = -1
-    seeking = seek_ms > 0 and capture.set(cv2.CAP_PROP_POS_MSEC, seek_ms)
-    last_ts: float | None = None
-    step = 1000.0 / fps if fps > 0 else 1000.0 / 30
-    while True:
+    """Every frame in order from the keyframe before `from_ms`; only the frames `wanted` accepts are
+    converted to an upright RGB picture (in this thread, which the decode-ahead thread runs)."""
+    started = time.perf_counter()
+    for frame in video.frames(from_ms=from_ms, index=index):
+        image = frame.rgb() if wanted(frame.index, frame.timestamp_ms) else None
+        now = time.perf_counter()
+        yield _Decoded(frame.index, frame.timestamp_ms, image, now - started)
         started = time.perf_counter()
-        if not capture.grab():
-            return
-        index = int(capture.get(cv2.CAP_PROP_POS_FRAMES)) - 1 if seeking else index + 1
-        seeking = False
-        ts = capture.get(cv2.CAP_PROP_POS_MSEC)
-        # Some containers report no or repeated times; keep them strictly increasing, as the
-        # tracker requires, by stepping on from the last one.
-        if not math.isfinite(ts) or (last_ts is not None and ts <= last_ts):
-            ts = (last_ts + step) if last_ts is not None else 0.0
-        last_ts = ts
-        frame = None
-        if wanted(ts):
-            ok, image = capture.retrieve()
-            frame = image if ok else None
-        yield _Decoded(index, ts, frame, time.perf_counter() - started)
 
 
 def _decode_ahead(source: Iterator[_Decoded], depth: int) -> Iterator[_Decoded]:
-    """Run the decoder in its own thread so inference never waits on it (OpenCV releases the GIL)."""
+    """Run the decoder in its own thread so inference never waits on it (FFmpeg releases the GIL)."""
     buffer: queue.Queue[_Decoded | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -205,20 +110,23 @@ class _Sampler:
     1/sample_fps slot of the video's own timeline, so every segment of a job keeps the frames a
     single pass would keep."""
 
-    def __init__(self, sample_fps: float | None, frame_step_ms: float) -> None:
+    def __init__(self, sample_fps: float | None, previous_ms: Callable[[int], float | None]) -> None:
         self.sample_fps = sample_fps
-        self.frame_step_ms = frame_step_ms
+        self._previous_ms = previous_ms
         self._last_slot: int | None = None
+        self._started = False
 
     def _slot(self, timestamp_ms: float) -> int:
         return math.floor(timestamp_ms * (self.sample_fps or 0) / 1000.0 + 1e-9)
 
-    def keep(self, timestamp_ms: float) -> bool:
+    def keep(self, index: int, timestamp_ms: float) -> bool:
         if self.sample_fps is None:
             return True
-        if self._last_slot is None and timestamp_ms > 0:
+        if not self._started:
             # Started mid-video (after a seek): the frame before this one decides, as in a full pass.
-            self._last_slot = self._slot(timestamp_ms - self.frame_step_ms)
+            self._started = True
+            before = self._previous_ms(index)
+            self._last_slot = None if before is None else self._slot(before)
         slot = self._slot(timestamp_ms)
         keep = slot != self._last_slot
         self._last_slot = slot
@@ -291,7 +199,7 @@ def _hands(detection: Any, gestures: bool = False) -> list[dict[str, Any]]:
 
 
 def process_video(
-    path: str | os.PathLike[str],
+    source: VideoSource,
     options: ProcessOptions | None = None,
     *,
     models: ModelCache | None = None,
@@ -299,27 +207,38 @@ def process_video(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     progress_every: int = 15,
+    frame_index: FrameIndex | None = None,
+    name: str | None = None,
+    bytes_read: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
     """Detect hands in every kept frame of [start_ms, end_ms) and return the result document.
 
     Frames in the `warmup_ms` before start_ms go through the tracker but are not reported, so a
-    segment starts with the tracking state a single pass would have there."""
+    segment starts with the tracking state a single pass would have there. A time range needs the
+    video's frame index (built here when not given), so that a frame's index is its position in the
+    whole video whatever the range; a whole-video pass reads from the first frame and counts."""
     options = options or ProcessOptions()
     models = models or default_models()
     bundle = models.get(options.model, options.model_uri)
     wall_started = time.perf_counter()
-    capture = _open(path)
-    try:
+    with VideoFile(source, name) as video:
         start_ms = float(options.start_ms or 0)
         end_ms = float(options.end_ms) if options.end_ms is not None else math.inf
+        index = frame_index
+        if index is None and (start_ms > 0 or end_ms < math.inf):
+            index = video.build_index()
+        info = video.describe(index)
         feed_from_ms = max(0.0, start_ms - warmup_ms)
-        info = _describe(capture, str(path), first_frame=None)
-        expected = _expected_frames(info, start_ms, end_ms, options.sample_fps)
-        sampler = _Sampler(options.sample_fps, 1000.0 / info.fps if info.fps > 0 else 1000.0 / 30)
+        first_index = index.first_at_or_after(start_ms) if index is not None else 0
+        expected = _expected_frames(info, index, start_ms, end_ms, options.sample_fps)
+        sampler = _Sampler(
+            options.sample_fps,
+            lambda i: index.ms(i - 1) if index is not None and 0 < i <= index.frame_count else None,
+        )
 
-        def wanted(timestamp_ms: float) -> bool:
+        def wanted(frame_index: int, timestamp_ms: float) -> bool:
             # The sampler must see every frame in order, so it is asked before the range checks.
-            return sampler.keep(timestamp_ms) and feed_from_ms <= timestamp_ms < end_ms
+            return sampler.keep(frame_index, timestamp_ms) and feed_from_ms <= timestamp_ms < end_ms
 
         detector = _Detector(bundle, options)
         from mediapipe import Image, ImageFormat
@@ -330,26 +249,27 @@ def process_video(
         last_feed_ms = -1
         last_ts: float | None = None
         last_index = -1
-        first_shape: tuple[int, ...] | None = None
+        end_index: int | None = None
+        seen_pts_ms: list[float] = []  # a whole-video pass learns every frame's time as it goes
         try:
-            for item in _decode_ahead(_frames(capture, info.fps, wanted, feed_from_ms), DECODE_AHEAD):
+            for item in _decode_ahead(_decoded(video, index, feed_from_ms, wanted), DECODE_AHEAD):
                 decoded += 1
                 decode_s += item.decode_s
+                if item.timestamp_ms >= end_ms:
+                    end_index = item.index
+                    break
                 last_ts = item.timestamp_ms
                 last_index = item.index
-                if item.timestamp_ms >= end_ms:
-                    break
-                if item.frame is None:
+                if index is None:
+                    seen_pts_ms.append(item.timestamp_ms)
+                if item.image is None:
                     continue
                 if should_stop is not None and (reason := should_stop()):
                     raise StoppedEarly(reason, len(frames), frames[-1]["timestamp_ms"] if frames else None)
-                if first_shape is None:
-                    first_shape = item.frame.shape
                 started = time.perf_counter()
-                rgb = cv2.cvtColor(item.frame, cv2.COLOR_BGR2RGB)
                 feed_ms = max(int(item.timestamp_ms), last_feed_ms + 1)
                 last_feed_ms = feed_ms
-                hands = detector.detect(Image(image_format=ImageFormat.SRGB, data=rgb), feed_ms)
+                hands = detector.detect(Image(image_format=ImageFormat.SRGB, data=item.image), feed_ms)
                 inference_s += time.perf_counter() - started
                 if item.timestamp_ms < start_ms:
                     continue  # warm-up frame: tracked, not reported
@@ -360,54 +280,81 @@ def process_video(
         finally:
             detector.close()
         if decoded == 0:
-            raise VideoDecodeError("no_frames", f"{Path(path).name} holds no decodable video frame")
-        if first_shape is not None:
-            info = VideoInfo(**{**info.__dict__, "height": first_shape[0], "width": first_shape[1]})
-        decode = _decode_status(info, last_index + 1, last_ts, end_ms)
+            raise VideoDecodeError("no_frames", f"{os.path.basename(video.name)} holds no decodable video frame")
+        promised = video.header_frame_count or (index.frame_count if index is not None else None)
+        if end_index is None:
+            end_index = index.frame_count if index is not None else last_index + 1
+        decode = _decode_status(promised, last_index + 1, last_ts, end_ms, video.truncated)
+        if index is None and decode["complete"] and seen_pts_ms:
+            info = _whole_pass_info(info, seen_pts_ms)
         if progress is not None:
             progress(len(frames), expected)
-    finally:
-        capture.release()
-    stats = finish_stats(
-        {
-            "frames_decoded": decoded,
-            "frames_processed": len(frames),
-            "frames_with_hands": with_hands,
-            "decode_s": decode_s,
-            "inference_s": inference_s,
-            "wall_s": time.perf_counter() - wall_started,
-        }
-    )
+    stats: dict[str, Any] = {
+        "frames_decoded": decoded,
+        "frames_processed": len(frames),
+        "frames_with_hands": with_hands,
+        "decode_s": decode_s,
+        "inference_s": inference_s,
+        "wall_s": time.perf_counter() - wall_started,
+    }
+    if bytes_read is not None:
+        stats["bytes_read"] = bytes_read()
     return build_result(
         video=info.to_dict(),
         model=bundle.describe(),
         options=options.to_dict(),
-        time_range={"start_ms": options.start_ms or 0, "end_ms": options.end_ms},
+        time_range={
+            "start_ms": options.start_ms or 0,
+            "end_ms": options.end_ms,
+            "first_index": first_index,
+            "end_index": end_index,
+        },
         frames=frames,
-        stats=stats,
+        stats=finish_stats(stats),
         decode=decode,
     )
 
 
-def _expected_frames(info: VideoInfo, start_ms: float, end_ms: float, sample_fps: float | None) -> int | None:
+def _whole_pass_info(info: VideoInfo, times_ms: list[float]) -> VideoInfo:
+    """After reading every frame, the count is exact and the frame-rate mode known."""
+    steps = [b - a for a, b in zip(times_ms, times_ms[1:], strict=False)]
+    mode = "constant"
+    if steps and max(steps) - min(steps) > max(0.5, max(steps) / 100):
+        mode = "variable"
+    return replace(info, frame_count=len(times_ms), frame_rate_mode=mode)
+
+
+def _expected_frames(
+    info: VideoInfo, index: FrameIndex | None, start_ms: float, end_ms: float, sample_fps: float | None
+) -> int | None:
+    if index is not None:
+        stop = index.frame_count if end_ms == math.inf else index.first_at_or_after(end_ms)
+        count = max(0, stop - index.first_at_or_after(start_ms))
+        if sample_fps is None:
+            return count
+        span = (index.duration_ms if end_ms == math.inf else min(end_ms, index.duration_ms)) - start_ms
+        return max(1, min(count, math.ceil(max(0.0, span) / 1000.0 * sample_fps)))
     if info.duration_ms is None or info.fps <= 0:
         return None
     span = max(0.0, min(end_ms, info.duration_ms) - start_ms) / 1000.0
     return max(1, round(span * min(info.fps, sample_fps or info.fps)))
 
 
-def _decode_status(info: VideoInfo, reached: int, last_ts: float | None, end_ms: float) -> dict[str, Any]:
+def _decode_status(
+    promised: int | None, reached: int, last_ts: float | None, end_ms: float, truncated: bool
+) -> dict[str, Any]:
     """Whether decoding reached the end the container promised (`reached`: frames up to and
-    including the last one decoded). Containers round their frame count, so a shortfall of one frame
-    is not a truncation."""
+    including the last one decoded)."""
     reached_end_of_range = last_ts is not None and last_ts >= end_ms
-    if reached_end_of_range or info.frame_count is None or reached >= info.frame_count - 1:
+    short = promised is not None and reached < promised
+    if reached_end_of_range or not (short or truncated):
         return {"complete": True, "stopped_at_ms": None, "error": None}
+    of = f" of {promised}" if promised is not None else ""
     return {
         "complete": False,
         "stopped_at_ms": None if last_ts is None else round(last_ts, 3),
         "error": (
-            f"decoding stopped after {reached} of {info.frame_count} frames "
+            f"decoding stopped after {reached}{of} frames "
             f"(at {0 if last_ts is None else last_ts / 1000:.2f} s): the file is probably truncated"
         ),
     }

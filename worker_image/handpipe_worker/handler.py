@@ -26,20 +26,21 @@ from chalicelib.contracts import (
     SegmentEvent,
     WorkItem,
     decode_body,
+    frame_index_key,
     insights_key,
     picture_key,
     results_prefix,
     work_message_type,
 )
 from chalicelib.queues import MessageQueue
-from chalicelib.storage import ObjectMissing, ObjectStore, StorageUnavailable
+from chalicelib.storage import ObjectMissing, ObjectStore, RangedReader, StorageUnavailable
 
-from .engine import StoppedEarly, VideoDecodeError, probe, process_video
+from .engine import StoppedEarly, VideoDecodeError, process_video
 from .models import ModelCache, ModelError
+from .video import FrameIndex, VideoFile, VideoInfo
 
 logger = logging.getLogger("handpipe.worker")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
-PROBE_BYTES = 8 * 1024 * 1024
 
 
 def _local_name(key: str) -> str:
@@ -192,40 +193,47 @@ class Worker:
         timeline = picture_key(request.video_id, request.job_id, "timeline")
         store.put_bytes(timeline, timeline_png(result, insights), "image/png")
         written.append(timeline)
-        with tempfile.TemporaryDirectory(prefix="handpipe-render-") as workdir:
-            local = os.path.join(workdir, _local_name(request.video_key))
-            store.download(request.video_key, local)
-            if request.annotated_video:
-                out = annotated_video(local, result, os.path.join(workdir, "annotated.mp4"), insights)
+        reader = store.open_ranged(request.video_key)
+        index, _ = self._frame_index(store, request.video_id, reader, request.video_key)
+        if request.annotated_video:
+            with tempfile.TemporaryDirectory(prefix="handpipe-render-") as workdir:
+                out = annotated_video(
+                    reader, result, os.path.join(workdir, "annotated.mp4"), insights, frame_index=index
+                )
                 key = picture_key(request.video_id, request.job_id, "annotated_video")
                 self.s3.upload_file(str(out), request.bucket, key, ExtraArgs={"ContentType": "video/mp4"})
                 written.append(key)
-            # Written last: its presence tells clients that all the pictures are there.
-            sheet = picture_key(request.video_id, request.job_id, "contact_sheet")
-            store.put_bytes(sheet, contact_sheet(local, result, insights=insights), "image/png")
-            written.append(sheet)
+        # Written last: its presence tells clients that all the pictures are there.
+        sheet = picture_key(request.video_id, request.job_id, "contact_sheet")
+        store.put_bytes(sheet, contact_sheet(reader, result, insights=insights, frame_index=index), "image/png")
+        written.append(sheet)
         return written
 
     def probe(self, request: ProbeRequest) -> dict[str, Any]:
-        """The video's container facts. The header usually sits in the first megabytes, so those are
-        tried first; a file whose index is at its end is fetched whole."""
+        """The video's container facts, exact: the probe demuxes every packet (no decoding) through
+        ranged reads and stores the frame index that the job's segments then address frames by."""
         store = ObjectStore(self.s3, request.bucket)
-        with tempfile.TemporaryDirectory(prefix="handpipe-probe-") as workdir:
-            local = os.path.join(workdir, _local_name(request.video_key))
-            head = store.get_range(request.video_key, PROBE_BYTES)
-            with open(local, "wb") as file:
-                file.write(head)
-            try:
-                info = probe(local)
-            except VideoDecodeError:
-                if len(head) < PROBE_BYTES:
-                    raise  # that was the whole file
-                store.download(request.video_key, local)
-                info = probe(local)
-            if not info.duration_ms and len(head) >= PROBE_BYTES:
-                store.download(request.video_key, local)
-                info = probe(local)
+        reader = store.open_ranged(request.video_key)
+        _, info = self._frame_index(store, request.video_id, reader, request.video_key)
         return info.to_dict()
+
+    def _frame_index(
+        self, store: ObjectStore, video_id: str, reader: RangedReader, video_key: str
+    ) -> tuple[FrameIndex, VideoInfo]:
+        """The object's frame index from S3, or built (and stored) when this version has none yet."""
+        key = frame_index_key(video_id, reader.etag)
+        name = _local_name(video_key)
+        with VideoFile(reader, name) as video:
+            index: FrameIndex | None = None
+            if store.head(key) is not None:
+                try:
+                    index = FrameIndex.from_bytes(store.get_bytes(key))
+                except (ValueError, KeyError, OSError):
+                    logger.warning("frame index %s is unreadable; building it again", key)
+            if index is None:
+                index = video.build_index()
+                store.put_bytes(key, index.to_bytes(), "application/gzip")
+            return index, video.describe(index)
 
     def _send_failure(self, job_id: str, video_id: str, segment: int, code: str, reason: str, attempt: int) -> None:
         logger.warning("job %s segment %s failed: %s", job_id, segment, reason)
@@ -294,39 +302,43 @@ class Worker:
                 )
             return None
 
-        with tempfile.TemporaryDirectory(prefix="handpipe-") as workdir:
-            local = os.path.join(workdir, _local_name(item.video_key))
-            try:
-                store.download(item.video_key, local)
-            except ObjectMissing:
-                self._report_failure(
-                    item, "video_missing", f"the video object {item.video_key} does not exist: upload it first", attempt
-                )
-                return
-            try:
-                result = process_video(
-                    local,
-                    item.options,
-                    models=self.models,
-                    warmup_ms=item.warmup_ms,
-                    progress=progress,
-                    should_stop=should_stop,
-                )
-            except VideoDecodeError as error:
-                self._report_failure(item, error.code, error.reason, attempt)
-                return
-            except ModelError as error:
-                self._report_failure(item, "model_error", str(error), attempt)
-                return
-            except StoppedEarly as error:
-                reached = "nothing" if error.last_timestamp_ms is None else f"{error.last_timestamp_ms / 1000:.1f} s"
-                self._report_failure(
-                    item,
-                    "deadline",
-                    f"{error.reason} (processed {error.frames_processed} frames, up to {reached})",
-                    attempt,
-                )
-                return
+        try:
+            reader = store.open_ranged(item.video_key)
+        except ObjectMissing:
+            self._report_failure(
+                item, "video_missing", f"the video object {item.video_key} does not exist: upload it first", attempt
+            )
+            return
+        try:
+            # A range addresses frames through the video's frame index; a whole-video item counts them.
+            ranged = item.options.start_ms is not None or item.options.end_ms is not None
+            index = self._frame_index(store, item.video_id, reader, item.video_key)[0] if ranged else None
+            result = process_video(
+                reader,
+                item.options,
+                models=self.models,
+                warmup_ms=item.warmup_ms,
+                progress=progress,
+                should_stop=should_stop,
+                frame_index=index,
+                name=_local_name(item.video_key),
+                bytes_read=lambda: reader.bytes_fetched,
+            )
+        except VideoDecodeError as error:
+            self._report_failure(item, error.code, error.reason, attempt)
+            return
+        except ModelError as error:
+            self._report_failure(item, "model_error", str(error), attempt)
+            return
+        except StoppedEarly as error:
+            reached = "nothing" if error.last_timestamp_ms is None else f"{error.last_timestamp_ms / 1000:.1f} s"
+            self._report_failure(
+                item,
+                "deadline",
+                f"{error.reason} (processed {error.frames_processed} frames, up to {reached})",
+                attempt,
+            )
+            return
         store.put_result(item.part_key, result)
         self._report_success(item, result, attempt)
 

@@ -1,5 +1,6 @@
 """Pictures of a result for people: hands drawn on frames, a contact sheet, a gesture timeline and an
-annotated video. numpy and OpenCV only (no matplotlib).
+annotated video. Frames are read (and the video written) with PyAV through video.py, so a drawing
+lands on the very frame the engine saw; OpenCV draws and encodes the PNGs (no matplotlib).
 
 Gesture labels come from `chalicelib.insights`; when no insights document is passed it is computed,
 which needs chalicelib/insights.py next to the other shared modules (the worker image copies only some
@@ -10,11 +11,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
+
+from .video import FrameIndex, VideoFile, VideoSource
 
 # MediaPipe's 21-point hand skeleton: thumb, the four fingers from the wrist, and the palm's knuckle line.
 HAND_CONNECTIONS: tuple[tuple[int, int], ...] = (
@@ -140,35 +145,29 @@ def hand_labels(result: Mapping[str, Any], insights: Mapping[str, Any]) -> dict[
     return labels
 
 
-def _open_upright(video_path: str | os.PathLike[str]) -> cv2.VideoCapture:
-    """The video as the engine reads it: rotation metadata applied, so frames match the landmarks."""
-    capture = cv2.VideoCapture(str(video_path), cv2.CAP_FFMPEG)
-    if not capture.isOpened():
-        raise ValueError(f"{video_path} cannot be opened as a video")
-    capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
-    return capture
-
-
 def _read_frames(
-    video_path: str | os.PathLike[str], wanted: set[int] | None = None
+    source: VideoSource, wanted: set[int] | None = None, index: FrameIndex | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, frame) in decode order, counting every frame from 0 as the engine does; with `wanted`,
-    only those indices are decoded into images (the rest are only grabbed) and reading stops after the
-    last one."""
-    capture = _open_upright(video_path)
-    try:
+    """(index, upright BGR frame) for the frames the engine read, identified as the engine identifies
+    them. With `wanted` and the video's frame index, each wanted frame is reached by a seek (a contact
+    sheet of a long video decodes a few GOPs, not the video); otherwise reading runs from the start."""
+    with VideoFile(source) as video:
+        if wanted and index is not None:
+            for number in sorted(wanted):
+                if not 0 <= number < index.frame_count:
+                    continue
+                for frame in video.frames(from_ms=index.ms(number), index=index):
+                    if frame.index >= number:
+                        if frame.index == number:
+                            yield number, frame.bgr()
+                        break
+            return
         last = max(wanted) if wanted else None
-        index = -1
-        while capture.grab():
-            index += 1
-            if wanted is None or index in wanted:
-                ok, frame = capture.retrieve()
-                if ok and frame is not None:
-                    yield index, frame
-            if last is not None and index >= last:
+        for frame in video.frames():
+            if wanted is None or frame.index in wanted:
+                yield frame.index, frame.bgr()
+            if last is not None and frame.index >= last:
                 return
-    finally:
-        capture.release()
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -208,9 +207,10 @@ def _pick_frames(frames: Sequence[Mapping[str, Any]], count: int) -> list[Mappin
 
 
 def contact_sheet(
-    video_path: str | os.PathLike[str],
+    video_path: VideoSource,
     result: Mapping[str, Any],
     *,
+    frame_index: FrameIndex | None = None,
     columns: int = 4,
     rows: int = 3,
     width: int = 1200,
@@ -226,7 +226,7 @@ def contact_sheet(
     tile_h = max(16, round(tile_w * aspect))
     sheet: np.ndarray = np.full((tile_h * rows, tile_w * columns, 3), 32, np.uint8)
     by_index = {int(f["index"]): f for f in picked}
-    images = dict(_read_frames(video_path, set(by_index))) if by_index else {}
+    images = dict(_read_frames(video_path, set(by_index), frame_index)) if by_index else {}
     for slot, frame in enumerate(picked):
         image = images.get(int(frame["index"]))
         if image is None:
@@ -332,44 +332,61 @@ def timeline_png(result: Mapping[str, Any], insights: Mapping[str, Any], *, widt
 
 
 def annotated_video(
-    video_path: str | os.PathLike[str],
+    video_path: VideoSource,
     result: Mapping[str, Any],
     out_path: str | os.PathLike[str],
     insights: Mapping[str, Any] | None = None,
+    *,
+    frame_index: FrameIndex | None = None,
 ) -> Path:
-    """Write an MP4 ('mp4v') of the whole video, upright, with each processed frame's hands and
-    gesture labels drawn. A frame that was not processed (sampling, or between a segment's frames)
-    shows the last processed frame's drawing when that frame is at most two frame intervals older;
-    frames outside the result's range are copied as they are. Returns the output path."""
+    """Write an H.264 MP4 (yuv420p, `+faststart`, so browsers play it and start before it has all
+    arrived) of the whole video, upright, with each processed frame's hands and gesture labels drawn
+    and every frame at its own presentation time (variable frame rate is kept). A frame that was not
+    processed (sampling, or between a segment's frames) shows the last processed frame's drawing when
+    that frame is at most two frames older; frames outside the result's range are copied as they are."""
     out = Path(out_path)
     labels = hand_labels(result, _insights_for(result, insights))
     processed = {int(f["index"]): f for f in result["frames"]}
-    capture = _open_upright(video_path)
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    capture.release()
-    fps = fps if math.isfinite(fps) and fps > 0 else float((result.get("video") or {}).get("fps") or 30.0)
     hold_frames = 2  # the drawing of a processed frame is kept over at most this many later frames
-    writer: cv2.VideoWriter | None = None
     last_drawn: tuple[int, Mapping[str, Any]] | None = None
-    try:
-        for index, frame in _read_frames(video_path):
-            if writer is None:
-                height, width = frame.shape[:2]
-                writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
-                if not writer.isOpened():
-                    raise ValueError(f"cannot write {out} with the mp4v codec")
-            source = processed.get(index)
+    written = 0
+    with VideoFile(video_path) as video, av.open(str(out), mode="w", format="mp4", options=_FASTSTART) as output:
+        stream: Any = None
+        for frame in video.frames(index=frame_index):
+            image = frame.bgr()
+            if stream is None:
+                stream = _h264_stream(output, image.shape[1], image.shape[0], video.time_base)
+            source = processed.get(frame.index)
             if source is not None:
-                last_drawn = (index, source)
-            elif last_drawn is not None and index - last_drawn[0] <= hold_frames:
+                last_drawn = (frame.index, source)
+            elif last_drawn is not None and frame.index - last_drawn[0] <= hold_frames:
                 source = last_drawn[1]
             if source is not None and source["hands"]:
                 refs = [(int(source["index"]), h) for h in range(len(source["hands"]))]
-                frame = draw_hands(frame, source["hands"], [labels.get(ref) for ref in refs])
-            writer.write(frame)
-    finally:
-        if writer is not None:
-            writer.release()
-    if writer is None:
+                image = draw_hands(image, source["hands"], [labels.get(ref) for ref in refs])
+            encoded = av.VideoFrame.from_ndarray(image, format="bgr24")
+            encoded.pts = frame.pts - video.start_pts
+            encoded.time_base = video.time_base
+            output.mux(stream.encode(encoded))
+            written += 1
+        if stream is not None:
+            output.mux(stream.encode(None))
+    if not written:
+        out.unlink(missing_ok=True)
         raise ValueError(f"{video_path} has no decodable frame")
     return out
+
+
+_FASTSTART = {"movflags": "+faststart"}
+
+
+def _h264_stream(output: Any, width: int, height: int, time_base: Fraction) -> Any:
+    """libx264 at a quality a person reviewing landmarks wants (CRF 23), yuv420p for every browser.
+    Odd sizes are padded away by the encoder's requirement of even dimensions."""
+    stream = output.add_stream("libx264")
+    stream.width, stream.height = width - width % 2, height - height % 2
+    stream.pix_fmt = "yuv420p"
+    stream.time_base = time_base
+    stream.codec_context.time_base = time_base
+    stream.options = {"crf": "23", "preset": "veryfast"}
+    return stream
