@@ -135,7 +135,7 @@ def reference(path: Path) -> Reference:
     with av.open(str(path)) as container:
         decoded = list(container.decode(video=0))
     return Reference(
-        timestamps_ms=tuple(float((f.pts - start) * base * 1000) for f in decoded),
+        timestamps_ms=tuple(float((int(f.pts or 0) - start) * base * 1000) for f in decoded),
         keyframes=keyframes,
         rotation=int(decoded[0].rotation or 0),
         start_time=start,

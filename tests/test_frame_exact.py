@@ -114,10 +114,11 @@ def test_split_jobs_equal_a_single_pass_through_the_local_stack(
                 assert landmark_shift(hand, twin) <= 0.01, (name, ours["index"])
         # each segment decoded from the keyframe before its warm-up to the frame after its end: no more
         segments = job["progress"]["segments_total"]
-        bounds = [i * SEGMENT_MS for i in range(segments)] + [None]
+        starts = [i * SEGMENT_MS for i in range(segments)]
+        ends: list[int | None] = [*starts[1:], None]
         expected = sum(
             ref.decoded_by_segment(start, end, WARMUP_MS if start else 0)
-            for start, end in zip(bounds, bounds[1:], strict=False)
+            for start, end in zip(starts, ends, strict=True)
         )
         assert merged["stats"]["frames_decoded"] == expected, name
         assert merged["range"]["first_index"] == 0 and merged["range"]["end_index"] == ref.frame_count

@@ -18,6 +18,7 @@ from handpipe import cli
 from handpipe.client import ApiError, Client
 from handpipe.stack import LocalStack
 from tests.conftest import REPO, data_path
+from tests.footage import reference
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +86,15 @@ def test_a_job_fans_out_over_worker_processes_and_merges_into_one_pass(tmp_path:
     single = process_video(data_path("videos/one_hand_wave_portrait.mp4"), ProcessOptions())
     assert [f["index"] for f in merged["frames"]] == [f["index"] for f in single["frames"]]
     assert [len(f["hands"]) for f in merged["frames"]] == [len(f["hands"]) for f in single["frames"]]
-    # Later segments seek: beyond the 180 frames, only their 2 s warm-ups (60 frames) and the one
-    # frame that tells each earlier segment it has reached its end are decoded twice.
-    assert merged["stats"]["frames_decoded"] <= 180 + 2 * 60 + 2
+    assert [f["timestamp_ms"] for f in merged["frames"]] == [f["timestamp_ms"] for f in single["frames"]]
+    # Later segments seek to the keyframe before their 2 s warm-up (this clip has keyframes at frames 0,
+    # 88 and 176) and decode from there to the frame after their end: exactly that, no more.
+    ref = reference(data_path("videos/one_hand_wave_portrait.mp4"))
+    expected = sum(
+        ref.decoded_by_segment(start, end, 2000 if start else 0)
+        for start, end in [(0, 2000), (2000, 4000), (4000, None)]
+    )
+    assert merged["stats"]["frames_decoded"] == expected
 
 
 def test_a_worker_killed_mid_item_is_retried_and_the_job_completes(tmp_path: Path) -> None:
@@ -162,7 +169,7 @@ def test_the_handpipe_command_runs_the_demo_on_the_shipped_sample(tmp_path: Path
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     out = done.stdout
     assert "SUCCEEDED" in out and "720x1280 portrait" in out
-    assert "frames     180 processed" in out and "with hands" in out and "hands at" in out
+    assert "frames     180 decoded, 180 processed" in out and "with hands" in out and "hands at" in out
     # the wave is an open hand, labelled by the rules (no gesture_recognizer.task given)
     assert "gestures   open_palm " in out and "[rules on the landmarks]" in out
     assert (tmp_path / "result.json").stat().st_size > 10_000
