@@ -123,6 +123,7 @@ def test_split_jobs_equal_a_single_pass_through_the_local_stack(
         assert merged["stats"]["frames_decoded"] == expected, name
         assert merged["range"]["first_index"] == 0 and merged["range"]["end_index"] == ref.frame_count
         assert merged["video"]["frame_count"] == ref.frame_count
+        assert merged["video"] == whole["video"], name  # the probe's index and a whole pass agree on the facts
         size = clips[name].stat().st_size
         assert 0 < merged["stats"]["bytes_read"] <= segments * size
 

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,8 @@ def probe(path: VideoSource, name: str | None = None) -> VideoInfo:
 @dataclass
 class _Decoded:
     index: int
+    pts: int
+    duration: int
     timestamp_ms: float
     image: np.ndarray | None  # upright RGB; None: decoded but not wanted (before the range, sampled out)
     decode_s: float
@@ -66,7 +68,7 @@ def _decoded(
     for frame in video.frames(from_ms=from_ms, index=index):
         image = frame.rgb() if wanted(frame.index, frame.timestamp_ms) else None
         now = time.perf_counter()
-        yield _Decoded(frame.index, frame.timestamp_ms, image, now - started)
+        yield _Decoded(frame.index, frame.pts, frame.duration, frame.timestamp_ms, image, now - started)
         started = time.perf_counter()
 
 
@@ -250,7 +252,7 @@ def process_video(
         last_ts: float | None = None
         last_index = -1
         end_index: int | None = None
-        seen_pts_ms: list[float] = []  # a whole-video pass learns every frame's time as it goes
+        seen: list[tuple[int, int]] = []  # a whole-video pass learns every frame's PTS as it goes
         try:
             for item in _decode_ahead(_decoded(video, index, feed_from_ms, wanted), DECODE_AHEAD):
                 decoded += 1
@@ -261,7 +263,7 @@ def process_video(
                 last_ts = item.timestamp_ms
                 last_index = item.index
                 if index is None:
-                    seen_pts_ms.append(item.timestamp_ms)
+                    seen.append((item.pts, item.duration))
                 if item.image is None:
                     continue
                 if should_stop is not None and (reason := should_stop()):
@@ -285,8 +287,9 @@ def process_video(
         if end_index is None:
             end_index = index.frame_count if index is not None else last_index + 1
         decode = _decode_status(promised, last_index + 1, last_ts, end_ms, video.truncated)
-        if index is None and decode["complete"] and seen_pts_ms:
-            info = _whole_pass_info(info, seen_pts_ms)
+        if index is None and decode["complete"] and seen:
+            # Every frame was read: the counts and times are as exact as the probe's index makes them.
+            info = info.with_index(FrameIndex.of(video.time_base, video.start_pts, seen))
         if progress is not None:
             progress(len(frames), expected)
     stats: dict[str, Any] = {
@@ -313,15 +316,6 @@ def process_video(
         stats=finish_stats(stats),
         decode=decode,
     )
-
-
-def _whole_pass_info(info: VideoInfo, times_ms: list[float]) -> VideoInfo:
-    """After reading every frame, the count is exact and the frame-rate mode known."""
-    steps = [b - a for a, b in zip(times_ms, times_ms[1:], strict=False)]
-    mode = "constant"
-    if steps and max(steps) - min(steps) > max(0.5, max(steps) / 100):
-        mode = "variable"
-    return replace(info, frame_count=len(times_ms), frame_rate_mode=mode)
 
 
 def _expected_frames(

@@ -85,6 +85,19 @@ class FrameIndex:
         low, high = min(steps), max(steps)
         return "constant" if high - low <= max(1, high // 100) else "variable"
 
+    @classmethod
+    def of(cls, time_base: Fraction, start_pts: int, shown: list[tuple[int, int]]) -> FrameIndex:
+        """From (PTS, duration) of every frame, in any order: the packets' when demuxing, the decoded
+        frames' after a whole-video pass. A frame without a duration lasts as long as the one before."""
+        if not shown:
+            raise ValueError("a frame index needs at least one frame")
+        ordered = sorted(shown)
+        pts = tuple(p for p, _ in ordered)
+        end = max(p + d for p, d in ordered)
+        if end <= pts[-1]:
+            end = pts[-1] + (pts[-1] - pts[-2] if len(pts) > 1 else 1)
+        return cls(time_base, start_pts, pts, end)
+
     def to_bytes(self) -> bytes:
         # PTS as differences: a long video's index compresses to a few bytes a frame.
         deltas = [b - a for a, b in zip((self.start_pts, *self.pts), self.pts, strict=False)]
@@ -158,6 +171,7 @@ class Frame:
 
     index: int
     pts: int
+    duration: int  # in time-base ticks; 0 when the container does not say
     timestamp_ms: float
     _frame: av.VideoFrame
     _turns: int  # quarter turns counter-clockwise that make the picture upright
@@ -288,25 +302,20 @@ class VideoFile:
     def build_index(self) -> FrameIndex:
         """Demux every packet of the video stream (no decoding) and sort their PTS. Packets the
         demuxer marks to be discarded (before an edit list's start) are never shown, so they are no frame."""
-        pts: list[int] = []
-        end = self.start_pts
+        shown: list[tuple[int, int]] = []
         self._container.seek(0, stream=self._stream, backward=True)
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0 or packet.pts is None or packet.is_discard:
                     continue
-                pts.append(int(packet.pts))
-                end = max(end, int(packet.pts) + int(packet.duration or 0))
+                shown.append((int(packet.pts), int(packet.duration or 0)))
         except av.error.FFmpegError:
             pass  # a truncated file: the index holds what is there, and decoding will say where it stopped
         finally:
             self._container.seek(0, stream=self._stream, backward=True)
-        pts.sort()
-        if not pts:
+        if not shown:
             raise VideoDecodeError("no_frames", f"{self._basename} holds no video frame")
-        if end <= pts[-1]:  # no packet durations: assume the last frame lasts as long as the one before
-            end = pts[-1] + (pts[-1] - pts[-2] if len(pts) > 1 else 1)
-        return FrameIndex(self.time_base, self.start_pts, tuple(pts), end)
+        return FrameIndex.of(self.time_base, self.start_pts, shown)
 
     def frames(self, *, from_ms: float = 0.0, index: FrameIndex | None = None) -> Iterator[Frame]:
         """Frames in presentation order from the keyframe at or before `from_ms`. With an index, a
@@ -336,7 +345,8 @@ class VideoFile:
                 last_pts = pts
                 found = index.position_of(pts) if index is not None else None
                 position = found if found is not None else position + 1
-                yield Frame(position, pts, pts_to_ms(pts, self.start_pts, self.time_base), frame, self._turns)
+                time_ms = pts_to_ms(pts, self.start_pts, self.time_base)
+                yield Frame(position, pts, int(frame.duration or 0), time_ms, frame, self._turns)
         except av.error.FFmpegError:
             self.truncated = True
 
