@@ -6,11 +6,13 @@ import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -197,26 +199,122 @@ def test_dockerfile_pins_what_it_installs() -> None:
             assert not line.lower().startswith(("jax", "sentencepiece", "sounddevice", "opencv-contrib"))
 
 
-def test_the_handler_named_by_cmd_runs_a_sample_event(setup: Setup, aws_env: str) -> None:
-    """In a fresh interpreter, as a new container would: import the CMD's handler and invoke it."""
+# What the Lambda Python runtime provides besides the image's requirements.
+LAMBDA_RUNTIME = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "urllib3", "six")
+
+# Run in the child: only the image's task root and distributions can be imported, as in the image.
+IMAGE_ONLY = """
+import importlib.abc, importlib.metadata, json, re, sys
+allowed = set(json.loads(sys.argv[1]))
+owners = importlib.metadata.packages_distributions()
+class ImageOnly(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in sys.stdlib_module_names or top in ("chalicelib", "handpipe_worker", "_distutils_hack"):
+            return None
+        dists = {re.sub(r"[-_.]+", "-", d).lower() for d in owners.get(top, [])}
+        if dists and dists & allowed:
+            return None
+        if not dists and top.startswith("_"):
+            return None  # private extension modules of allowed packages (_cffi_backend, ...)
+        raise ModuleNotFoundError(f"{name} is not in the worker image (distributions {sorted(dists) or '?'})")
+sys.meta_path.insert(0, ImageOnly())
+"""
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _with_dependencies(names: list[str]) -> set[str]:
+    """The distributions pip installs for these requirements: each with its dependencies, transitively
+    (extras left out), as they are installed here."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    found: set[str] = set()
+    todo = [_normal(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue
+        for text in requires:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(_normal(requirement.name))
+    return found
+
+
+def _image_task_root(root: Path) -> Path:
+    """The image's ${LAMBDA_TASK_ROOT}: exactly the files the Dockerfile copies there."""
+    for line in re.findall(r"^COPY\s+(.+)$", DOCKERFILE.read_text(), re.MULTILINE):
+        *sources, target = line.split()
+        if "LAMBDA_TASK_ROOT" not in target:
+            continue
+        folder = root / target.split("}/", 1)[1]
+        for source in sources:
+            path = REPO / source
+            if path.is_dir():
+                shutil.copytree(path, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, folder / path.name)
+    return root
+
+
+def test_the_handler_named_by_cmd_runs_a_sample_event_with_only_what_the_image_holds(
+    setup: Setup, aws_env: str, tmp_path: Path
+) -> None:
+    """In a fresh interpreter, as a new container would: only the files the Dockerfile copies and the
+    distributions worker_image/requirements.txt installs (plus mediapipe and the runtime's boto3) can
+    be imported; then import the CMD's handler and invoke it on a ranged segment."""
     [cmd] = re.findall(r'^CMD \["([\w.]+)"\]', DOCKERFILE.read_text(), re.MULTILINE)
     module_name, function_name = cmd.rsplit(".", 1)
+    requirements = (REPO / "worker_image" / "requirements.txt").read_text().splitlines()
+    pinned = [line.split("==")[0] for line in requirements if line and line[0] != "#"]
+    # pip installs these with their dependencies; mediapipe goes in with --no-deps
+    allowed = sorted(_with_dependencies([*pinned, *LAMBDA_RUNTIME]) | {"mediapipe"})
+    task_root = _image_task_root(tmp_path / "task")
     item = setup.item("videos/thanks.mkv", start_ms=1000, end_ms=1500)
     event = {"Records": [record(item.to_json())]}
-    script = (
-        "import importlib, json, sys\n"
-        "from handpipe.localaws import LambdaContext\n"
+    script = IMAGE_ONLY + (
+        "import importlib\n"
+        f"sys.path[:0] = [{str(task_root)!r}]\n"
+        "class Context:\n"
+        "    def get_remaining_time_in_millis(self): return 900_000\n"
         f"handler = getattr(importlib.import_module({module_name!r}), {function_name!r})\n"
-        "print(json.dumps(handler(json.loads(sys.stdin.read()), LambdaContext('worker', 900))))\n"
+        "print(json.dumps(handler(json.loads(sys.stdin.read()), Context())))\n"
     )
     env = {**os.environ, "AWS_ENDPOINT_URL": aws_env, "HANDPIPE_EVENTS_QUEUE_URL": setup.events_url}
+    env.pop("PYTHONPATH", None)
     done = subprocess.run(
-        [sys.executable, "-c", script], input=json.dumps(event), env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-I", "-c", script, json.dumps(allowed)],
+        input=json.dumps(event),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"batchItemFailures": []}
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"batchItemFailures": []}, done.stderr[-3000:]
     [event_sent] = setup.events()
     assert event_sent.type == "segment.succeeded" and event_sent.frames_processed == 15
+
+
+def test_the_image_only_check_refuses_what_the_image_lacks(tmp_path: Path) -> None:
+    """The control for the test above: a module outside the image's requirements cannot be imported."""
+    script = IMAGE_ONLY + "import pymysql\n"
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script, json.dumps(["numpy"])], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0 and "pymysql is not in the worker image" in done.stderr
 
 
 def test_render_request_draws_pictures_and_stores_insights(setup: Setup) -> None:
