@@ -291,7 +291,11 @@ def test_the_handler_named_by_cmd_runs_a_sample_event_with_only_what_the_image_h
         f"handler = getattr(importlib.import_module({module_name!r}), {function_name!r})\n"
         "print(json.dumps(handler(json.loads(sys.stdin.read()), Context())))\n"
     )
-    env = {**os.environ, "AWS_ENDPOINT_URL": aws_env, "HANDPIPE_EVENTS_QUEUE_URL": setup.events_url}
+    # What the Lambda runtime sets for a function, and where its clients go here.
+    lambda_env = {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env = {**os.environ, **lambda_env, **credentials, "AWS_ENDPOINT_URL": aws_env}
+    env["HANDPIPE_EVENTS_QUEUE_URL"] = setup.events_url
     env.pop("PYTHONPATH", None)
     done = subprocess.run(
         [sys.executable, "-I", "-c", script, json.dumps(allowed)],

@@ -153,9 +153,10 @@ class VideoInfo:
         }
 
     def with_index(self, index: FrameIndex) -> VideoInfo:
-        """Exact counts and times from the frame index instead of the header's."""
+        """Exact counts and times from the frame index instead of the header's; the rate stays the
+        container's average unless it gives none."""
         duration = index.duration_ms
-        fps = index.frame_count * 1000.0 / duration if duration > 0 else self.fps
+        fps = self.fps or (index.frame_count * 1000.0 / duration if duration > 0 else 0.0)
         return replace(
             self,
             frame_count=index.frame_count,
