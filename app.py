@@ -270,11 +270,11 @@ def migrate(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @app.schedule(Rate(5, unit=Rate.MINUTES))
 def sweep_stuck_jobs(event: Any) -> None:
-    """Every five minutes: fail jobs that have heard nothing for too long, with the reason."""
+    """Every five minutes: resend lost work, merge, dispatch waiting jobs, fail what cannot recover."""
     rt = runtime()
-    failed = services.sweep(rt.videos, rt.jobs, rt.settings)
-    if failed:
-        app.log.warning("failed %d stuck job(s): %s", len(failed), ", ".join(failed))
+    report = services.sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
+    if report.failed or report.resent or report.requested or report.finished:
+        app.log.warning("sweep: %s", report)
 
 
 # --------------------------------------------------------------------------------------------- queues
