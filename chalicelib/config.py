@@ -62,6 +62,7 @@ class Settings:
     work_visibility_s: int = 120
     work_max_receives: int = 3  # the work queue's maxReceiveCount
     max_dispatches: int = 2  # sends of one segment's work item before its job fails as lost
+    silence_margin_s: int = 60  # added to the deliveries SQS allows before a silent segment counts as lost
     # Exports of up to this many rows are written while the caller waits; larger ones by the worker.
     export_inline_max_rows: int = 30_000
     auth: str = "api_key"  # api_key | iam | none (none: only for a stack nobody else can reach)
@@ -71,8 +72,8 @@ class Settings:
     @property
     def segment_silence_s(self) -> int:
         """How long a segment sent to a worker may go unheard of before the sweeper takes its work
-        item to be lost: every delivery SQS allows, each a full visibility timeout, plus a minute."""
-        return self.work_visibility_s * self.work_max_receives + 60
+        item to be lost: every delivery SQS allows, each a full visibility timeout, plus a margin."""
+        return self.work_visibility_s * self.work_max_receives + self.silence_margin_s
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +115,7 @@ class Settings:
             work_visibility_s=number("HANDPIPE_WORK_VISIBILITY_S", 120) or 120,
             work_max_receives=number("HANDPIPE_WORK_MAX_RECEIVES", 3) or 3,
             max_dispatches=number("HANDPIPE_MAX_DISPATCHES", 2) or 2,
+            silence_margin_s=number("HANDPIPE_SILENCE_MARGIN_S", 60) or 0,
             export_inline_max_rows=number("HANDPIPE_EXPORT_INLINE_MAX_ROWS", 30_000) or 0,
             auth=auth_mode(env),
             # Local stacks and `chalice local`: keys listed here; the key a local client uses counts too.
