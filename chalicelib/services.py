@@ -866,6 +866,31 @@ def sweep(
     return report
 
 
+def resume_unfinished(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    jobs_queue: MessageQueue,
+    work_queue: MessageQueue,
+    settings: Settings,
+) -> SweepReport:
+    """For a stack whose queues were lost (the local stack after a restart or a kill -9): every
+    active job carries on from the database, the source of truth. Sent segments are given back to
+    the dispatcher (not counted as lost: the send that is redone replaces the one that vanished),
+    QUEUED jobs are requested again, and waiting segments dispatched. Duplicates of messages that
+    did survive are harmless: every step is idempotent."""
+    report = SweepReport()
+    since = now_ms() + 1
+    while segments := jobs.silent_segments(since_ms=since):
+        for segment in segments:
+            jobs.release_claim(segment.job_id, segment.segment_index)
+            report.resent.append(segment.job_id)
+    for job in jobs.queued_before(created_before_ms=since, limit=1000):
+        jobs_queue.send(JobRequested(job_id=job.id, video_id=job.video_id))
+        report.requested.append(job.id)
+    report.dispatched = _dispatch_waiting(videos, jobs, work_queue, settings)
+    return report
+
+
 def finish_if_complete(
     videos: VideoRepository,
     jobs: JobRepository,

@@ -247,6 +247,22 @@ def test_progress_keeps_a_segment_from_being_judged_lost(world: World) -> None:
     assert [s.segment_index for s in world.jobs.silent_segments(since_ms=segment.updated_at + 1)] == [0]
 
 
+def test_after_the_queues_are_lost_every_active_job_carries_on_from_the_database(world: World) -> None:
+    """What the local stack does when it comes back with empty queues: nothing in flight is counted as
+    lost, QUEUED jobs are requested again, and sent segments are sent again."""
+    running = world.start(world.video(duration_ms=5_000))
+    queued_id = world.create_job(world.video())
+    done = world.start(world.video(duration_ms=5_000))
+    world.take("work")
+    world.take("jobs")  # the restart: every message is gone
+    assert world.jobs.transition(done.id, from_statuses=("IN_PROGRESS",), to_status="SUCCEEDED")
+    report = services.resume_unfinished(world.videos, world.jobs, world.jobs_queue, world.work_queue, world.settings)
+    assert report.requested == [queued_id] and report.resent == [running.id] and report.dispatched == 1
+    assert [json.loads(b)["job_id"] for b in world.take("jobs")] == [queued_id]
+    assert [(i.job_id, i.segment) for i in items(world.take("work"))] == [(running.id, 0)]
+    assert world.jobs.segments(running.id)[0].dispatch_count == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Deletion racing creation
 # ---------------------------------------------------------------------------------------------
