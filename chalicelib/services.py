@@ -846,8 +846,11 @@ def sweep(
             logger.warning("segment %s/%s was lost; sending it again", job.id, segment.segment_index)
             report.resent.append(job.id)
     for job_id in jobs.finished_unmerged(updated_before_ms=silent_since):
-        if finish_if_complete(videos, jobs, store, job_id, work_queue, settings) == "succeeded":
-            report.finished.append(job_id)
+        try:
+            if finish_if_complete(videos, jobs, store, job_id, work_queue, settings) == "succeeded":
+                report.finished.append(job_id)
+        except Exception:  # one job's merge must not keep the sweep from the others
+            logger.exception("the sweeper could not merge job %s", job_id)
     stuck_before = clock - settings.stuck_after_s * 1000
     for job in jobs.queued_before(created_before_ms=silent_since):
         if job.created_at < stuck_before:
