@@ -590,3 +590,25 @@ def test_a_worker_killed_mid_item_is_noticed_in_seconds_and_its_item_completes(
     assert worker.handle_record(record, None)
     assert worker.heartbeat.beats >= 1
     assert s3.list_objects_v2(Bucket=bucket, Prefix=item.part_key)["KeyCount"] == 1
+
+
+def test_the_recovery_settings_come_from_the_environment() -> None:
+    base = {
+        "HANDPIPE_BUCKET": "b",
+        "HANDPIPE_JOBS_QUEUE_URL": "j",
+        "HANDPIPE_WORK_QUEUE_URL": "w",
+        "HANDPIPE_DB_URL": "sqlite:///:memory:",
+    }
+    default = Settings.from_env(base)
+    assert (default.work_visibility_s, default.work_max_receives, default.max_dispatches) == (120, 3, 2)
+    assert default.segment_silence_s == 120 * 3 + 60
+    tuned = Settings.from_env(
+        {
+            **base,
+            "HANDPIPE_WORK_VISIBILITY_S": "10",
+            "HANDPIPE_WORK_MAX_RECEIVES": "5",
+            "HANDPIPE_SILENCE_MARGIN_S": "0",
+            "HANDPIPE_MAX_DISPATCHES": "4",
+        }
+    )
+    assert (tuned.segment_silence_s, tuned.max_dispatches) == (50, 4)
