@@ -612,3 +612,16 @@ def test_the_recovery_settings_come_from_the_environment() -> None:
         }
     )
     assert (tuned.segment_silence_s, tuned.max_dispatches) == (50, 4)
+
+
+def test_the_routes_answer_409_while_deleting_and_404_once_deleted(env: Env) -> None:  # noqa: F811
+    video = register(env)
+    assert runtime().videos.begin_delete(video["id"]) == 0  # a DELETE that was cut short
+    status, error = env.call("POST", f"/videos/{video['id']}/jobs", {})
+    assert status == 409 and "being deleted" in error["message"]
+    assert env.call("GET", f"/videos/{video['id']}")[1]["status"] == "DELETING"
+    assert env.call("GET", "/videos?status=DELETING")[1]["videos"][0]["id"] == video["id"]
+    assert env.call("DELETE", f"/videos/{video['id']}")[0] == 200  # finishes it
+    status, error = env.call("DELETE", f"/videos/{video['id']}")
+    assert status == 404 and error["code"]
+    assert env.take("jobs") == []
