@@ -1004,6 +1004,30 @@ class JobRepository:
                     claimed.append(replace(_segment(row), dispatched_at=now, dispatch_count=row["dispatch_count"] + 1))
         return claimed
 
+    def claim_within_caps(self, job_id: str, *, per_job: int, total: int) -> list[Segment]:
+        """`claim_for_dispatch` for as many segments as the caps leave free (`per_job` in flight for
+        this job, `total` for all jobs), counted in the claim's own transaction while other
+        dispatchers wait, so concurrent dispatchers together never exceed the caps."""
+        with self._dispatchers_apart(), self._db.transaction():
+            capacity = min(per_job - self.in_flight(job_id), total - self.in_flight())
+            return self.claim_for_dispatch(job_id, capacity)
+
+    @contextmanager
+    def _dispatchers_apart(self) -> Iterator[None]:
+        # SQLite's BEGIN IMMEDIATE already admits one writer at a time. MySQL's row locks would not
+        # keep two jobs' dispatchers apart, so they take a named lock around their transactions.
+        if self._db.dialect != "mysql":
+            yield
+            return
+        name = "LEFT(CONCAT('handpipe_dispatch:', DATABASE()), 64)"
+        row = self._db.fetchone(f"SELECT GET_LOCK({name}, 10) AS got")
+        if not row or row["got"] != 1:
+            raise DatabaseUnavailable("another dispatcher has held the dispatch lock for 10 s")
+        try:
+            yield
+        finally:
+            self._db.fetchone(f"SELECT RELEASE_LOCK({name}) AS released")
+
     def release_claim(self, job_id: str, index: int) -> None:
         """Undo a claim whose work item could not be sent, so a later dispatch sends it."""
         self._db.execute(

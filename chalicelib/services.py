@@ -683,11 +683,7 @@ def _expected_frames(options: ProcessOptions, metadata: Mapping[str, Any]) -> in
 def dispatch(jobs: JobRepository, work_queue: MessageQueue, settings: Settings, job: Job, video: Video) -> int:
     """Send work items for the job's waiting segments within the per-job and global caps, so one
     huge video cannot take every worker (and the account's concurrency) from everyone else."""
-    capacity = min(
-        settings.max_in_flight_per_job - jobs.in_flight(job.id),
-        settings.max_in_flight - jobs.in_flight(),
-    )
-    claimed = jobs.claim_for_dispatch(job.id, capacity)
+    claimed = jobs.claim_within_caps(job.id, per_job=settings.max_in_flight_per_job, total=settings.max_in_flight)
     if not claimed:
         return 0
     options = ProcessOptions.from_dict(job.options)

@@ -186,6 +186,40 @@ def test_a_job_that_ends_gives_its_slots_back_and_waiting_jobs_get_them_at_once(
     assert world.jobs.claim_for_dispatch(first.id, 10) == []
 
 
+def test_concurrent_dispatchers_never_exceed_the_caps(world: World, store: Store) -> None:  # noqa: F811
+    """Six containers dispatch six jobs at once, each from its own connection: together they send no more
+    than the global cap, and nothing twice."""
+    settings = replace(world.settings, max_in_flight=5, max_in_flight_per_job=3)
+    started = [world.start(world.video(duration_ms=60_000)) for _ in range(6)]  # 6 segments each
+    world.take("work")
+    for job in started:  # back to waiting, as if each job's first dispatch had not happened yet
+        for segment in world.jobs.segments(job.id):
+            world.jobs.release_claim(job.id, segment.segment_index)
+    assert world.jobs.in_flight() == 0
+    containers = [world.on(store.open()) for _ in started]
+    gate = threading.Barrier(len(started))
+    errors: list[BaseException] = []
+
+    def run(container: World, job: Job) -> None:
+        gate.wait()
+        try:
+            video = container.videos.get(job.video_id)
+            assert video is not None
+            services.dispatch(container.jobs, container.work_queue, settings, job, video)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=pair) for pair in zip(containers, started, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    sent = [(i.job_id, i.segment) for i in items(world.take("work"))]
+    assert len(sent) == len(set(sent)) == world.jobs.in_flight() == 5
+    assert all(world.jobs.in_flight(job.id) <= 3 for job in started)
+
+
 def test_the_sweeper_hands_freed_capacity_to_waiting_jobs(world: World) -> None:
     """A job ended without an event (as a cancellation or a crash between two steps would) frees its
     slots; the sweeper dispatches the waiting job without waiting for another job's event."""
