@@ -21,7 +21,7 @@ from chalicelib.errors import InvalidInput, ServiceError, Unavailable
 from chalicelib.insight_routes import insight_routes
 from chalicelib.migrations import LATEST_VERSION, SchemaOutOfDate, upgrade
 from chalicelib.openapi import load_openapi
-from chalicelib.queues import QueueUnavailable
+from chalicelib.queues import BatchAcknowledger, QueueUnavailable
 from chalicelib.runtime import runtime
 from chalicelib.storage import StorageUnavailable
 
@@ -270,28 +270,32 @@ def migrate(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @app.schedule(Rate(5, unit=Rate.MINUTES))
 def sweep_stuck_jobs(event: Any) -> None:
-    """Every five minutes: fail jobs that have heard nothing for too long, with the reason."""
+    """Every five minutes: resend lost work, merge, dispatch waiting jobs, fail what cannot recover."""
     rt = runtime()
-    failed = services.sweep(rt.videos, rt.jobs, rt.settings)
-    if failed:
-        app.log.warning("failed %d stuck job(s): %s", len(failed), ", ".join(failed))
+    report = services.sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
+    if report.failed or report.resent or report.requested or report.finished:
+        app.log.warning("sweep: %s", report)
 
 
 # --------------------------------------------------------------------------------------------- queues
 
 
 def _consume(event: SQSEvent, kind: str, handle: Callable[[str], str]) -> None:
-    """Handle every record, then raise if any failed, so SQS redelivers the batch and, after the
-    queue's max receives, moves it to the dead-letter queue. Handling is idempotent, so records that
-    succeeded change nothing when they come again."""
-    failed = 0
+    """Handle every record on its own. If any failed, delete the ones handled and raise, so SQS
+    redelivers only the failed ones and, after the queue's max receives, moves them to the
+    dead-letter queue; their batch-mates are neither replayed nor dead-lettered with them."""
+    handled, failed = [], 0
     for record in event:
+        raw = record.to_dict()
         try:
-            app.log.info("%s %s: %s", kind, record.to_dict().get("messageId"), handle(record.body))
+            app.log.info("%s %s: %s", kind, raw.get("messageId"), handle(record.body))
+            handled.append(raw)
         except Exception:
             failed += 1
             app.log.exception("%s failed: %.300s", kind, record.body)
     if failed:
+        if handled:
+            BatchAcknowledger(runtime().sqs).delete(handled)
         raise RuntimeError(f"{failed} {kind} message(s) failed; SQS will redeliver them")
 
 

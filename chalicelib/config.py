@@ -56,12 +56,24 @@ class Settings:
     max_in_flight: int = 200  # segments of all jobs on workers at once (the worker's reserved concurrency)
     max_duration_ms: int = 4 * 3600 * 1000  # longer videos are refused when probed
     max_pixels: int = 3840 * 2160  # larger frames are refused when probed
-    stuck_after_s: int = 3600  # a job with no news for this long is failed by the sweeper
+    stuck_after_s: int = 3600  # a job still QUEUED after this long is failed by the sweeper
+    # A work item's visibility while a worker runs it: the worker's heartbeat keeps extending it, so a
+    # dead worker's item is back in the queue within this long (handpipe_worker/heartbeat.py).
+    work_visibility_s: int = 120
+    work_max_receives: int = 3  # the work queue's maxReceiveCount
+    max_dispatches: int = 2  # sends of one segment's work item before its job fails as lost
+    silence_margin_s: int = 60  # added to the deliveries SQS allows before a silent segment counts as lost
     # Exports of up to this many rows are written while the caller waits; larger ones by the worker.
     export_inline_max_rows: int = 30_000
     auth: str = "api_key"  # api_key | iam | none (none: only for a stack nobody else can reach)
     api_keys: dict[str, str] = field(default_factory=dict)  # local stack only: key -> owner
     scope_callers: bool = True  # each caller sees only its own videos and jobs
+
+    @property
+    def segment_silence_s(self) -> int:
+        """How long a segment sent to a worker may go unheard of before the sweeper takes its work
+        item to be lost: every delivery SQS allows, each a full visibility timeout, plus a margin."""
+        return self.work_visibility_s * self.work_max_receives + self.silence_margin_s
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +112,10 @@ class Settings:
             max_duration_ms=number("HANDPIPE_MAX_DURATION_MS", 4 * 3600 * 1000) or 4 * 3600 * 1000,
             max_pixels=number("HANDPIPE_MAX_PIXELS", 3840 * 2160) or 3840 * 2160,
             stuck_after_s=number("HANDPIPE_STUCK_AFTER_S", 3600) or 3600,
+            work_visibility_s=number("HANDPIPE_WORK_VISIBILITY_S", 120) or 120,
+            work_max_receives=number("HANDPIPE_WORK_MAX_RECEIVES", 3) or 3,
+            max_dispatches=number("HANDPIPE_MAX_DISPATCHES", 2) or 2,
+            silence_margin_s=number("HANDPIPE_SILENCE_MARGIN_S", 60) or 0,
             export_inline_max_rows=number("HANDPIPE_EXPORT_INLINE_MAX_ROWS", 30_000) or 0,
             auth=auth_mode(env),
             # Local stacks and `chalice local`: keys listed here; the key a local client uses counts too.

@@ -29,6 +29,7 @@ SEGMENT_SUCCEEDED = "SUCCEEDED"
 SEGMENT_FAILED = "FAILED"
 SEGMENT_STATUSES = (SEGMENT_PENDING, SEGMENT_SUCCEEDED, SEGMENT_FAILED)
 ACTIVE_JOB_STATUSES = ("QUEUED", "IN_PROGRESS")
+VIDEO_DELETING = "DELETING"  # a video on its way out: it takes no new job
 MAX_PAGE_SIZE = 1000
 
 _URL_FORMS = (
@@ -449,6 +450,17 @@ class Segment:
     frames_with_hands: int = 0
     error: str | None = None
     dispatched_at: int | None = None  # when its work item was sent; None while it waits for capacity
+    dispatch_count: int = 0  # work items sent for it; more than one when a lost one was sent again
+
+
+class JobRefused(Exception):
+    """`JobRepository.create_for_video` would not add the job: the video is `missing`, `deleting`,
+    or `busy` with `active` jobs already."""
+
+    def __init__(self, reason: Literal["missing", "deleting", "busy"], active: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.active = active
 
 
 class JobFields(TypedDict, total=False):
@@ -617,11 +629,41 @@ class VideoRepository:
             (_dumps(metadata), self._clock(), video_id),
         )
 
+    def lock(self, video_id: str) -> Video | None:
+        """The video, its row locked until the caller's transaction ends (MySQL; SQLite's BEGIN
+        IMMEDIATE already lets one writer in at a time). Whatever changes a video and its jobs
+        together locks the video first, then the jobs, then the segments, so none can deadlock."""
+        lock = " FOR UPDATE" if self._db.dialect == "mysql" else ""
+        row = self._db.fetchone(f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE id = ?{lock}", (video_id,))
+        return None if row is None else _video(row)
+
+    def begin_delete(self, video_id: str) -> int | None:
+        """Mark the video DELETING unless it has active jobs, in one transaction with the check, so
+        no job can be created between the two (`JobRepository.create_for_video` locks the same row).
+        None when there is no such video; otherwise the number of active jobs (0: it is marked)."""
+        with self._db.transaction():
+            if self.lock(video_id) is None:
+                return None
+            share = " LOCK IN SHARE MODE" if self._db.dialect == "mysql" else ""
+            row = self._db.fetchone(
+                f"SELECT COUNT(*) AS n FROM jobs WHERE video_id = ? AND status IN ({_marks(len(ACTIVE_JOB_STATUSES))})"
+                f"{share}",
+                (video_id, *ACTIVE_JOB_STATUSES),
+            )
+            active = int(row["n"]) if row else 0
+            if not active:
+                self._db.execute(
+                    "UPDATE videos SET status = ?, updated_at = ? WHERE id = ?",
+                    (VIDEO_DELETING, self._clock(), video_id),
+                )
+            return active
+
     def delete(self, video_id: str) -> bool:
         """Remove the video with its jobs and their segments; False when there was no such video."""
         with self._db.transaction():
             if self._db.dialect == "mysql":
-                # Jobs first, in the order segment writers lock them, so the two cannot deadlock.
+                # The video, then its jobs: the order every writer of both takes them in.
+                self.lock(video_id)
                 self._db.fetchall("SELECT id FROM jobs WHERE video_id = ? FOR UPDATE", (video_id,))
             self._db.execute(
                 "DELETE FROM segments WHERE job_id IN (SELECT id FROM jobs WHERE video_id = ?)", (video_id,)
@@ -708,6 +750,7 @@ def _segment(row: Row) -> Segment:
         error=row["error"],
         updated_at=row["updated_at"],
         dispatched_at=row["dispatched_at"],
+        dispatch_count=row["dispatch_count"],
     )
 
 
@@ -769,6 +812,34 @@ class JobRepository:
             params.append(owner)
         row = self._db.fetchone(f"SELECT {_JOB_COLUMNS} FROM jobs{_where(conditions)}", params)
         return None if row is None else _job(row)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction around several calls (of this and of a VideoRepository on the same database)."""
+        with self._db.transaction():
+            yield
+
+    def create_for_video(self, job: Job, *, max_active: int) -> tuple[Job, bool]:
+        """`create`, checked in one transaction with the video: refused (JobRefused) when the video is
+        missing or being deleted, or already has `max_active` active jobs. The video's row is locked
+        first, so a concurrent `VideoRepository.begin_delete` either sees this job or is seen by it."""
+        with self._db.transaction():
+            row = self._db.fetchone(
+                "SELECT status FROM videos WHERE id = ?" + (" FOR UPDATE" if self._db.dialect == "mysql" else ""),
+                (job.video_id,),
+            )
+            if row is None:
+                raise JobRefused("missing")
+            if row["status"] == VIDEO_DELETING:
+                raise JobRefused("deleting")
+            if job.client_token is not None:
+                existing = self.find_by_client_token(job.video_id, job.client_token)
+                if existing is not None:
+                    return existing, False
+            active = self.count_active_for_video(job.video_id)
+            if active >= max_active:
+                raise JobRefused("busy", active)
+            return self.create(job)
 
     def delete(self, job_id: str) -> bool:
         """Remove the job and its segments (a job that could not be queued); False when there was none."""
@@ -887,17 +958,22 @@ class JobRepository:
 
     def segments(self, job_id: str) -> list[Segment]:
         rows = self._db.fetchall(
-            f"SELECT {_SEGMENT_COLUMNS}, dispatched_at FROM segments WHERE job_id = ? ORDER BY segment_index",
+            f"SELECT {_SEGMENT_COLUMNS}, dispatched_at, dispatch_count FROM segments WHERE job_id = ?"
+            " ORDER BY segment_index",
             (job_id,),
         )
         return [_segment(row) for row in rows]
 
     def in_flight(self, job_id: str | None = None) -> int:
-        """Segments sent to workers and not finished: of one job, or of all jobs."""
-        sql = "SELECT COUNT(*) AS n FROM segments WHERE status = ? AND dispatched_at IS NOT NULL"
-        params: tuple[Any, ...] = (SEGMENT_PENDING,)
+        """Segments sent to workers and not finished, of active jobs: of one job, or of all jobs. A
+        job that ends, for whatever reason, gives its slots back in the same statement that ends it."""
+        sql = (
+            "SELECT COUNT(*) AS n FROM segments s JOIN jobs j ON j.id = s.job_id"
+            f" WHERE s.status = ? AND s.dispatched_at IS NOT NULL AND j.status IN ({_marks(len(ACTIVE_JOB_STATUSES))})"
+        )
+        params: tuple[Any, ...] = (SEGMENT_PENDING, *ACTIVE_JOB_STATUSES)
         if job_id is not None:
-            sql += " AND job_id = ?"
+            sql += " AND s.job_id = ?"
             params += (job_id,)
         row = self._db.fetchone(sql, params)
         return int(row["n"]) if row else 0
@@ -910,27 +986,100 @@ class JobRepository:
         claimed: list[Segment] = []
         with self._db.transaction():
             self._lock_job(job_id)
+            job = self._db.fetchone("SELECT status FROM jobs WHERE id = ?", (job_id,))
+            if job is None or job["status"] != "IN_PROGRESS":
+                return []  # an ended job's segments are never sent
             rows = self._db.fetchall(
-                f"SELECT {_SEGMENT_COLUMNS}, dispatched_at FROM segments"
+                f"SELECT {_SEGMENT_COLUMNS}, dispatched_at, dispatch_count FROM segments"
                 " WHERE job_id = ? AND status = ? AND dispatched_at IS NULL ORDER BY segment_index LIMIT ?",
                 (job_id, SEGMENT_PENDING, limit),
             )
             now = self._clock()
             for row in rows:
                 if self._db.execute(
-                    "UPDATE segments SET dispatched_at = ? WHERE job_id = ? AND segment_index = ?"
-                    " AND dispatched_at IS NULL",
+                    "UPDATE segments SET dispatched_at = ?, dispatch_count = dispatch_count + 1"
+                    " WHERE job_id = ? AND segment_index = ? AND dispatched_at IS NULL",
                     (now, job_id, row["segment_index"]),
                 ):
-                    claimed.append(replace(_segment(row), dispatched_at=now))
+                    claimed.append(replace(_segment(row), dispatched_at=now, dispatch_count=row["dispatch_count"] + 1))
         return claimed
+
+    def claim_within_caps(self, job_id: str, *, per_job: int, total: int) -> list[Segment]:
+        """`claim_for_dispatch` for as many segments as the caps leave free (`per_job` in flight for
+        this job, `total` for all jobs), counted in the claim's own transaction while other
+        dispatchers wait, so concurrent dispatchers together never exceed the caps."""
+        with self._dispatchers_apart(), self._db.transaction():
+            capacity = min(per_job - self.in_flight(job_id), total - self.in_flight())
+            return self.claim_for_dispatch(job_id, capacity)
+
+    @contextmanager
+    def _dispatchers_apart(self) -> Iterator[None]:
+        # SQLite's BEGIN IMMEDIATE already admits one writer at a time. MySQL's row locks would not
+        # keep two jobs' dispatchers apart, so they take a named lock around their transactions.
+        if self._db.dialect != "mysql":
+            yield
+            return
+        name = "LEFT(CONCAT('handpipe_dispatch:', DATABASE()), 64)"
+        row = self._db.fetchone(f"SELECT GET_LOCK({name}, 10) AS got")
+        if not row or row["got"] != 1:
+            raise DatabaseUnavailable("another dispatcher has held the dispatch lock for 10 s")
+        try:
+            yield
+        finally:
+            self._db.fetchone(f"SELECT RELEASE_LOCK({name}) AS released")
 
     def release_claim(self, job_id: str, index: int) -> None:
         """Undo a claim whose work item could not be sent, so a later dispatch sends it."""
         self._db.execute(
-            "UPDATE segments SET dispatched_at = NULL WHERE job_id = ? AND segment_index = ? AND status = ?",
+            "UPDATE segments SET dispatched_at = NULL, dispatch_count = dispatch_count - 1"
+            " WHERE job_id = ? AND segment_index = ? AND status = ? AND dispatched_at IS NOT NULL",
             (job_id, index, SEGMENT_PENDING),
         )
+
+    def silent_segments(self, *, since_ms: int, limit: int = 100) -> list[Segment]:
+        """Segments of running jobs sent to a worker and not heard of (sent, progress, finished)
+        since `since_ms`: their work item was lost or ended in the dead-letter queue. Oldest first."""
+        _check_limit(limit)
+        rows = self._db.fetchall(
+            f"SELECT {', '.join('s.' + c.strip() for c in _SEGMENT_COLUMNS.split(','))}, s.dispatched_at,"
+            " s.dispatch_count FROM segments s JOIN jobs j ON j.id = s.job_id"
+            " WHERE s.status = ? AND s.dispatched_at IS NOT NULL AND s.dispatched_at < ? AND s.updated_at < ?"
+            " AND j.status = ? ORDER BY s.dispatched_at, s.job_id, s.segment_index LIMIT ?",
+            (SEGMENT_PENDING, since_ms, since_ms, "IN_PROGRESS", limit),
+        )
+        return [_segment(row) for row in rows]
+
+    def requeue_segment(self, job_id: str, index: int, *, dispatched_at: int) -> bool:
+        """Give a lost segment back to the dispatcher (keeping its dispatch_count), only if it is still
+        the claim that was judged lost; True when it was given back."""
+        return (
+            self._db.execute(
+                "UPDATE segments SET dispatched_at = NULL, updated_at = ?"
+                " WHERE job_id = ? AND segment_index = ? AND status = ? AND dispatched_at = ?",
+                (self._clock(), job_id, index, SEGMENT_PENDING, dispatched_at),
+            )
+            > 0
+        )
+
+    def finished_unmerged(self, *, updated_before_ms: int, limit: int = 100) -> list[str]:
+        """Running jobs whose segments have all succeeded, untouched since `updated_before_ms`: the
+        event that should have merged them was lost or failed."""
+        _check_limit(limit)
+        rows = self._db.fetchall(
+            "SELECT id FROM jobs WHERE status = ? AND updated_at < ? AND segments_total > 0"
+            " AND segments_done = segments_total ORDER BY updated_at, id LIMIT ?",
+            ("IN_PROGRESS", updated_before_ms, limit),
+        )
+        return [row["id"] for row in rows]
+
+    def queued_before(self, *, created_before_ms: int, limit: int = 100) -> list[Job]:
+        """QUEUED jobs created before `created_before_ms`, oldest first."""
+        _check_limit(limit)
+        rows = self._db.fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? AND created_at < ? ORDER BY created_at, id LIMIT ?",
+            ("QUEUED", created_before_ms, limit),
+        )
+        return [_job(row) for row in rows]
 
     def jobs_waiting_for_dispatch(self, limit: int = 10) -> list[str]:
         """Running jobs with segments not yet sent, oldest first: who gets freed capacity."""
@@ -978,4 +1127,11 @@ class JobRepository:
             )
             if changed:
                 self._refresh_totals(job_id)
+            else:
+                # Still news that a worker is on it (a retry counting up again from 0): the sweeper
+                # judges a segment by when it was last heard of.
+                self._db.execute(
+                    "UPDATE segments SET updated_at = ? WHERE job_id = ? AND segment_index = ? AND status = ?",
+                    (self._clock(), job_id, index, SEGMENT_PENDING),
+                )
         return changed > 0

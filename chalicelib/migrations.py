@@ -144,6 +144,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             " ADD INDEX ix_segments_dispatch (status, dispatched_at)",
         ),
     ),
+    Migration.same(
+        3,
+        "segments.dispatch_count: a segment whose work item was lost is sent again, a few times at most",
+        "ALTER TABLE segments ADD COLUMN dispatch_count INT NOT NULL DEFAULT 0",
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import Settings
@@ -37,7 +37,16 @@ from .contracts import (
     video_key,
     video_prefix,
 )
-from .db import ACTIVE_JOB_STATUSES, Job, JobRepository, Segment, Video, VideoRepository
+from .db import (
+    ACTIVE_JOB_STATUSES,
+    VIDEO_DELETING,
+    Job,
+    JobRefused,
+    JobRepository,
+    Segment,
+    Video,
+    VideoRepository,
+)
 from .errors import Conflict, InvalidInput, NotFound, TooLarge
 from .queues import MessageQueue
 from .results import MergeError, frames_between, merge_parts
@@ -45,7 +54,7 @@ from .storage import ObjectStore
 
 logger = logging.getLogger("handpipe.service")
 
-VIDEO_STATUSES = ("REGISTERED", "UPLOADED", "PROCESSING", "PROCESSED", "FAILED")
+VIDEO_STATUSES = ("REGISTERED", "UPLOADED", "PROCESSING", "PROCESSED", "FAILED", VIDEO_DELETING)
 JOB_STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED")
 
 VIDEO_EXTENSIONS = ("mp4", "mov", "m4v", "avi", "webm", "mkv")
@@ -252,6 +261,8 @@ def register_video(
         head = store.head(existing_key)
         if head is None:
             raise InvalidInput(f"there is no object {existing_key!r} in the bucket")
+        if not head["size"]:
+            raise InvalidInput(f"the object {existing_key!r} is empty (0 bytes): upload the whole video there first")
         if body.get("size_bytes") is not None:
             raise InvalidInput("size_bytes is taken from the object when registering by s3_key; leave it out")
         filename = safe_filename(_text(body, "filename", max_len=255) or existing_key)
@@ -337,8 +348,12 @@ def list_videos(
 def delete_video(
     videos: VideoRepository, jobs: JobRepository, store: ObjectStore, video_id: str, owner: str | None = None
 ) -> dict[str, Any]:
+    """Mark the video DELETING (refused while it has active jobs; from then on it takes no new
+    job), remove its objects, then its rows. A deletion cut short is finished by the next DELETE."""
     video = get_video(videos, video_id, owner)
-    active = jobs.count_active_for_video(video.id)
+    active = videos.begin_delete(video.id)
+    if active is None:
+        raise NotFound(f"no video with id {video_id!r}")
     if active:
         raise Conflict(f"video {video.id} has {active} job(s) queued or running; delete it when they finish")
     removed = store.delete_prefix(results_prefix(video.id, "").rstrip("/") + "/")
@@ -346,7 +361,8 @@ def delete_video(
     if not video.s3_key.startswith(video_prefix(video.id)) and store.head(video.s3_key) is not None:
         store.delete_prefix(video.s3_key)
         removed += 1
-    videos.delete(video.id)
+    if not videos.delete(video.id):
+        raise NotFound(f"no video with id {video_id!r}: it has just been deleted")
     return {"deleted": video.id, "objects_removed": removed}
 
 
@@ -384,13 +400,10 @@ def create_job(
         existing = jobs.find_by_client_token(video.id, client_token)
         if existing is not None:
             return _same_token_job(existing, options, tag), False
+    if video.status == VIDEO_DELETING:
+        raise Conflict(f"video {video.id} is being deleted; it takes no new jobs")
     if store.head(video.s3_key) is None:
         raise Conflict(f"video {video.id} has not been uploaded yet: PUT the file to its upload URL first")
-    if jobs.count_active_for_video(video.id) >= settings.max_active_jobs_per_video:
-        raise Conflict(
-            f"video {video.id} already has {settings.max_active_jobs_per_video} jobs queued or running; "
-            "wait for one to finish"
-        )
     now = now_ms()
     job = Job(
         id=new_id("job"),
@@ -415,7 +428,17 @@ def create_job(
         finished_at=None,
         updated_at=now,
     )
-    stored, created = jobs.create(job)
+    try:
+        # The video's state and its active jobs are checked in the transaction that adds the job.
+        stored, created = jobs.create_for_video(job, max_active=settings.max_active_jobs_per_video)
+    except JobRefused as refused:
+        if refused.reason == "missing":
+            raise NotFound(f"no video with id {video_id!r}") from None
+        if refused.reason == "deleting":
+            raise Conflict(f"video {video.id} is being deleted; it takes no new jobs") from None
+        raise Conflict(
+            f"video {video.id} already has {refused.active} jobs queued or running; wait for one to finish"
+        ) from None
     if not created:  # a concurrent request with the same token won the race
         return _same_token_job(stored, options, tag), False
     try:
@@ -660,11 +683,7 @@ def _expected_frames(options: ProcessOptions, metadata: Mapping[str, Any]) -> in
 def dispatch(jobs: JobRepository, work_queue: MessageQueue, settings: Settings, job: Job, video: Video) -> int:
     """Send work items for the job's waiting segments within the per-job and global caps, so one
     huge video cannot take every worker (and the account's concurrency) from everyone else."""
-    capacity = min(
-        settings.max_in_flight_per_job - jobs.in_flight(job.id),
-        settings.max_in_flight - jobs.in_flight(),
-    )
-    claimed = jobs.claim_for_dispatch(job.id, capacity)
+    claimed = jobs.claim_within_caps(job.id, per_job=settings.max_in_flight_per_job, total=settings.max_in_flight)
     if not claimed:
         return 0
     options = ProcessOptions.from_dict(job.options)
@@ -692,14 +711,21 @@ def dispatch(jobs: JobRepository, work_queue: MessageQueue, settings: Settings, 
 
 def _dispatch_waiting(
     videos: VideoRepository, jobs: JobRepository, work_queue: MessageQueue, settings: Settings
-) -> None:
-    """Hand capacity a finished segment freed to the oldest jobs still waiting for it."""
+) -> int:
+    """Hand capacity a finished segment freed to the oldest jobs still waiting for it; how many
+    work items it sent."""
+    sent = 0
     for job_id in jobs.jobs_waiting_for_dispatch():
         job, video = jobs.get(job_id), None
         if job is not None:
             video = videos.get(job.video_id)
-        if job is None or video is None or not dispatch(jobs, work_queue, settings, job, video):
-            break
+        if job is None or video is None:
+            continue
+        count = dispatch(jobs, work_queue, settings, job, video)
+        sent += count
+        if not count and jobs.in_flight() >= settings.max_in_flight:
+            break  # no slot left for anyone
+    return sent
 
 
 def record_event(
@@ -770,20 +796,98 @@ def _span(ms: float) -> str:
     return f"{ms / 1000:.1f} s" if ms < 120_000 else f"{ms / 60_000:.1f} min"
 
 
-def sweep(videos: VideoRepository, jobs: JobRepository, settings: Settings, now: int | None = None) -> list[str]:
-    """Fail jobs that have heard nothing for `stuck_after_s` (a message lost, or parked in a
-    dead-letter queue after its retries), so no job waits forever. Returns the ids it failed."""
-    cutoff = (now if now is not None else now_ms()) - settings.stuck_after_s * 1000
-    failed = []
-    for status in ACTIVE_JOB_STATUSES:
-        for job in jobs.stuck(status=status, updated_before_ms=cutoff):
+@dataclass
+class SweepReport:
+    """What one sweep did, by job id (a job may appear under more than one heading)."""
+
+    failed: list[str] = field(default_factory=list)  # lost too often, or QUEUED for too long
+    resent: list[str] = field(default_factory=list)  # segments whose work item was lost, sent again
+    requested: list[str] = field(default_factory=list)  # QUEUED jobs whose request was sent again
+    finished: list[str] = field(default_factory=list)  # all parts in, the merge done here
+    dispatched: int = 0  # work items sent for waiting segments
+
+
+def sweep(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    store: ObjectStore,
+    jobs_queue: MessageQueue,
+    work_queue: MessageQueue,
+    settings: Settings,
+    now: int | None = None,
+) -> SweepReport:
+    """Put right what lost messages left undone, judging jobs by their segments' news. A segment
+    sent to a worker and not heard of for `segment_silence_s` (its item was dropped, or ended in
+    the DLQ after its receives without a `segment.failed`) is sent again, and after
+    `max_dispatches` sends its job fails with the reason. A job whose parts are all in is merged;
+    a QUEUED job whose request or probe went missing is requested again, and failed after
+    `stuck_after_s`. Segments waiting for capacity are never a reason to fail: capacity this frees
+    (or that ended jobs freed) goes to waiting jobs at once."""
+    clock = now if now is not None else now_ms()
+    silent_since = clock - settings.segment_silence_s * 1000
+    report = SweepReport()
+    for segment in jobs.silent_segments(since_ms=silent_since):
+        job = jobs.get(segment.job_id)
+        if job is None or segment.dispatched_at is None:
+            continue
+        if segment.dispatch_count >= settings.max_dispatches:
             reason = (
-                f"no progress for {settings.stuck_after_s // 60} min while {status}: a message was lost or "
+                f"segment {segment.segment_index} was sent to a worker {segment.dispatch_count} times and never "
+                f"answered (each time {settings.work_max_receives} deliveries without a result: the worker "
+                "crashed, ran out of memory or timed out); see the work queue's dead-letter queue"
+            )
+            if _fail_job(jobs, videos, job, "worker_lost", reason):
+                report.failed.append(job.id)
+        elif jobs.requeue_segment(job.id, segment.segment_index, dispatched_at=segment.dispatched_at):
+            logger.warning("segment %s/%s was lost; sending it again", job.id, segment.segment_index)
+            report.resent.append(job.id)
+    for job_id in jobs.finished_unmerged(updated_before_ms=silent_since):
+        try:
+            if finish_if_complete(videos, jobs, store, job_id, work_queue, settings) == "succeeded":
+                report.finished.append(job_id)
+        except Exception:  # one job's merge must not keep the sweep from the others
+            logger.exception("the sweeper could not merge job %s", job_id)
+    stuck_before = clock - settings.stuck_after_s * 1000
+    for job in jobs.queued_before(created_before_ms=silent_since):
+        if job.created_at < stuck_before:
+            reason = (
+                f"still QUEUED after {settings.stuck_after_s // 60} min: its request or its probe was lost or "
                 "ended in a dead-letter queue; see the queues' DLQs and trigger the job again"
             )
             if _fail_job(jobs, videos, job, "stuck", reason):
-                failed.append(job.id)
-    return failed
+                report.failed.append(job.id)
+        elif job.updated_at < silent_since:
+            # Planning is idempotent: a request that was not lost after all changes nothing.
+            jobs_queue.send(JobRequested(job_id=job.id, video_id=job.video_id))
+            jobs.transition(job.id, from_statuses=("QUEUED",), to_status="QUEUED")  # heard of now
+            report.requested.append(job.id)
+    report.dispatched = _dispatch_waiting(videos, jobs, work_queue, settings)
+    return report
+
+
+def resume_unfinished(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    jobs_queue: MessageQueue,
+    work_queue: MessageQueue,
+    settings: Settings,
+) -> SweepReport:
+    """For a stack whose queues were lost (the local stack after a restart or a kill -9): every
+    active job carries on from the database, the source of truth. Sent segments are given back to
+    the dispatcher (not counted as lost: the send that is redone replaces the one that vanished),
+    QUEUED jobs are requested again, and waiting segments dispatched. Duplicates of messages that
+    did survive are harmless: every step is idempotent."""
+    report = SweepReport()
+    since = now_ms() + 1
+    while segments := jobs.silent_segments(since_ms=since):
+        for segment in segments:
+            jobs.release_claim(segment.job_id, segment.segment_index)
+            report.resent.append(segment.job_id)
+    for job in jobs.queued_before(created_before_ms=since, limit=1000):
+        jobs_queue.send(JobRequested(job_id=job.id, video_id=job.video_id))
+        report.requested.append(job.id)
+    report.dispatched = _dispatch_waiting(videos, jobs, work_queue, settings)
+    return report
 
 
 def finish_if_complete(
@@ -809,20 +913,22 @@ def finish_if_complete(
     key = result_key(job.video_id, job.id)
     store.put_result(key, merged)
     summary = dict(merged["summary"], stats=merged["stats"], decode=merged["decode"])
-    changed = jobs.transition(
-        job.id,
-        from_statuses=ACTIVE_JOB_STATUSES,
-        to_status="SUCCEEDED",
-        result_key=key,
-        summary=summary,
-        video_metadata=merged["video"],
-        frames_total=merged["summary"]["frames_processed"],
-        finished_at=now_ms(),
-    )
+    with jobs.transaction():  # the job and its video change together (video first, the lock order)
+        video = videos.lock(job.video_id)
+        changed = jobs.transition(
+            job.id,
+            from_statuses=ACTIVE_JOB_STATUSES,
+            to_status="SUCCEEDED",
+            result_key=key,
+            summary=summary,
+            video_metadata=merged["video"],
+            frames_total=merged["summary"]["frames_processed"],
+            finished_at=now_ms(),
+        )
+        if changed:
+            videos.set_metadata(job.video_id, merged["video"])
+            videos.set_status(job.video_id, "PROCESSED")
     if changed:
-        videos.set_metadata(job.video_id, merged["video"])
-        videos.set_status(job.video_id, "PROCESSED")
-        video = videos.get(job.video_id)
         if video is not None:  # pictures are extras: a worker draws them after the job has succeeded
             work_queue.send(
                 RenderRequest(
@@ -838,18 +944,22 @@ def finish_if_complete(
 
 
 def _fail_job(jobs: JobRepository, videos: VideoRepository, job: Job, code: str, reason: str) -> bool:
-    """Fail the job unless it has already finished; True when this call failed it."""
-    if jobs.transition(
-        job.id,
-        from_statuses=ACTIVE_JOB_STATUSES,
-        to_status="FAILED",
-        error=reason,
-        error_code=code,
-        finished_at=now_ms(),
-    ):
+    """Fail the job unless it has already finished; True when this call failed it. The job and its
+    video change in one transaction (video first, the lock order), and the job's dispatch slots
+    are free from that moment: `in_flight` counts only active jobs' segments."""
+    with jobs.transaction():
+        videos.lock(job.video_id)
+        if not jobs.transition(
+            job.id,
+            from_statuses=ACTIVE_JOB_STATUSES,
+            to_status="FAILED",
+            error=reason,
+            error_code=code,
+            finished_at=now_ms(),
+        ):
+            return False
         videos.set_status(job.video_id, "FAILED")
         return True
-    return False
 
 
 # ---------------------------------------------------------------------------------------------

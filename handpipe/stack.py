@@ -31,7 +31,9 @@ logger = logging.getLogger("handpipe.stack")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER_TIMEOUT_S = 900  # the Lambda maximum, as deployed
-WORK_VISIBILITY_S = 960  # a little over the worker timeout, as docs/deploy.md advises
+# Short: the worker's heartbeat extends a running item's visibility, so only a dead worker's item
+# comes back, and that within this long (worker_image/handpipe_worker/heartbeat.py).
+WORK_VISIBILITY_S = 120
 
 
 @dataclass(frozen=True)

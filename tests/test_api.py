@@ -473,15 +473,26 @@ def test_sweeper_fails_jobs_stuck_past_the_deadline(env: Env) -> None:
     )
     env.client.lambda_.invoke("sweep_stuck_jobs", scheduled)
     assert env.call("GET", f"/jobs/{queued['id']}")[1]["status"] == "QUEUED"  # not yet past the deadline
+    assert env.take("jobs") == []
+    rt = runtime()
+
+    def sweep(now: int) -> services.SweepReport:
+        return services.sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings, now=now)
+
+    # Past the silence limit the request is sent again (planning is idempotent) ...
+    soon = services.now_ms() + (rt.settings.segment_silence_s + 1) * 1000
+    assert sweep(soon).requested == [queued["id"]]
+    assert [json.loads(body)["job_id"] for body in env.take("jobs")] == [queued["id"]]
+    # ... and past the deadline a job still QUEUED fails with the reason.
     later = services.now_ms() + 2 * 3600 * 1000
-    assert services.sweep(runtime().videos, runtime().jobs, runtime().settings, now=later) == [queued["id"]]
+    assert sweep(later).failed == [queued["id"]]
     failed = env.call("GET", f"/jobs/{queued['id']}")[1]
     assert (
         failed["status"] == "FAILED"
         and failed["error"]["code"] == "stuck"
         and "dead-letter" in failed["error"]["message"]
     )
-    assert services.sweep(runtime().videos, runtime().jobs, runtime().settings, now=later) == []  # once only
+    assert sweep(later).failed == []  # once only
 
 
 def test_videos_over_the_limits_fail_at_the_probe(env: Env) -> None:

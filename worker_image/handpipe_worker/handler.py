@@ -36,6 +36,7 @@ from chalicelib.queues import MessageQueue
 from chalicelib.storage import ObjectMissing, ObjectStore, RangedReader, StorageUnavailable
 
 from .engine import StoppedEarly, VideoDecodeError, process_video
+from .heartbeat import Heartbeat
 from .models import ModelCache, ModelError
 from .video import FrameIndex, VideoFile, VideoInfo
 
@@ -54,6 +55,7 @@ class WorkerSettings:
     max_receives: int = 3  # must match the work queue's redrive policy
     deadline_margin_s: float = 20.0  # stop this long before Lambda would kill us
     progress_interval_s: float = 5.0
+    visibility_s: int = 120  # a running item's visibility, extended by the heartbeat (0: no heartbeat)
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
@@ -65,6 +67,7 @@ class WorkerSettings:
             max_receives=int(os.environ.get("HANDPIPE_WORK_MAX_RECEIVES", "3")),
             deadline_margin_s=float(os.environ.get("HANDPIPE_DEADLINE_MARGIN_S", "20")),
             progress_interval_s=float(os.environ.get("HANDPIPE_PROGRESS_INTERVAL_S", "5")),
+            visibility_s=int(os.environ.get("HANDPIPE_WORK_VISIBILITY_S", "120")),
         )
 
 
@@ -84,6 +87,7 @@ class Worker:
         self.settings = settings
         self.models = models or ModelCache(fetch_s3=self._fetch_s3_uri)
         self.clock = clock
+        self.heartbeat = Heartbeat(sqs_client, visibility_s=settings.visibility_s)
 
     def _fetch_s3_uri(self, uri: str) -> bytes:
         """A user's model from S3; a missing or forbidden object fails the job (ModelError), not retried."""
@@ -110,6 +114,10 @@ class Worker:
 
     def handle_record(self, record: dict[str, Any], context: Any) -> bool:
         """True when the record is finished with (done, or failed for good and reported)."""
+        with self.heartbeat.beating(record):  # the item stays ours while we run it, and only then
+            return self._handle_record(record, context)
+
+    def _handle_record(self, record: dict[str, Any], context: Any) -> bool:
         attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
             kind = work_message_type(record["body"])
