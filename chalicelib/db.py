@@ -479,14 +479,22 @@ _TRANSITION_COLUMNS = {
 
 # VARCHAR limits from the schema. Checked here so both dialects reject the same values, with a
 # message naming the field, instead of MySQL failing and SQLite storing whatever it is given.
-_VIDEO_LIMITS = {"id": 40, "title": 200, "filename": 255, "content_type": 100, "s3_key": 512, "status": 20, "owner": 64}
+_VIDEO_LIMITS = {
+    "id": 40,
+    "title": 200,
+    "filename": 255,
+    "content_type": 100,
+    "s3_key": 512,
+    "status": 20,
+    "owner": 255,
+}
 _JOB_LIMITS = {
     "id": 40,
     "video_id": 40,
     "status": 20,
     "client_token": 64,
     "tag": 128,
-    "owner": 64,
+    "owner": 255,
     "error_code": 64,
     "result_key": 512,
 }
@@ -596,6 +604,11 @@ class VideoRepository:
             conditions.append("owner = ?")
             params.append(owner)
         row = self._db.fetchone(f"SELECT {_VIDEO_COLUMNS} FROM videos{_where(conditions)}", params)
+        return None if row is None else _video(row)
+
+    def find_by_key(self, s3_key: str) -> Video | None:
+        """The video registered for this object key, if any (one video per key)."""
+        row = self._db.fetchone(f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE s3_key = ?", (s3_key,))
         return None if row is None else _video(row)
 
     def set_status(self, video_id: str, status: str, *, expected: Collection[str] | None = None) -> bool:

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 from .config import Settings
 from .contracts import (
@@ -37,7 +38,7 @@ from .contracts import (
     video_key,
     video_prefix,
 )
-from .db import ACTIVE_JOB_STATUSES, Job, JobRepository, Segment, Video, VideoRepository
+from .db import ACTIVE_JOB_STATUSES, IntegrityError, Job, JobRepository, Segment, Video, VideoRepository
 from .errors import Conflict, InvalidInput, NotFound, TooLarge
 from .queues import MessageQueue
 from .results import frames_between, merge_parts
@@ -51,6 +52,7 @@ JOB_STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED")
 VIDEO_EXTENSIONS = ("mp4", "mov", "m4v", "avi", "webm", "mkv")
 MAX_PAGE = 100
 INCOMING_PREFIX = "incoming/"  # where other systems drop videos to register by key
+MAX_KEY_LENGTH = 512  # the schema's s3_key column
 MAX_FRAMES_PAGE = 1000
 
 
@@ -245,15 +247,21 @@ def register_video(
     """Register a video to upload (returns a presigned PUT URL) or one already in the bucket (`s3_key`)."""
     _check_fields(body, {"title", "filename", "content_type", "size_bytes", "s3_key"})
     video_id = new_id("vid")
-    existing_key = _text(body, "s3_key", max_len=900)
+    existing_key = _text(body, "s3_key", max_len=MAX_KEY_LENGTH)
     if existing_key is not None:
-        if not existing_key.startswith(INCOMING_PREFIX) or ".." in existing_key.split("/"):
-            raise InvalidInput(f"s3_key must be a key under {INCOMING_PREFIX} in the bucket, without '..'")
+        check_incoming_key(existing_key, owner)
+        if videos.find_by_key(existing_key) is not None:
+            raise Conflict(f"{existing_key!r} is already registered as a video; one video per key")
         head = store.head(existing_key)
         if head is None:
             raise InvalidInput(f"there is no object {existing_key!r} in the bucket")
         if body.get("size_bytes") is not None:
             raise InvalidInput("size_bytes is taken from the object when registering by s3_key; leave it out")
+        if (head["size"] or 0) > settings.max_upload_bytes:
+            raise TooLarge(
+                f"the object {existing_key!r} has {head['size']} bytes, over the limit of "
+                f"{settings.max_upload_bytes} bytes"
+            )
         filename = safe_filename(_text(body, "filename", max_len=255) or existing_key)
         stored_type = str(head["content_type"] or "")
         content_type = _video_content_type(
@@ -289,7 +297,11 @@ def register_video(
         created_at=now,
         updated_at=now,
     )
-    videos.add(video)
+    try:
+        videos.add(video)
+    except IntegrityError:
+        # The unique index on s3_key decides when two registrations of one key race.
+        raise Conflict(f"{key!r} is already registered as a video; one video per key") from None
     view = video_view(video)
     if status == "REGISTERED":
         view["upload"] = {
@@ -299,6 +311,25 @@ def register_video(
             "expires_in_s": settings.upload_url_expires_s,
         }
     return view
+
+
+def incoming_prefix(owner: str | None) -> str:
+    """Where a caller may put objects to register by key: `incoming/{owner}/`, the owner
+    percent-encoded so that no owner's prefix is a prefix of another's (an IAM ARN holds "/").
+    Unscoped callers (auth or scoping off: one tenant) may use all of `incoming/`."""
+    if owner is None:
+        return INCOMING_PREFIX
+    return f"{INCOMING_PREFIX}{quote(owner, safe='')}/"
+
+
+def check_incoming_key(key: str, owner: str | None) -> None:
+    """Refuse a key the caller may not register: outside its own prefix, a folder, or with '..'."""
+    prefix = incoming_prefix(owner)
+    parts = key.split("/")
+    if not key.startswith(prefix) or len(key) == len(prefix):
+        raise InvalidInput(f"s3_key must be a key under {prefix} in the bucket (your prefix), got {key[:100]!r}")
+    if ".." in parts or "." in parts or "" in parts[1:]:
+        raise InvalidInput("s3_key must not hold '..', '.' or empty parts, nor end in '/' (a folder)")
 
 
 def _video_content_type(content_type: str) -> str:
@@ -341,11 +372,12 @@ def delete_video(
     active = jobs.count_active_for_video(video.id)
     if active:
         raise Conflict(f"video {video.id} has {active} job(s) queued or running; delete it when they finish")
+    # Only what the video owns: its own two folders (named by its id) and, when it was registered
+    # by key, exactly that key. Never a prefix of a caller's key: "a.mp4" must not take "a.mp4.bak".
     removed = store.delete_prefix(results_prefix(video.id, "").rstrip("/") + "/")
     removed += store.delete_prefix(video_prefix(video.id))
-    if not video.s3_key.startswith(video_prefix(video.id)) and store.head(video.s3_key) is not None:
-        store.delete_prefix(video.s3_key)
-        removed += 1
+    if not video.s3_key.startswith(video_prefix(video.id)):
+        removed += store.delete_key(video.s3_key)
     videos.delete(video.id)
     return {"deleted": video.id, "objects_removed": removed}
 

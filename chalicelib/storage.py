@@ -93,6 +93,14 @@ class ObjectStore:
             self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
+    def delete_key(self, key: str) -> int:
+        """Delete exactly this key (a plain DeleteObject: no listing, so nothing that merely starts
+        with it); 1 when it was there, 0 when it was not."""
+        if self.head(key) is None:
+            return 0
+        self._call("delete_object", Key=key)
+        return 1
+
     def presign_upload(self, key: str, content_type: str, size: int, expires_s: int) -> str:
         """A URL for one PUT of this object, of this type and exactly this size: the signature covers
         all three, so the URL cannot be used for another object or a bigger file."""
