@@ -62,6 +62,7 @@ class Settings:
     auth: str = "api_key"  # api_key | iam | none (none: only for a stack nobody else can reach)
     api_keys: dict[str, str] = field(default_factory=dict)  # local stack only: key -> owner
     scope_callers: bool = True  # each caller sees only its own videos and jobs
+    region: str | None = None  # the Lambda's AWS_REGION: presigned URLs name the regional endpoint
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,4 +106,5 @@ class Settings:
             # Local stacks and `chalice local`: keys listed here; the key a local client uses counts too.
             api_keys=parse_api_keys(env.get("HANDPIPE_API_KEYS") or _local_key(env.get("HANDPIPE_API_KEY"))),
             scope_callers=env.get("HANDPIPE_SCOPE_CALLERS", "true").lower() not in ("0", "false", "no"),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         )

@@ -15,6 +15,19 @@ from .queues import MessageQueue
 from .storage import ObjectStore
 
 
+def s3_config() -> Any:
+    """How the API's S3 client must sign: presigned URLs in SigV4 (SigV2 does not cover the upload's
+    Content-Length and new buckets refuse it) on the regional virtual-hosted endpoint,
+    BUCKET.s3.REGION.amazonaws.com (the global host redirects outside us-east-1, and a browser's
+    upload does not follow a redirect)."""
+    from botocore.config import Config
+
+    return Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "virtual", "us_east_1_regional_endpoint": "regional"},
+    )
+
+
 class Runtime:
     def __init__(
         self,
@@ -31,14 +44,14 @@ class Runtime:
         self._lock = threading.Lock()
         self._schema_checked = False
 
-    def _client(self, name: str) -> Any:
+    def _client(self, name: str, config: Any = None) -> Any:
         import boto3
 
-        return boto3.client(name)
+        return boto3.client(name, region_name=self.settings.region, config=config)
 
     @cached_property
     def s3(self) -> Any:
-        return self._s3 or self._client("s3")
+        return self._s3 or self._client("s3", s3_config())
 
     @cached_property
     def sqs(self) -> Any:
