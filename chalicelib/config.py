@@ -56,6 +56,8 @@ class Settings:
     max_in_flight: int = 200  # segments of all jobs on workers at once (the worker's reserved concurrency)
     max_duration_ms: int = 4 * 3600 * 1000  # longer videos are refused when probed
     max_pixels: int = 3840 * 2160  # larger frames are refused when probed
+    max_segments_per_job: int = 1000  # a plan with more segments fails its job
+    max_frames_per_job: int = 1_000_000  # a plan expecting more frames fails its job (4 h at 60 fps: 864,000)
     stuck_after_s: int = 3600  # a job with no news for this long is failed by the sweeper
     # Exports of up to this many rows are written while the caller waits; larger ones by the worker.
     export_inline_max_rows: int = 30_000
@@ -100,6 +102,8 @@ class Settings:
             max_in_flight=number("HANDPIPE_MAX_IN_FLIGHT", 200) or 200,
             max_duration_ms=number("HANDPIPE_MAX_DURATION_MS", 4 * 3600 * 1000) or 4 * 3600 * 1000,
             max_pixels=number("HANDPIPE_MAX_PIXELS", 3840 * 2160) or 3840 * 2160,
+            max_segments_per_job=number("HANDPIPE_MAX_SEGMENTS_PER_JOB", 1000) or 1000,
+            max_frames_per_job=number("HANDPIPE_MAX_FRAMES_PER_JOB", 1_000_000) or 1_000_000,
             stuck_after_s=number("HANDPIPE_STUCK_AFTER_S", 3600) or 3600,
             export_inline_max_rows=number("HANDPIPE_EXPORT_INLINE_MAX_ROWS", 30_000) or 0,
             auth=auth_mode(env),

@@ -416,8 +416,13 @@ def create_job(
         existing = jobs.find_by_client_token(video.id, client_token)
         if existing is not None:
             return _same_token_job(existing, options, tag), False
-    if store.head(video.s3_key) is None:
+    if options.end_ms is not None and options.end_ms > settings.max_duration_ms:
+        raise InvalidInput(f"options.end_ms must be at most {settings.max_duration_ms} (the longest video accepted)")
+    head = store.head(video.s3_key)
+    if head is None:
         raise Conflict(f"video {video.id} has not been uploaded yet: PUT the file to its upload URL first")
+    if (head["size"] or 0) > settings.max_upload_bytes:  # replaced by a bigger object since it was registered
+        raise TooLarge(f"the video's object has {head['size']} bytes, over the limit of {settings.max_upload_bytes}")
     if jobs.count_active_for_video(video.id) >= settings.max_active_jobs_per_video:
         raise Conflict(
             f"video {video.id} already has {settings.max_active_jobs_per_video} jobs queued or running; "
@@ -634,6 +639,8 @@ def plan_job(
         return f"already planned; dispatched {dispatch(jobs, work_queue, settings, job, video)}"
     if job.status != "QUEUED":
         return "already finished"
+    if refuse_over_limits(jobs, videos, settings, job, video):
+        return "failed"
     options = ProcessOptions.from_dict(job.options)
     duration = (video.metadata or {}).get("duration_ms")
     if settings.segment_ms is not None and options.end_ms is None and duration is None:
@@ -651,6 +658,8 @@ def start_segments(
     video: Video,
 ) -> str:
     """Store the job's segments, start it and send as many work items as the caps allow."""
+    if refuse_over_limits(jobs, videos, settings, job, video):
+        return "failed"
     options = ProcessOptions.from_dict(job.options)
     metadata = video.metadata or {}
     ranges = plan_segments(options, settings, metadata.get("duration_ms"))
@@ -796,6 +805,38 @@ def limit_problems(video: Mapping[str, Any], settings: Settings) -> list[str]:
             f"frames of {video.get('width')}x{video.get('height')} are over the limit of {settings.max_pixels} pixels"
         )
     return problems
+
+
+def plan_limit_problems(job: Job, video: Video, settings: Settings) -> list[str]:
+    """Every limit a plan must respect, checked on each plan rather than only by the first probe: a
+    second job on a video already probed, or a job naming its own end_ms, skips the probe."""
+    options = ProcessOptions.from_dict(job.options)
+    metadata = video.metadata or {}
+    problems = limit_problems(metadata, settings) if metadata else []
+    if options.end_ms is not None and options.end_ms > settings.max_duration_ms:
+        problems.append(f"end_ms {options.end_ms} is past the limit of {_span(settings.max_duration_ms)}")
+    if video.size_bytes is not None and video.size_bytes > settings.max_upload_bytes:
+        problems.append(f"the video has {video.size_bytes} bytes, over the limit of {settings.max_upload_bytes}")
+    if not problems:
+        segments = len(plan_segments(options, settings, metadata.get("duration_ms")))
+        if segments > settings.max_segments_per_job:
+            problems.append(
+                f"the job would need {segments} segments, over the limit of {settings.max_segments_per_job}"
+            )
+        frames = _expected_frames(options, metadata)
+        if frames is not None and frames > settings.max_frames_per_job:
+            problems.append(f"the job would read {frames} frames, over the limit of {settings.max_frames_per_job}")
+    return problems
+
+
+def refuse_over_limits(
+    jobs: JobRepository, videos: VideoRepository, settings: Settings, job: Job, video: Video
+) -> bool:
+    """Fail the job (limit_exceeded, with every reason) when its plan is over a limit; True if so."""
+    problems = plan_limit_problems(job, video, settings)
+    if problems:
+        _fail_job(jobs, videos, job, "limit_exceeded", "; ".join(problems))
+    return bool(problems)
 
 
 def _span(ms: float) -> str:

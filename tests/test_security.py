@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chalice.test import Client
@@ -15,7 +17,9 @@ import app as chalice_app
 from chalicelib.config import Settings
 from chalicelib.db import Database
 from chalicelib.migrations import upgrade
-from chalicelib.runtime import Runtime, use_runtime
+from chalicelib.runtime import Runtime, runtime, use_runtime
+from tests.test_api import Env, register
+from tests.test_api import env as env  # noqa: F401 (the fixture, for the tests that take `env`)
 
 API_KEY = "security-key-0123456789abcdef"
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
@@ -74,3 +78,73 @@ def test_presigned_urls_are_sigv4_on_the_regional_virtual_hosted_endpoint(
         assert "Signature" not in query and "AWSAccessKeyId" not in query
     signed = urllib.parse.parse_qs(urllib.parse.urlsplit(upload).query)["X-Amz-SignedHeaders"][0].split(";")
     assert {"content-length", "content-type", "host"} <= set(signed)
+
+
+# ------------------------------------------------------------------------------------ limits on every plan
+
+
+def use_settings(env: Env, **changes: Any) -> None:
+    settings = replace(runtime().settings, **changes)
+    use_runtime(Runtime(settings, s3_client=env.s3, sqs_client=env.sqs, database=env.db))
+
+
+def test_end_ms_is_capped_by_the_longest_video_accepted(env: Env) -> None:
+    video = register(env)
+    status, error = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"end_ms": 86_400_000}})
+    assert status == 400 and "end_ms must be at most 14400000" in error["message"]
+    # A job queued before the limit was lowered is checked again when it is planned.
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"end_ms": 5000}})[1]
+    use_settings(env, max_duration_ms=1000)
+    env.deliver("jobs", env.take("jobs"))
+    failed = env.call("GET", f"/jobs/{job['id']}")[1]
+    assert failed["status"] == "FAILED" and failed["error"]["code"] == "limit_exceeded"
+    assert "end_ms 5000 is past the limit of 1.0 s" in failed["error"]["message"]
+    assert env.take("work") == []
+
+
+def test_a_second_job_on_a_video_already_probed_is_checked_again(env: Env) -> None:
+    use_settings(env, max_duration_ms=1000)
+    video = register(env)  # 1.7 s
+    first = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    assert env.process(first["id"])["error"]["code"] == "limit_exceeded"
+    assert env.call("GET", f"/videos/{video['id']}")[1]["metadata"]["duration_ms"] > 1000  # now known
+    second = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    env.deliver("jobs", env.take("jobs"))
+    failed = env.call("GET", f"/jobs/{second['id']}")[1]
+    assert failed["status"] == "FAILED" and failed["error"]["code"] == "limit_exceeded"
+    assert "lasts 1.7 s" in failed["error"]["message"] and failed["progress"]["segments_total"] == 0
+    assert env.take("work") == []  # no probe, no segment
+
+
+def test_a_plan_with_too_many_segments_fails_its_job(env: Env) -> None:
+    use_settings(env, max_segments_per_job=3)
+    video = register(env)
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"end_ms": 200_000}})[1]
+    env.deliver("jobs", env.take("jobs"))  # end_ms given: planned without a probe, 10 segments of 20 s
+    failed = env.call("GET", f"/jobs/{job['id']}")[1]
+    assert failed["status"] == "FAILED" and "10 segments, over the limit of 3" in failed["error"]["message"]
+    assert env.take("work") == []
+
+
+def test_a_plan_expecting_too_many_frames_fails_its_job_after_the_probe(env: Env) -> None:
+    use_settings(env, max_frames_per_job=10)
+    video = register(env)  # 1.7 s at 30 fps
+    job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
+    failed = env.process(job["id"])
+    assert failed["status"] == "FAILED" and failed["error"]["code"] == "limit_exceeded"
+    assert "frames, over the limit of 10" in failed["error"]["message"]
+    assert failed["progress"]["segments_total"] == 0
+
+
+def test_objects_registered_by_key_are_held_to_max_upload_bytes(env: Env) -> None:
+    use_settings(env, max_upload_bytes=100)
+    env.s3.put_object(Bucket=env.bucket, Key="incoming/tester/big.mp4", Body=b"x" * 101, ContentType="video/mp4")
+    status, error = env.call("POST", "/videos", {"s3_key": "incoming/tester/big.mp4"})
+    assert status == 413 and "101 bytes, over the limit of 100" in error["message"]
+    env.s3.put_object(Bucket=env.bucket, Key="incoming/tester/ok.mp4", Body=b"x" * 100, ContentType="video/mp4")
+    video = env.call("POST", "/videos", {"s3_key": "incoming/tester/ok.mp4"})[1]
+    # Replaced by a bigger object after it was registered: the job is refused.
+    env.s3.put_object(Bucket=env.bucket, Key="incoming/tester/ok.mp4", Body=b"x" * 5000, ContentType="video/mp4")
+    status, error = env.call("POST", f"/videos/{video['id']}/jobs", {})
+    assert status == 413 and "5000 bytes" in error["message"]
+    assert env.take("jobs") == []
