@@ -945,12 +945,24 @@ class JobRepository:
             (job_id, index, SEGMENT_PENDING),
         )
 
-    def jobs_waiting_for_dispatch(self, limit: int = 10) -> list[str]:
-        """Running jobs with segments not yet sent, oldest first: who gets freed capacity."""
+    def jobs_waiting_for_dispatch(self, limit: int = 50) -> list[str]:
+        """Running jobs with segments not yet sent, in the order they get freed capacity: round robin
+        across owners (every owner's oldest waiting job, then every owner's second, ...), and within a
+        round the owner with the fewest segments on workers first. One owner's flood of jobs then
+        delays another owner's job by one round, not by the whole flood."""
+        _check_limit(limit)
+        # COALESCE: jobs of no owner (an unscoped stack) are one owner, and NULL would never join.
         rows = self._db.fetchall(
-            "SELECT j.id AS id FROM jobs j WHERE j.status = ? AND EXISTS (SELECT 1 FROM segments s"
-            " WHERE s.job_id = j.id AND s.status = ? AND s.dispatched_at IS NULL) ORDER BY j.created_at, j.id LIMIT ?",
-            ("IN_PROGRESS", SEGMENT_PENDING, limit),
+            "SELECT w.id AS id FROM ("
+            " SELECT j.id, j.created_at, COALESCE(j.owner, '') AS who,"
+            " ROW_NUMBER() OVER (PARTITION BY COALESCE(j.owner, '') ORDER BY j.created_at, j.id) AS turn"
+            " FROM jobs j WHERE j.status = ? AND EXISTS (SELECT 1 FROM segments s"
+            " WHERE s.job_id = j.id AND s.status = ? AND s.dispatched_at IS NULL)) w"
+            " LEFT JOIN (SELECT COALESCE(f.owner, '') AS who, COUNT(*) AS n FROM segments s"
+            " JOIN jobs f ON f.id = s.job_id WHERE s.status = ? AND s.dispatched_at IS NOT NULL"
+            " GROUP BY COALESCE(f.owner, '')) busy ON busy.who = w.who"
+            " ORDER BY w.turn, COALESCE(busy.n, 0), w.created_at, w.id LIMIT ?",
+            ("IN_PROGRESS", SEGMENT_PENDING, SEGMENT_PENDING, limit),
         )
         return [row["id"] for row in rows]
 

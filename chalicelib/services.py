@@ -698,12 +698,20 @@ def _expected_frames(options: ProcessOptions, metadata: Mapping[str, Any]) -> in
     return max(1, round(span_ms / 1000 * min(fps, options.sample_fps or fps)))
 
 
-def dispatch(jobs: JobRepository, work_queue: MessageQueue, settings: Settings, job: Job, video: Video) -> int:
-    """Send work items for the job's waiting segments within the per-job and global caps, so one
-    huge video cannot take every worker (and the account's concurrency) from everyone else."""
+def dispatch(
+    jobs: JobRepository,
+    work_queue: MessageQueue,
+    settings: Settings,
+    job: Job,
+    video: Video,
+    at_most: int | None = None,
+) -> int:
+    """Send work items for the job's waiting segments within the per-job and global caps (and
+    `at_most`), so one huge video cannot take every worker (and the account's concurrency) from everyone else."""
     capacity = min(
         settings.max_in_flight_per_job - jobs.in_flight(job.id),
         settings.max_in_flight - jobs.in_flight(),
+        settings.max_in_flight if at_most is None else at_most,
     )
     claimed = jobs.claim_for_dispatch(job.id, capacity)
     if not claimed:
@@ -734,13 +742,29 @@ def dispatch(jobs: JobRepository, work_queue: MessageQueue, settings: Settings, 
 def _dispatch_waiting(
     videos: VideoRepository, jobs: JobRepository, work_queue: MessageQueue, settings: Settings
 ) -> None:
-    """Hand capacity a finished segment freed to the oldest jobs still waiting for it."""
-    for job_id in jobs.jobs_waiting_for_dispatch():
-        job, video = jobs.get(job_id), None
-        if job is not None:
+    """Hand capacity that finished segments freed to the jobs waiting for it, round robin across
+    owners: each round gives every waiting owner an equal share, to its first job in the
+    repository's fair order that can take it, so a flood of one owner's jobs cannot starve another's."""
+    waiting = [job for job_id in jobs.jobs_waiting_for_dispatch() if (job := jobs.get(job_id)) is not None]
+    while waiting:
+        free = settings.max_in_flight - jobs.in_flight()
+        if free <= 0:
+            return
+        share = max(1, free // len({job.owner for job in waiting}))
+        served: set[str | None] = set()
+        keep: list[Job] = []
+        for job in waiting:
+            if job.owner in served:
+                keep.append(job)
+                continue
             video = videos.get(job.video_id)
-        if job is None or video is None or not dispatch(jobs, work_queue, settings, job, video):
-            break
+            if video is not None and dispatch(jobs, work_queue, settings, job, video, at_most=share):
+                served.add(job.owner)
+                keep.append(job)  # it may take more in the next round
+            # Else it is at its own cap or has nothing left to send: the owner's next job is tried.
+        if not served:
+            return
+        waiting = keep
 
 
 def record_event(

@@ -113,7 +113,13 @@ def env(moto_endpoint: str, tmp_path: Path) -> Iterator[Env]:
     db.close()
 
 
-def register(env: Env, name: str = "asl_thanks_two_hands.mkv", upload: bool = True, **extra: Any) -> dict[str, Any]:
+def register(
+    env: Env,
+    name: str = "asl_thanks_two_hands.mkv",
+    upload: bool = True,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     path = data_path(f"videos/{name}")
     status, video = env.call(
         "POST",
@@ -125,6 +131,7 @@ def register(env: Env, name: str = "asl_thanks_two_hands.mkv", upload: bool = Tr
             "size_bytes": path.stat().st_size,
             **extra,
         },
+        headers=headers,
     )
     assert status == 201, video
     if upload:

@@ -977,3 +977,27 @@ def test_credentials_in_the_url_are_percent_decoded(mysql_server: MySQLServer, m
         assert row is not None and row["who"].startswith(user + "@") and row["db"] == database
     finally:
         mysql_server.sql(f"DROP USER '{user}'@'%'")
+
+
+def test_waiting_jobs_take_turns_across_owners_least_busy_owner_first(
+    videos: VideoRepository, jobs: JobRepository, clock: Clock
+) -> None:
+    video = make_video()
+    videos.add(video)
+    made: dict[str, list[str]] = {}
+    for owner, count in (("flood", 3), ("quiet", 2), (None, 1)):
+        for _ in range(count):
+            job, _ = jobs.create(make_job(video.id, owner=owner, status="IN_PROGRESS", created_at=clock.advance()))
+            jobs.add_segments(job.id, make_segments(job.id, 4))
+            made.setdefault(str(owner), []).append(job.id)
+    flood, quiet, nobody = made["flood"], made["quiet"], made["None"]
+    assert len(jobs.claim_for_dispatch(flood[0], 3)) == 3  # flood: 3 segments on workers
+    assert len(jobs.claim_for_dispatch(nobody[0], 1)) == 1  # no owner: 1
+    # Round 1 (every owner's oldest), least busy first; then round 2, then 3. Oldest-first would
+    # have put all of the flood before anyone else.
+    assert jobs.jobs_waiting_for_dispatch() == [quiet[0], nobody[0], flood[0], quiet[1], flood[1], flood[2]]
+    assert jobs.jobs_waiting_for_dispatch(limit=2) == [quiet[0], nobody[0]]
+    jobs.claim_for_dispatch(quiet[0], 4)  # quiet: 4 on workers, and its first job has nothing left to send
+    assert jobs.jobs_waiting_for_dispatch() == [nobody[0], flood[0], quiet[1], flood[1], flood[2]]
+    jobs.transition(nobody[0], from_statuses=("IN_PROGRESS",), to_status="FAILED")
+    assert jobs.jobs_waiting_for_dispatch() == [flood[0], quiet[1], flood[1], flood[2]]

@@ -15,10 +15,11 @@ from chalice.test import Client
 
 import app as chalice_app
 from chalicelib.config import Settings
+from chalicelib.contracts import SEGMENT_SUCCEEDED, SegmentEvent, WorkItem
 from chalicelib.db import Database
 from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, runtime, use_runtime
-from tests.test_api import Env, register
+from tests.test_api import OTHER, Env, register
 from tests.test_api import env as env  # noqa: F401 (the fixture, for the tests that take `env`)
 
 API_KEY = "security-key-0123456789abcdef"
@@ -148,3 +149,31 @@ def test_objects_registered_by_key_are_held_to_max_upload_bytes(env: Env) -> Non
     status, error = env.call("POST", f"/videos/{video['id']}/jobs", {})
     assert status == 413 and "5000 bytes" in error["message"]
     assert env.take("jobs") == []
+
+
+# ------------------------------------------------------------------------------------ fairness across owners
+
+
+def succeeded(item: WorkItem) -> str:
+    return SegmentEvent(
+        type=SEGMENT_SUCCEEDED, job_id=item.job_id, video_id=item.video_id, segment=item.segment, part_key=item.part_key
+    ).to_json()
+
+
+def test_freed_capacity_goes_round_robin_across_owners_not_to_the_oldest_job(env: Env) -> None:
+    use_settings(env, segment_ms=1000, max_in_flight=2, max_in_flight_per_job=2)
+    three_segments = {"options": {"end_ms": 3000}}  # planned without a probe
+    flood_video = register(env)
+    flood = [env.call("POST", f"/videos/{flood_video['id']}/jobs", three_segments)[1]["id"] for _ in range(2)]
+    env.deliver("jobs", env.take("jobs"))
+    quiet_video = register(env, headers=OTHER)
+    quiet = env.call("POST", f"/videos/{quiet_video['id']}/jobs", three_segments, headers=OTHER)[1]["id"]
+    env.deliver("jobs", env.take("jobs"))
+    running = [WorkItem.from_json(body) for body in env.take("work")]
+    assert [(item.job_id, item.segment) for item in running] == [(flood[0], 0), (flood[0], 1)]  # the cap: 2
+    env.deliver("events", [succeeded(running[0])])
+    # One slot freed: it goes to the owner with nothing on the workers, not to the flood's oldest job.
+    assert [(item.job_id, item.segment) for item in map(WorkItem.from_json, env.take("work"))] == [(quiet, 0)]
+    env.deliver("events", [succeeded(running[1])])
+    # The next one goes back to the flood (now the owner with less on the workers), to its oldest job.
+    assert [(item.job_id, item.segment) for item in map(WorkItem.from_json, env.take("work"))] == [(flood[0], 2)]
