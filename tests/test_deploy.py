@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -433,6 +434,15 @@ def test_deploy_update_and_destroy_on_moto(account: Account, network: Network, p
     assert [(s["apiId"], s["stage"]) for s in plan["apiStages"]] == [(api_id, "api")]
     [key] = gateway.get_usage_plan_keys(usagePlanId=plan["id"])["items"]
     assert result.api_key and gateway.get_api_key(apiKey=key["id"], includeValue=True)["value"] == result.api_key
+    # Each key is throttled and has a daily quota, so one caller cannot take the API from the others.
+    assert plan["throttle"] == {"rateLimit": 20.0, "burstLimit": 40}
+    assert plan["quota"]["limit"] == 50_000 and plan["quota"]["period"] == "DAY"
+    # The key is in a file only its owner may read, never in the output.
+    assert result.api_key_path == project / ".handpipe" / f"api-key-{stage}"
+    assert result.api_key_path.read_text().strip() == result.api_key
+    assert stat.S_IMODE(result.api_key_path.stat().st_mode) == 0o600
+    assert not [line for line in said if result.api_key in line]
+    assert any(str(result.api_key_path) in line for line in said)
 
     # Again with one setting changed: a new image and more memory; the rest of the stage is kept.
     said.clear()
@@ -448,6 +458,14 @@ def test_deploy_update_and_destroy_on_moto(account: Account, network: Network, p
     assert update.outputs["SubnetIds"] == outputs["SubnetIds"]
     assert update.outputs["BucketName"] == outputs["BucketName"]
     assert update.api_key is None  # the plan has its key already
+    [plan] = [p for p in gateway.get_usage_plans()["items"] if p["name"] == f"handpipe-{stage}"]
+    assert plan["throttle"]["rateLimit"] == 20.0 and plan["quota"]["limit"] == 50_000  # kept
+    deployment(account, docker, runner, said).deploy(
+        DeployOptions(stage=stage, project_dir=project, skip_build=True, throttle_rate=5, daily_quota=1000)
+    )
+    [plan] = [p for p in gateway.get_usage_plans()["items"] if p["name"] == f"handpipe-{stage}"]
+    assert plan["throttle"]["rateLimit"] == 5 and plan["throttle"]["burstLimit"] == 40
+    assert plan["quota"]["limit"] == 1000
     check_chalice_stage(project, stage, update.outputs, network, original_stages, cap=30)  # the cap is kept
 
     # A settings-only update without Docker: same image, a shorter worker timeout, the queue follows it.
@@ -623,6 +641,28 @@ def test_a_vpc_without_dns_hostnames_is_refused_with_the_fix(account: Account, p
             DeployOptions(stage=unique_stage(), project_dir=project, subnet_ids=subnets)
         )
     assert f"aws ec2 modify-vpc-attribute --vpc-id {vpc} --enable-dns-hostnames" in str(failure.value)
+
+
+def test_an_aws_stage_without_authentication_is_refused(
+    account: Account, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stage = unique_stage()
+    config_path = project / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.setdefault("stages", {})[stage] = {"environment_variables": {"HANDPIPE_AUTH": "none"}}
+    config_path.write_text(json.dumps(config))
+    runner = RecordingRunner(account.aws.apigateway)
+    with pytest.raises(DeployError, match=r"step 1/9 .*HANDPIPE_AUTH=none in .chalice/config.json") as failure:
+        deployment(account, RecordingDocker(), runner, []).deploy(DeployOptions(stage=stage, project_dir=project))
+    assert "use api_key (the default) or iam" in str(failure.value)
+    config["stages"].pop(stage)
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv("HANDPIPE_AUTH", "none")
+    with pytest.raises(DeployError, match="HANDPIPE_AUTH=none in your environment"):
+        deployment(account, RecordingDocker(), runner, []).deploy(DeployOptions(stage=stage, project_dir=project))
+    assert runner.calls == []
+    with pytest.raises(Exception, match="does not exist"):
+        account.aws.cloudformation.describe_stacks(StackName=f"handpipe-{stage}")
 
 
 def test_subnets_in_one_zone_are_refused_before_anything_is_created(account: Account, project: Path) -> None:
