@@ -945,16 +945,16 @@ class JobRepository:
             (job_id, index, SEGMENT_PENDING),
         )
 
-    def jobs_waiting_for_dispatch(self, limit: int = 50) -> list[str]:
-        """Running jobs with segments not yet sent, in the order they get freed capacity: round robin
+    def jobs_waiting_for_dispatch(self, limit: int = 50) -> list[tuple[str, str | None]]:
+        """Running jobs (id, owner) with segments not yet sent, in the order they get freed capacity: round robin
         across owners (every owner's oldest waiting job, then every owner's second, ...), and within a
         round the owner with the fewest segments on workers first. One owner's flood of jobs then
         delays another owner's job by one round, not by the whole flood."""
         _check_limit(limit)
         # COALESCE: jobs of no owner (an unscoped stack) are one owner, and NULL would never join.
         rows = self._db.fetchall(
-            "SELECT w.id AS id FROM ("
-            " SELECT j.id, j.created_at, COALESCE(j.owner, '') AS who,"
+            "SELECT w.id AS id, w.owner AS owner FROM ("
+            " SELECT j.id, j.owner, j.created_at, COALESCE(j.owner, '') AS who,"
             " ROW_NUMBER() OVER (PARTITION BY COALESCE(j.owner, '') ORDER BY j.created_at, j.id) AS turn"
             " FROM jobs j WHERE j.status = ? AND EXISTS (SELECT 1 FROM segments s"
             " WHERE s.job_id = j.id AND s.status = ? AND s.dispatched_at IS NULL)) w"
@@ -964,7 +964,7 @@ class JobRepository:
             " ORDER BY w.turn, COALESCE(busy.n, 0), w.created_at, w.id LIMIT ?",
             ("IN_PROGRESS", SEGMENT_PENDING, SEGMENT_PENDING, limit),
         )
-        return [row["id"] for row in rows]
+        return [(row["id"], row["owner"]) for row in rows]
 
     def complete_segment(self, job_id: str, index: int, *, frames_processed: int, frames_with_hands: int) -> bool:
         """Mark a pending segment SUCCEEDED with its final counts and update the job's totals, in one

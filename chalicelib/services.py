@@ -745,22 +745,27 @@ def _dispatch_waiting(
     """Hand capacity that finished segments freed to the jobs waiting for it, round robin across
     owners: each round gives every waiting owner an equal share, to its first job in the
     repository's fair order that can take it, so a flood of one owner's jobs cannot starve another's."""
-    waiting = [job for job_id in jobs.jobs_waiting_for_dispatch() if (job := jobs.get(job_id)) is not None]
+    waiting = jobs.jobs_waiting_for_dispatch()
     while waiting:
         free = settings.max_in_flight - jobs.in_flight()
         if free <= 0:
             return
-        share = max(1, free // len({job.owner for job in waiting}))
+        share = max(1, free // len({owner for _, owner in waiting}))
         served: set[str | None] = set()
-        keep: list[Job] = []
-        for job in waiting:
-            if job.owner in served:
-                keep.append(job)
+        keep: list[tuple[str, str | None]] = []
+        for job_id, owner in waiting:
+            if owner in served:
+                keep.append((job_id, owner))
                 continue
-            video = videos.get(job.video_id)
-            if video is not None and dispatch(jobs, work_queue, settings, job, video, at_most=share):
-                served.add(job.owner)
-                keep.append(job)  # it may take more in the next round
+            job = jobs.get(job_id)
+            video = videos.get(job.video_id) if job is not None else None
+            sent = dispatch(jobs, work_queue, settings, job, video, at_most=share) if job and video else 0
+            if sent:
+                served.add(owner)
+                keep.append((job_id, owner))  # it may take more in the next round
+                free -= sent
+                if free <= 0:
+                    return
             # Else it is at its own cap or has nothing left to send: the owner's next job is tried.
         if not served:
             return

@@ -993,11 +993,17 @@ def test_waiting_jobs_take_turns_across_owners_least_busy_owner_first(
     flood, quiet, nobody = made["flood"], made["quiet"], made["None"]
     assert len(jobs.claim_for_dispatch(flood[0], 3)) == 3  # flood: 3 segments on workers
     assert len(jobs.claim_for_dispatch(nobody[0], 1)) == 1  # no owner: 1
+
     # Round 1 (every owner's oldest), least busy first; then round 2, then 3. Oldest-first would
     # have put all of the flood before anyone else.
-    assert jobs.jobs_waiting_for_dispatch() == [quiet[0], nobody[0], flood[0], quiet[1], flood[1], flood[2]]
-    assert jobs.jobs_waiting_for_dispatch(limit=2) == [quiet[0], nobody[0]]
+    def waiting(**limit: int) -> list[str]:
+        pairs = jobs.jobs_waiting_for_dispatch(**limit)
+        assert all(owner == jobs.get(job_id).owner for job_id, owner in pairs)  # type: ignore[union-attr]
+        return [job_id for job_id, _ in pairs]
+
+    assert waiting() == [quiet[0], nobody[0], flood[0], quiet[1], flood[1], flood[2]]
+    assert waiting(limit=2) == [quiet[0], nobody[0]]
     jobs.claim_for_dispatch(quiet[0], 4)  # quiet: 4 on workers, and its first job has nothing left to send
-    assert jobs.jobs_waiting_for_dispatch() == [nobody[0], flood[0], quiet[1], flood[1], flood[2]]
+    assert waiting() == [nobody[0], flood[0], quiet[1], flood[1], flood[2]]
     jobs.transition(nobody[0], from_statuses=("IN_PROGRESS",), to_status="FAILED")
-    assert jobs.jobs_waiting_for_dispatch() == [flood[0], quiet[1], flood[1], flood[2]]
+    assert waiting() == [flood[0], quiet[1], flood[1], flood[2]]
