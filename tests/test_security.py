@@ -177,3 +177,27 @@ def test_freed_capacity_goes_round_robin_across_owners_not_to_the_oldest_job(env
     env.deliver("events", [succeeded(running[1])])
     # The next one goes back to the flood (now the owner with less on the workers), to its oldest job.
     assert [(item.job_id, item.segment) for item in map(WorkItem.from_json, env.take("work"))] == [(flood[0], 2)]
+
+
+# ------------------------------------------------------------------------------------ smaller
+
+
+def test_public_health_names_no_database_user_host_or_queue_url(env: Env) -> None:
+    queue_url = env.queues["jobs"].rsplit("/", 1)[0] + "/no-such-queue-7f3a"
+    settings = replace(
+        runtime().settings,
+        bucket="no-such-bucket-7f3a",
+        jobs_queue_url=queue_url,
+        work_queue_url=queue_url,
+    )
+    # A MySQL URL whose server is not there: the driver's error names user, host, port and database.
+    database = Database.from_url("mysql+pymysql://secret_user:pw@127.0.0.1:1/secret_db")
+    use_runtime(Runtime(settings, s3_client=env.s3, sqs_client=env.sqs, database=database))
+    status, answer = env.call("GET", "/health", headers={"x-api-key": ""})
+    assert status == 503 and answer["status"] == "degraded"
+    assert answer["checks"]["database"] == "failing: the database does not answer (details in the service's log)"
+    assert answer["checks"]["bucket"].startswith("failing: the bucket")
+    assert answer["checks"]["jobs_queue"].startswith("failing: the queue")
+    text = json.dumps(answer)
+    for secret in ("secret_user", "127.0.0.1", "secret_db", "no-such-queue-7f3a", "no-such-bucket-7f3a", "arn:"):
+        assert secret not in text, secret
