@@ -17,6 +17,7 @@ import app as chalice_app
 from chalicelib.config import Settings
 from chalicelib.contracts import SEGMENT_SUCCEEDED, SegmentEvent, WorkItem
 from chalicelib.db import Database
+from chalicelib.insight_services import viewer_page
 from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, runtime, use_runtime
 from tests.test_api import OTHER, Env, register
@@ -201,3 +202,14 @@ def test_public_health_names_no_database_user_host_or_queue_url(env: Env) -> Non
     text = json.dumps(answer)
     for secret in ("secret_user", "127.0.0.1", "secret_db", "no-such-queue-7f3a", "no-such-bucket-7f3a", "arn:"):
         assert secret not in text, secret
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_the_viewer_may_load_media_only_from_the_stages_bucket(
+    lambda_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, region: str
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+    rt = Runtime(Settings.from_env({**lambda_env, "AWS_REGION": region}))  # the production S3 client
+    _, headers = viewer_page(rt.store, "job_" + "0" * 32)
+    directives = dict(d.strip().split(" ", 1) for d in headers["Content-Security-Policy"].split(";"))
+    assert directives["media-src"] == f"https://handpipe-prod-videos.s3.{region}.amazonaws.com"
