@@ -1310,6 +1310,10 @@ class Deployment:
             if bucket and not options.keep_data:
                 count = self._empty_bucket(bucket)
                 self.say(f"  removed {count} object(s) from {bucket}")
+                logs = outputs.get("LogBucketName")
+                if logs:  # its access logs too, or the stack could not delete the log bucket
+                    self.aws.s3.put_bucket_logging(Bucket=bucket, BucketLoggingStatus={})
+                    self.say(f"  removed {self._empty_bucket(logs)} access log(s) from {logs}")
             elif bucket:
                 self.say(f"  {bucket} stays, with its videos and results")
 
@@ -1336,6 +1340,7 @@ class Deployment:
         if options.keep_data:
             kept = {
                 "bucket": bucket,
+                "access log bucket": resources.get("LogBucket"),
                 "database instance": resources.get("DbInstance"),
                 "database secret": resources.get("DbSecret"),
                 "database subnet group": resources.get("DbSubnetGroup"),

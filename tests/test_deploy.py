@@ -271,6 +271,17 @@ def test_template_keeps_data_only_when_asked_and_wires_the_worker() -> None:
     rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
     assert rules["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
     assert rules["expire-tmp"]["Prefix"] == "tmp/"
+    # Deleted or overwritten objects can be restored for a while; every request is logged.
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"] == {
+        "NoncurrentDays": {"Ref": "NoncurrentVersionDays"}
+    }
+    assert rules["remove-expired-delete-markers"]["ExpiredObjectDeleteMarker"] is True
+    assert bucket["LoggingConfiguration"] == {"DestinationBucketName": {"Ref": "LogBucket"}, "LogFilePrefix": "access/"}
+    assert resources["LogBucket"]["DeletionPolicy"] == resources["Bucket"]["DeletionPolicy"]
+    [admit, _] = resources["LogBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert admit["Principal"] == {"Service": "logging.s3.amazonaws.com"} and admit["Action"] == "s3:PutObject"
+    assert admit["Condition"]["ArnLike"] == {"aws:SourceArn": {"Fn::GetAtt": ["Bucket", "Arn"]}}
 
     for role in ("Jobs", "Work", "Events"):
         redrive = resources[f"{role}Queue"]["Properties"]["RedrivePolicy"]
@@ -570,7 +581,7 @@ def test_destroy_keep_data_retains_the_bucket_and_database(account: Account, net
     # The deployed stack already says Retain (the default), so destroy deletes it without changing that.
     operations = [name for name, _ in recorder.operations if name in ("update_stack", "delete_stack")]
     assert operations == ["delete_stack", "delete_stack"]
-    assert result.retained == {"bucket": outputs["BucketName"]}
+    assert result.retained == {"bucket": outputs["BucketName"], "access log bucket": outputs["LogBucketName"]}
     # Nothing emptied the bucket. (moto ignores a DeletionPolicy set with Fn::If; the template test covers it,
     # and moto fails to delete a non-empty bucket, so the object is still there to look at.)
     assert account.aws.s3.get_object(Bucket=outputs["BucketName"], Key="results/vid_1/job_1/result.json.gz")
