@@ -64,6 +64,7 @@ class Settings:
     auth: str = "api_key"  # api_key | iam | none (none: only for a stack nobody else can reach)
     api_keys: dict[str, str] = field(default_factory=dict)  # local stack only: key -> owner
     scope_callers: bool = True  # each caller sees only its own videos and jobs
+    local_models: bool = False  # model_uri may name a file on the worker's disk: the local stack only
     region: str | None = None  # the Lambda's AWS_REGION: presigned URLs name the regional endpoint
 
     @classmethod
@@ -111,4 +112,5 @@ class Settings:
             api_keys=parse_api_keys(env.get("HANDPIPE_API_KEYS") or _local_key(env.get("HANDPIPE_API_KEY"))),
             scope_callers=env.get("HANDPIPE_SCOPE_CALLERS", "true").lower() not in ("0", "false", "no"),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            local_models=env.get("HANDPIPE_LOCAL_MODELS", "false").lower() in ("1", "true", "yes"),
         )

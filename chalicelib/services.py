@@ -418,6 +418,8 @@ def create_job(
             return _same_token_job(existing, options, tag), False
     if options.end_ms is not None and options.end_ms > settings.max_duration_ms:
         raise InvalidInput(f"options.end_ms must be at most {settings.max_duration_ms} (the longest video accepted)")
+    if options.model_uri is not None:
+        check_model_uri(options.model_uri, settings)
     head = store.head(video.s3_key)
     if head is None:
         raise Conflict(f"video {video.id} has not been uploaded yet: PUT the file to its upload URL first")
@@ -463,6 +465,18 @@ def create_job(
         raise
     videos.set_status(video.id, "UPLOADED", expected=("REGISTERED",))
     return job_view(stored), True
+
+
+def check_model_uri(uri: str, settings: Settings) -> None:
+    """A caller's model must be an object under the stage's own `models/`: a path would let a caller
+    have the worker open any file on its disk, and another bucket is not the stage's to read. Paths
+    are for the local stack (HANDPIPE_LOCAL_MODELS), where the caller owns the disk."""
+    prefix = f"s3://{settings.bucket}/models/"
+    if uri.startswith(prefix) and ".." not in uri[len(prefix) :].split("/"):
+        return
+    if settings.local_models and not uri.startswith("s3://"):
+        return
+    raise InvalidInput(f"options.model_uri must be an s3:// URI under {prefix} (your .task files), got {uri[:200]!r}")
 
 
 def _same_token_job(existing: Job, options: ProcessOptions, tag: str | None) -> dict[str, Any]:

@@ -198,6 +198,7 @@ class LocalStack:
             # Fan-out is real here too: as many segments in flight as there are worker processes.
             "HANDPIPE_MAX_IN_FLIGHT": str(max(self.workers, 1) * 2),
             "HANDPIPE_AUTH": "api_key",
+            "HANDPIPE_LOCAL_MODELS": "true",  # model_uri may be a path: the caller owns this machine
             "HANDPIPE_API_KEYS": ",".join(f"{key}={owner}" for key, owner in self.api_keys.items()),
             QUEUE_PREFIX_VARIABLE: self.prefix,
             "MPLCONFIGDIR": str((self.data_dir / "matplotlib").resolve()),

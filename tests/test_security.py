@@ -252,3 +252,24 @@ def test_handpipe_up_takes_its_callers_from_handpipe_api_keys(
     monkeypatch.setenv("HANDPIPE_API_KEYS", "short=alice")
     assert cli_main(["up", "--data-dir", str(tmp_path / "refused"), "--port", "0"]) == 1
     assert "HANDPIPE_API_KEYS: an API key must be at least 16 characters long" in capsys.readouterr().err
+
+
+def test_model_uri_must_be_under_the_buckets_models_unless_the_stack_is_local(env: Env) -> None:
+    video = register(env)
+    for uri in (
+        "/var/task/hand_landmarker.task",
+        "s3://another-bucket/models/hands.task",
+        f"s3://{env.bucket}/videos/hands.task",
+        f"s3://{env.bucket}/models/../incoming/someone-else/hands.task",
+        f"s3://{env.bucket}/models-evil/hands.task",
+    ):
+        status, error = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"model_uri": uri}})
+        assert status == 400 and f"under s3://{env.bucket}/models/" in error["message"], (uri, error)
+    assert env.take("jobs") == []
+    ok = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"model_uri": f"s3://{env.bucket}/models/h.task"}})
+    assert ok[0] == 202
+    use_settings(env, local_models=True)  # what `handpipe up` sets: the caller owns the disk
+    local = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"model_uri": "/models/h.task"}})
+    assert local[0] == 202, local
+    status, error = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"model_uri": "s3://x/models/h.task"}})
+    assert status == 400
