@@ -793,6 +793,34 @@ def chalice_package(project: Path, out: Path, env: Mapping[str, str]) -> dict[st
     return dict(json.loads((out / "sam.json").read_text()))
 
 
+def test_chalice_deploy_of_a_fresh_checkout_says_to_run_handpipe_deploy_first(tmp_path: Path) -> None:
+    """The stage's policy file is written by `handpipe deploy`; before that, chalice's own error (it
+    names the missing file) must say so instead of only "Unable to load IAM policy file policy-dev.json"."""
+    copy = tmp_path / "project"
+    copy.mkdir()
+    shutil.copy(REPO / "app.py", copy / "app.py")
+    (copy / "requirements.txt").write_text("")
+    shutil.copytree(REPO / "chalicelib", copy / "chalicelib", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / ".chalice").mkdir()
+    shutil.copy(REPO / ".chalice" / "config.json", copy / ".chalice" / "config.json")
+    chalice = Path(sys.executable).with_name("chalice")
+    completed = subprocess.run(
+        [str(chalice if chalice.exists() else "chalice"), "package", "--stage", "dev", str(tmp_path / "out")],
+        cwd=copy,
+        env={**os.environ, "AWS_DEFAULT_REGION": REGION},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert completed.returncode != 0
+    assert "Unable to load IAM policy file" in completed.stderr
+    last = [line for line in completed.stderr.splitlines() if line.strip()][-1]
+    assert (
+        last.startswith("RuntimeError: Unable to load IAM policy file")
+        and "run-handpipe-deploy--stage-dev-first" in last
+    )
+
+
 def test_chalice_policy_names_only_the_stage() -> None:
     outputs = sample_outputs("prod")
     policy = chalice_policy(outputs, stage="prod", region=REGION, account="123456789012", functions=APP_FUNCTIONS)
