@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from .auth import AUTH_MODES, parse_api_keys
 from .contracts import queue_names
+from .db import TLS_MODES
 
 QUEUE_PREFIX_VARIABLE = "HANDPIPE_QUEUE_PREFIX"
 
@@ -46,6 +47,8 @@ class Settings:
     work_queue_url: str
     db_url: str | None = None
     db_secret_arn: str | None = None
+    db_tls: str = "preferred"  # MySQL: preferred | required | verify | disabled (chalicelib.db.TLS_MODES)
+    db_ca_file: str | None = None  # with verify: the CA bundle to check the server's certificate against
     upload_url_expires_s: int = 900
     download_url_expires_s: int = 3600
     max_upload_bytes: int = 2 * 1024**3
@@ -77,6 +80,8 @@ class Settings:
         ]
         if not env.get("HANDPIPE_DB_URL") and not env.get("HANDPIPE_DB_SECRET_ARN"):
             missing.append("HANDPIPE_DB_URL or HANDPIPE_DB_SECRET_ARN")
+        if env.get("HANDPIPE_DB_TLS") and env["HANDPIPE_DB_TLS"] not in TLS_MODES:
+            missing.append(f"HANDPIPE_DB_TLS to one of {', '.join(TLS_MODES)}")
         if missing:
             raise NotConfigured(
                 f"handpipe is not configured: set {', '.join(missing)} "
@@ -93,6 +98,8 @@ class Settings:
             work_queue_url=env["HANDPIPE_WORK_QUEUE_URL"],
             db_url=env.get("HANDPIPE_DB_URL") or None,
             db_secret_arn=env.get("HANDPIPE_DB_SECRET_ARN") or None,
+            db_tls=env.get("HANDPIPE_DB_TLS") or "preferred",
+            db_ca_file=env.get("HANDPIPE_DB_CA_FILE") or None,
             upload_url_expires_s=number("HANDPIPE_UPLOAD_URL_EXPIRES_S", 900) or 900,
             download_url_expires_s=number("HANDPIPE_DOWNLOAD_URL_EXPIRES_S", 3600) or 3600,
             max_upload_bytes=number("HANDPIPE_MAX_UPLOAD_BYTES", 2 * 1024**3) or 2 * 1024**3,

@@ -7,6 +7,7 @@ import builtins
 import json
 import re
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -38,8 +39,9 @@ _URL_FORMS = (
 
 # Client errors that mean "no server to talk to" rather than "bad SQL": 2002/2003 cannot connect,
 # 2005 unknown host, 2006 gone away, 2013/2055 lost during a query, 1040 too many connections.
-# All of them are worth a retry later, which is what a 503 tells the caller.
-_MYSQL_UNAVAILABLE_CODES = frozenset({1040, 2002, 2003, 2005, 2006, 2013, 2055})
+# All of them are worth a retry later, which is what a 503 tells the caller. 2026: TLS failed (a
+# server without TLS under HANDPIPE_DB_TLS=required, a certificate that does not verify): no answer either.
+_MYSQL_UNAVAILABLE_CODES = frozenset({1040, 2002, 2003, 2005, 2006, 2013, 2026, 2055})
 
 # A dead peer would otherwise block a Lambda until its own timeout; none of our statements is slow.
 _MYSQL_IO_TIMEOUT_S = 60
@@ -106,6 +108,27 @@ def _bad_url(url: str, problem: str = "") -> ValueError:
     return ValueError(f"unsupported database URL {_redact(url)!r}{detail}: expected {_URL_FORMS}")
 
 
+TLS_MODES = ("preferred", "required", "verify", "disabled")
+
+
+def _mysql_tls(mode: str, ca_file: str | None) -> dict[str, Any]:
+    """pymysql's TLS settings for a mode. preferred: TLS whenever the server offers it (RDS always
+    does), unverified; required: refuse a server without TLS; verify: also check the certificate
+    against `ca_file` (the RDS CA bundle, say; the system's CAs without one) and the host name."""
+    if mode not in TLS_MODES:
+        raise ValueError(f"the database TLS mode must be one of {', '.join(TLS_MODES)}, got {mode!r}")
+    if mode == "disabled":
+        return {"ssl_disabled": True}
+    if mode == "preferred":
+        return {}  # pymysql's own default: TLS when offered, plain otherwise
+    if mode == "required":
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return {"ssl": context}  # a context makes pymysql refuse a server that offers no TLS
+    return {"ssl": ssl.create_default_context(cafile=ca_file)}  # verify: certificate and host name
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, pymysql.err.InterfaceError):
         return True  # pymysql's way of saying the socket is already gone
@@ -131,7 +154,7 @@ class Database:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
+    def from_url(cls, url: str, *, tls: str = "preferred", ca_file: str | None = None) -> Database:
         if not isinstance(url, str):
             raise ValueError(f"a database URL must be a string, got {type(url).__name__}: expected {_URL_FORMS}")
         if url.startswith("sqlite:"):
@@ -164,6 +187,8 @@ class Database:
             user=unquote(parts.username),
             password=unquote(parts.password or ""),
             database=database,
+            tls=tls,
+            ca_file=ca_file,
         )
 
     @classmethod
@@ -186,9 +211,22 @@ class Database:
         return cls("sqlite", connect, label=f"sqlite:///{path}")
 
     @classmethod
-    def for_mysql(cls, host: str, port: int, user: str, password: str, database: str) -> Database:
+    def for_mysql(
+        cls,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        database: str,
+        *,
+        tls: str = "preferred",
+        ca_file: str | None = None,
+    ) -> Database:
+        tls_options = _mysql_tls(tls, ca_file)
+
         def connect() -> Any:
             return pymysql.connect(
+                **tls_options,
                 host=host,
                 port=int(port),
                 user=user,

@@ -76,7 +76,7 @@ class Runtime:
 
     def _connect(self) -> Database:
         if self.settings.db_url:
-            return Database.from_url(self.settings.db_url)
+            return Database.from_url(self.settings.db_url, tls=self.settings.db_tls, ca_file=self.settings.db_ca_file)
         # In AWS the credentials live in Secrets Manager, never in the stage's plain config.
         secret = json.loads(
             self._client("secretsmanager").get_secret_value(SecretId=self.settings.db_secret_arn)["SecretString"]
@@ -87,6 +87,8 @@ class Runtime:
             user=secret["username"],
             password=secret["password"],
             database=secret.get("dbname", "handpipe"),
+            tls=self.settings.db_tls,
+            ca_file=self.settings.db_ca_file,
         )
 
     @property

@@ -3,12 +3,19 @@ exactly as the Lambda builds it, limits on every plan, fairness between owners."
 
 from __future__ import annotations
 
+import datetime
+import getpass
+import ipaddress
 import json
+import shutil
+import socket
+import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +23,9 @@ import pytest
 from chalice.test import Client
 
 import app as chalice_app
-from chalicelib.config import Settings
+from chalicelib.config import NotConfigured, Settings
 from chalicelib.contracts import SEGMENT_SUCCEEDED, SegmentEvent, WorkItem
-from chalicelib.db import Database
+from chalicelib.db import Database, DatabaseUnavailable
 from chalicelib.insight_services import viewer_page
 from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, runtime, use_runtime
@@ -273,3 +280,157 @@ def test_model_uri_must_be_under_the_buckets_models_unless_the_stack_is_local(en
     assert local[0] == 202, local
     status, error = env.call("POST", f"/videos/{video['id']}/jobs", {"options": {"model_uri": "s3://x/models/h.task"}})
     assert status == 400
+
+
+# ------------------------------------------------------------------------------------ MySQL over TLS
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@dataclass
+class TlsServer:
+    port: int
+    ca_file: Path
+
+
+@pytest.fixture(scope="session")
+def tls_mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    """A private MariaDB that offers TLS (the shared one on 3306 does not), as RDS does."""
+    server = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or shutil.which("mysqld", path="/usr/sbin:/usr/bin")
+    install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    if not server or not install:
+        pytest.skip("no mariadbd to run a TLS server with")
+    root = tmp_path_factory.mktemp("tls-mariadb")
+    cert, key = _self_signed(root)
+    options = root / "my.cnf"
+    options.write_text(f"[mysqld]\nuser={getpass.getuser()}\n")
+    subprocess.run(
+        [
+            install,
+            f"--defaults-file={options}",
+            f"--datadir={root / 'data'}",
+            "--auth-root-authentication-method=normal",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            server,
+            f"--defaults-file={options}",
+            f"--datadir={root / 'data'}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={root / 'sock'}",
+            f"--pid-file={root / 'pid'}",
+            f"--ssl-cert={cert}",
+            f"--ssl-key={key}",
+            "--skip-log-bin",
+            f"--log-error={root / 'error.log'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(120):  # bounded: at most a minute
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None:
+                    pytest.fail(f"mariadbd exited: {(root / 'error.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield TlsServer(port=port, ca_file=cert)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def cipher(db: Database) -> str:
+    row = db.fetchone("SHOW STATUS LIKE 'Ssl_cipher'")
+    return str((row or {}).get("Value") or "")
+
+
+def test_mysql_uses_tls_whenever_the_server_offers_it(tls_mariadb: TlsServer) -> None:
+    def connect(tls: str, ca_file: str | None = None) -> Database:
+        return Database.for_mysql("127.0.0.1", tls_mariadb.port, "root", "", "mysql", tls=tls, ca_file=ca_file)
+
+    for mode in ("preferred", "required"):
+        db = connect(mode)
+        assert cipher(db).startswith("TLS_"), mode  # e.g. TLS_AES_256_GCM_SHA384
+        db.close()
+    verified = connect("verify", str(tls_mariadb.ca_file))
+    assert cipher(verified).startswith("TLS_")
+    verified.close()
+    plain = connect("disabled")
+    assert cipher(plain) == ""
+    plain.close()
+    # verify against the system's CAs: this self-signed certificate is not one of them.
+    with pytest.raises(DatabaseUnavailable, match="certificate verify failed"):
+        connect("verify").ping()
+
+
+def test_required_tls_refuses_a_server_without_it_with_a_503_not_a_500() -> None:
+    # The shared MariaDB on 3306 offers no TLS: preferred falls back to plain, required refuses.
+    plain = Database.from_url("mysql+pymysql://root:@127.0.0.1:3306/mysql")
+    assert cipher(plain) == ""
+    plain.close()
+    with pytest.raises(DatabaseUnavailable, match="SSL is required"):
+        Database.from_url("mysql+pymysql://root:@127.0.0.1:3306/mysql", tls="required").ping()
+    with pytest.raises(NotConfigured, match="HANDPIPE_DB_TLS to one of preferred, required, verify, disabled"):
+        Settings.from_env(
+            {
+                "HANDPIPE_BUCKET": "b",
+                "HANDPIPE_JOBS_QUEUE_URL": "j",
+                "HANDPIPE_WORK_QUEUE_URL": "w",
+                "HANDPIPE_DB_URL": "sqlite:///x.db",
+                "HANDPIPE_DB_TLS": "maybe",
+            }
+        )
+    settings = Settings.from_env(
+        {
+            "HANDPIPE_BUCKET": "b",
+            "HANDPIPE_JOBS_QUEUE_URL": "j",
+            "HANDPIPE_WORK_QUEUE_URL": "w",
+            "HANDPIPE_DB_URL": "sqlite:///x.db",
+            "HANDPIPE_DB_TLS": "verify",
+            "HANDPIPE_DB_CA_FILE": "/opt/rds-ca.pem",
+        }
+    )
+    assert (settings.db_tls, settings.db_ca_file) == ("verify", "/opt/rds-ca.pem")
