@@ -87,10 +87,20 @@ class ObjectStore:
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix` (our own folders only: never a caller's key, which
+        would take whatever merely starts with it); the number deleted."""
         keys = list(self.keys(prefix))
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
-            self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+            response = self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+            # S3 answers 200 even when it refuses keys (AccessDenied per key): those come back in Errors.
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageUnavailable(
+                    f"S3 refused to delete {len(errors)} of {len(batch)} object(s) under {prefix}, "
+                    f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
+                )
         return len(keys)
 
     def delete_key(self, key: str) -> int:
