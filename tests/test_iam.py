@@ -10,7 +10,6 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -223,7 +222,7 @@ def take(sqs: Any, url: str) -> list[str]:
     return bodies
 
 
-def test_each_role_does_its_whole_job_and_nothing_else(stage: Stage, moto_endpoint: str, tmp_path: Path) -> None:
+def test_each_role_does_its_whole_job_and_nothing_else(stage: Stage, moto_endpoint: str) -> None:
     def client(session: boto3.session.Session, service: str) -> Any:
         config = None
         if service == "s3":
