@@ -90,6 +90,8 @@ def json_body() -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidInput(f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidInput("the body's JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
     return body

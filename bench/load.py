@@ -488,7 +488,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="the local stack's worker processes (default 1)")
     parser.add_argument("--clip", type=Path, help=f"video to upload (default: the sample's first {CLIP_FRAMES} frames)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the request order and the ids read")
+    fair = parser.add_argument_group("--fairness: two owners, one flooding (bench/fairness.py; in-process)")
+    fair.add_argument("--fairness", action="store_true", help="run the fairness scenario instead of the HTTP load")
+    fair.add_argument("--flood-jobs", type=int, default=40, help="the flooding owner's jobs (default 40)")
+    fair.add_argument("--quiet-jobs", type=int, default=3, help="the other owner's jobs, queued after (default 3)")
+    fair.add_argument("--segments", type=int, default=30, help="segments per job (default 30)")
+    fair.add_argument("--capacity", type=int, default=20, help="worker slots, HANDPIPE_MAX_IN_FLIGHT (default 20)")
     args = parser.parse_args(argv)
+    if args.fairness:
+        import fairness  # bench/ is sys.path[0] when this file is run as a script
+
+        if min(args.flood_jobs, args.quiet_jobs, args.segments, args.capacity) < 1:
+            parser.error("--flood-jobs, --quiet-jobs, --segments and --capacity must be at least 1")
+        if args.db_url and args.db_url.startswith(("mysql://", "mysql+pymysql://")):
+            ensure_mysql_database(args.db_url)
+        return fairness.main(args, log)
     if args.clients < 1 or args.requests < 1:
         parser.error("--clients and --requests must be at least 1")
     if args.api_url and not args.api_key:

@@ -14,6 +14,7 @@ AUTH_MODES = ("api_key", "iam", "none")
 # Route templates anyone may call. The viewer page holds no data (it asks the API with the caller's key),
 # and a browser cannot send a header when it opens a link.
 PUBLIC_PATHS = ("/health", "/openapi.json", "/jobs/{job_id}/viewer")
+MAX_OWNER_LENGTH = 255  # the schema's owner columns
 NO_BODY = ["*/*"]  # routes that read no body do not care what Content-Type a client sends
 
 
@@ -62,7 +63,9 @@ def authenticate(
         if local_keys:
             if not presented:
                 raise Unauthorized("send your API key in the x-api-key header")
-            owner = next((o for k, o in local_keys.items() if hmac.compare_digest(k, presented)), None)
+            # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500).
+            given = presented.encode("utf-8", "surrogateescape")
+            owner = next((o for k, o in local_keys.items() if hmac.compare_digest(k.encode(), given)), None)
             if owner is None:
                 raise Forbidden("that API key is not valid")
         else:
@@ -76,7 +79,13 @@ def authenticate(
             raise Unauthorized("sign the request with AWS credentials (SigV4)")
     else:
         raise Forbidden(f"unknown authentication mode {mode!r}")
-    return Caller(owner=str(owner) if scope_callers else None)
+    owner = str(owner)
+    if len(owner) > MAX_OWNER_LENGTH:
+        raise Forbidden(
+            f"your identity has {len(owner)} characters, more than the {MAX_OWNER_LENGTH} handpipe records as an "
+            "owner; call with a shorter role session name or IAM path"
+        )
+    return Caller(owner=owner if scope_callers else None)
 
 
 def route_protection(mode: str) -> dict[str, Any]:

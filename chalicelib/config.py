@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from .auth import AUTH_MODES, parse_api_keys
 from .contracts import queue_names
+from .db import TLS_MODES
 
 QUEUE_PREFIX_VARIABLE = "HANDPIPE_QUEUE_PREFIX"
 
@@ -46,6 +47,8 @@ class Settings:
     work_queue_url: str
     db_url: str | None = None
     db_secret_arn: str | None = None
+    db_tls: str = "preferred"  # MySQL: preferred | required | verify | disabled (chalicelib.db.TLS_MODES)
+    db_ca_file: str | None = None  # with verify: the CA bundle to check the server's certificate against
     upload_url_expires_s: int = 900
     download_url_expires_s: int = 3600
     max_upload_bytes: int = 2 * 1024**3
@@ -56,6 +59,8 @@ class Settings:
     max_in_flight: int = 200  # segments of all jobs on workers at once (the worker's reserved concurrency)
     max_duration_ms: int = 4 * 3600 * 1000  # longer videos are refused when probed
     max_pixels: int = 3840 * 2160  # larger frames are refused when probed
+    max_segments_per_job: int = 1000  # a plan with more segments fails its job
+    max_frames_per_job: int = 1_000_000  # a plan expecting more frames fails its job (4 h at 60 fps: 864,000)
     stuck_after_s: int = 3600  # a job still QUEUED after this long is failed by the sweeper
     # A work item's visibility while a worker runs it: the worker's heartbeat keeps extending it, so a
     # dead worker's item is back in the queue within this long (handpipe_worker/heartbeat.py).
@@ -68,6 +73,8 @@ class Settings:
     auth: str = "api_key"  # api_key | iam | none (none: only for a stack nobody else can reach)
     api_keys: dict[str, str] = field(default_factory=dict)  # local stack only: key -> owner
     scope_callers: bool = True  # each caller sees only its own videos and jobs
+    local_models: bool = False  # model_uri may name a file on the worker's disk: the local stack only
+    region: str | None = None  # the Lambda's AWS_REGION: presigned URLs name the regional endpoint
 
     @property
     def segment_silence_s(self) -> int:
@@ -85,6 +92,8 @@ class Settings:
         ]
         if not env.get("HANDPIPE_DB_URL") and not env.get("HANDPIPE_DB_SECRET_ARN"):
             missing.append("HANDPIPE_DB_URL or HANDPIPE_DB_SECRET_ARN")
+        if env.get("HANDPIPE_DB_TLS") and env["HANDPIPE_DB_TLS"] not in TLS_MODES:
+            missing.append(f"HANDPIPE_DB_TLS to one of {', '.join(TLS_MODES)}")
         if missing:
             raise NotConfigured(
                 f"handpipe is not configured: set {', '.join(missing)} "
@@ -101,6 +110,8 @@ class Settings:
             work_queue_url=env["HANDPIPE_WORK_QUEUE_URL"],
             db_url=env.get("HANDPIPE_DB_URL") or None,
             db_secret_arn=env.get("HANDPIPE_DB_SECRET_ARN") or None,
+            db_tls=env.get("HANDPIPE_DB_TLS") or "preferred",
+            db_ca_file=env.get("HANDPIPE_DB_CA_FILE") or None,
             upload_url_expires_s=number("HANDPIPE_UPLOAD_URL_EXPIRES_S", 900) or 900,
             download_url_expires_s=number("HANDPIPE_DOWNLOAD_URL_EXPIRES_S", 3600) or 3600,
             max_upload_bytes=number("HANDPIPE_MAX_UPLOAD_BYTES", 2 * 1024**3) or 2 * 1024**3,
@@ -111,6 +122,8 @@ class Settings:
             max_in_flight=number("HANDPIPE_MAX_IN_FLIGHT", 200) or 200,
             max_duration_ms=number("HANDPIPE_MAX_DURATION_MS", 4 * 3600 * 1000) or 4 * 3600 * 1000,
             max_pixels=number("HANDPIPE_MAX_PIXELS", 3840 * 2160) or 3840 * 2160,
+            max_segments_per_job=number("HANDPIPE_MAX_SEGMENTS_PER_JOB", 1000) or 1000,
+            max_frames_per_job=number("HANDPIPE_MAX_FRAMES_PER_JOB", 1_000_000) or 1_000_000,
             stuck_after_s=number("HANDPIPE_STUCK_AFTER_S", 3600) or 3600,
             work_visibility_s=number("HANDPIPE_WORK_VISIBILITY_S", 120) or 120,
             work_max_receives=number("HANDPIPE_WORK_MAX_RECEIVES", 3) or 3,
@@ -121,4 +134,6 @@ class Settings:
             # Local stacks and `chalice local`: keys listed here; the key a local client uses counts too.
             api_keys=parse_api_keys(env.get("HANDPIPE_API_KEYS") or _local_key(env.get("HANDPIPE_API_KEY"))),
             scope_callers=env.get("HANDPIPE_SCOPE_CALLERS", "true").lower() not in ("0", "false", "no"),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            local_models=env.get("HANDPIPE_LOCAL_MODELS", "false").lower() in ("1", "true", "yes"),
         )

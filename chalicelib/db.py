@@ -7,6 +7,7 @@ import builtins
 import json
 import re
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -39,8 +40,9 @@ _URL_FORMS = (
 
 # Client errors that mean "no server to talk to" rather than "bad SQL": 2002/2003 cannot connect,
 # 2005 unknown host, 2006 gone away, 2013/2055 lost during a query, 1040 too many connections.
-# All of them are worth a retry later, which is what a 503 tells the caller.
-_MYSQL_UNAVAILABLE_CODES = frozenset({1040, 2002, 2003, 2005, 2006, 2013, 2055})
+# All of them are worth a retry later, which is what a 503 tells the caller. 2026: TLS failed (a
+# server without TLS under HANDPIPE_DB_TLS=required, a certificate that does not verify): no answer either.
+_MYSQL_UNAVAILABLE_CODES = frozenset({1040, 2002, 2003, 2005, 2006, 2013, 2026, 2055})
 
 # A dead peer would otherwise block a Lambda until its own timeout; none of our statements is slow.
 _MYSQL_IO_TIMEOUT_S = 60
@@ -107,6 +109,27 @@ def _bad_url(url: str, problem: str = "") -> ValueError:
     return ValueError(f"unsupported database URL {_redact(url)!r}{detail}: expected {_URL_FORMS}")
 
 
+TLS_MODES = ("preferred", "required", "verify", "disabled")
+
+
+def _mysql_tls(mode: str, ca_file: str | None) -> dict[str, Any]:
+    """pymysql's TLS settings for a mode. preferred: TLS whenever the server offers it (RDS always
+    does), unverified; required: refuse a server without TLS; verify: also check the certificate
+    against `ca_file` (the RDS CA bundle, say; the system's CAs without one) and the host name."""
+    if mode not in TLS_MODES:
+        raise ValueError(f"the database TLS mode must be one of {', '.join(TLS_MODES)}, got {mode!r}")
+    if mode == "disabled":
+        return {"ssl_disabled": True}
+    if mode == "preferred":
+        return {}  # pymysql's own default: TLS when offered, plain otherwise
+    if mode == "required":
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return {"ssl": context}  # a context makes pymysql refuse a server that offers no TLS
+    return {"ssl": ssl.create_default_context(cafile=ca_file)}  # verify: certificate and host name
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, pymysql.err.InterfaceError):
         return True  # pymysql's way of saying the socket is already gone
@@ -132,7 +155,7 @@ class Database:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
+    def from_url(cls, url: str, *, tls: str = "preferred", ca_file: str | None = None) -> Database:
         if not isinstance(url, str):
             raise ValueError(f"a database URL must be a string, got {type(url).__name__}: expected {_URL_FORMS}")
         if url.startswith("sqlite:"):
@@ -165,6 +188,8 @@ class Database:
             user=unquote(parts.username),
             password=unquote(parts.password or ""),
             database=database,
+            tls=tls,
+            ca_file=ca_file,
         )
 
     @classmethod
@@ -187,9 +212,22 @@ class Database:
         return cls("sqlite", connect, label=f"sqlite:///{path}")
 
     @classmethod
-    def for_mysql(cls, host: str, port: int, user: str, password: str, database: str) -> Database:
+    def for_mysql(
+        cls,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        database: str,
+        *,
+        tls: str = "preferred",
+        ca_file: str | None = None,
+    ) -> Database:
+        tls_options = _mysql_tls(tls, ca_file)
+
         def connect() -> Any:
             return pymysql.connect(
+                **tls_options,
                 host=host,
                 port=int(port),
                 user=user,
@@ -491,14 +529,22 @@ _TRANSITION_COLUMNS = {
 
 # VARCHAR limits from the schema. Checked here so both dialects reject the same values, with a
 # message naming the field, instead of MySQL failing and SQLite storing whatever it is given.
-_VIDEO_LIMITS = {"id": 40, "title": 200, "filename": 255, "content_type": 100, "s3_key": 512, "status": 20, "owner": 64}
+_VIDEO_LIMITS = {
+    "id": 40,
+    "title": 200,
+    "filename": 255,
+    "content_type": 100,
+    "s3_key": 512,
+    "status": 20,
+    "owner": 255,
+}
 _JOB_LIMITS = {
     "id": 40,
     "video_id": 40,
     "status": 20,
     "client_token": 64,
     "tag": 128,
-    "owner": 64,
+    "owner": 255,
     "error_code": 64,
     "result_key": 512,
 }
@@ -608,6 +654,11 @@ class VideoRepository:
             conditions.append("owner = ?")
             params.append(owner)
         row = self._db.fetchone(f"SELECT {_VIDEO_COLUMNS} FROM videos{_where(conditions)}", params)
+        return None if row is None else _video(row)
+
+    def find_by_key(self, s3_key: str) -> Video | None:
+        """The video registered for this object key, if any (one video per key)."""
+        row = self._db.fetchone(f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE s3_key = ?", (s3_key,))
         return None if row is None else _video(row)
 
     def set_status(self, video_id: str, status: str, *, expected: Collection[str] | None = None) -> bool:
@@ -1004,12 +1055,15 @@ class JobRepository:
                     claimed.append(replace(_segment(row), dispatched_at=now, dispatch_count=row["dispatch_count"] + 1))
         return claimed
 
-    def claim_within_caps(self, job_id: str, *, per_job: int, total: int) -> list[Segment]:
+    def claim_within_caps(self, job_id: str, *, per_job: int, total: int, at_most: int | None = None) -> list[Segment]:
         """`claim_for_dispatch` for as many segments as the caps leave free (`per_job` in flight for
-        this job, `total` for all jobs), counted in the claim's own transaction while other
-        dispatchers wait, so concurrent dispatchers together never exceed the caps."""
+        this job, `total` for all jobs, and at most `at_most`: an owner's share of a round), counted in
+        the claim's own transaction while other dispatchers wait, so concurrent dispatchers together
+        never exceed the caps."""
         with self._dispatchers_apart(), self._db.transaction():
             capacity = min(per_job - self.in_flight(job_id), total - self.in_flight())
+            if at_most is not None:
+                capacity = min(capacity, at_most)
             return self.claim_for_dispatch(job_id, capacity)
 
     @contextmanager
@@ -1081,14 +1135,27 @@ class JobRepository:
         )
         return [_job(row) for row in rows]
 
-    def jobs_waiting_for_dispatch(self, limit: int = 10) -> list[str]:
-        """Running jobs with segments not yet sent, oldest first: who gets freed capacity."""
+    def jobs_waiting_for_dispatch(self, limit: int = 50) -> list[tuple[str, str | None]]:
+        """Running jobs (id, owner) with segments not yet sent, in the order they get freed capacity: round robin
+        across owners (every owner's oldest waiting job, then every owner's second, ...), and within a
+        round the owner with the fewest segments on workers first. One owner's flood of jobs then
+        delays another owner's job by one round, not by the whole flood."""
+        _check_limit(limit)
+        # COALESCE: jobs of no owner (an unscoped stack) are one owner, and NULL would never join.
         rows = self._db.fetchall(
-            "SELECT j.id AS id FROM jobs j WHERE j.status = ? AND EXISTS (SELECT 1 FROM segments s"
-            " WHERE s.job_id = j.id AND s.status = ? AND s.dispatched_at IS NULL) ORDER BY j.created_at, j.id LIMIT ?",
-            ("IN_PROGRESS", SEGMENT_PENDING, limit),
+            "SELECT w.id AS id, w.owner AS owner FROM ("
+            " SELECT j.id, j.owner, j.created_at, COALESCE(j.owner, '') AS who,"
+            " ROW_NUMBER() OVER (PARTITION BY COALESCE(j.owner, '') ORDER BY j.created_at, j.id) AS turn"
+            " FROM jobs j WHERE j.status = ? AND EXISTS (SELECT 1 FROM segments s"
+            " WHERE s.job_id = j.id AND s.status = ? AND s.dispatched_at IS NULL)) w"
+            " LEFT JOIN (SELECT COALESCE(f.owner, '') AS who, COUNT(*) AS n FROM segments s"
+            " JOIN jobs f ON f.id = s.job_id WHERE s.status = ? AND s.dispatched_at IS NOT NULL"
+            " AND f.status = ?"  # only running jobs hold slots (as in in_flight)
+            " GROUP BY COALESCE(f.owner, '')) busy ON busy.who = w.who"
+            " ORDER BY w.turn, COALESCE(busy.n, 0), w.created_at, w.id LIMIT ?",
+            ("IN_PROGRESS", SEGMENT_PENDING, SEGMENT_PENDING, "IN_PROGRESS", limit),
         )
-        return [row["id"] for row in rows]
+        return [(row["id"], row["owner"]) for row in rows]
 
     def complete_segment(self, job_id: str, index: int, *, frames_processed: int, frames_with_hands: int) -> bool:
         """Mark a pending segment SUCCEEDED with its final counts and update the job's totals, in one

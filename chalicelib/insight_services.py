@@ -180,7 +180,8 @@ def viewer_page(store: ObjectStore, job_id: str) -> tuple[str, dict[str, str]]:
             f"script-src 'nonce-{nonce}'",
             f"style-src 'nonce-{nonce}'",
             "connect-src 'self'",
-            f"media-src {video_origin} https://*.amazonaws.com",
+            # Only the stage's bucket: its presigned URLs name the regional host, so S3 never redirects.
+            f"media-src {video_origin}",
             "img-src data:",
             "base-uri 'none'",
             "form-action 'none'",

@@ -149,6 +149,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         "segments.dispatch_count: a segment whose work item was lost is sent again, a few times at most",
         "ALTER TABLE segments ADD COLUMN dispatch_count INT NOT NULL DEFAULT 0",
     ),
+    Migration(
+        4,
+        "one video per s3_key; owners up to 255 characters (IAM ARNs)",
+        sqlite=("CREATE UNIQUE INDEX IF NOT EXISTS uq_videos_s3_key ON videos (s3_key)",),
+        # MODIFY can run twice, so the jobs statement goes first: if the videos one then fails (two
+        # videos already share a key: delete one), re-running the step only repeats what is harmless.
+        mysql=(
+            "ALTER TABLE jobs MODIFY owner VARCHAR(255) NULL",
+            "ALTER TABLE videos MODIFY owner VARCHAR(255) NULL, ADD UNIQUE INDEX uq_videos_s3_key (s3_key)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

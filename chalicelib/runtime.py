@@ -15,6 +15,19 @@ from .queues import MessageQueue
 from .storage import ObjectStore
 
 
+def s3_config() -> Any:
+    """How the API's S3 client must sign: presigned URLs in SigV4 (SigV2 does not cover the upload's
+    Content-Length and new buckets refuse it) on the regional virtual-hosted endpoint,
+    BUCKET.s3.REGION.amazonaws.com (the global host redirects outside us-east-1, and a browser's
+    upload does not follow a redirect)."""
+    from botocore.config import Config
+
+    return Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "virtual", "us_east_1_regional_endpoint": "regional"},
+    )
+
+
 class Runtime:
     def __init__(
         self,
@@ -31,14 +44,14 @@ class Runtime:
         self._lock = threading.Lock()
         self._schema_checked = False
 
-    def _client(self, name: str) -> Any:
+    def _client(self, name: str, config: Any = None) -> Any:
         import boto3
 
-        return boto3.client(name)
+        return boto3.client(name, region_name=self.settings.region, config=config)
 
     @cached_property
     def s3(self) -> Any:
-        return self._s3 or self._client("s3")
+        return self._s3 or self._client("s3", s3_config())
 
     @cached_property
     def sqs(self) -> Any:
@@ -63,7 +76,7 @@ class Runtime:
 
     def _connect(self) -> Database:
         if self.settings.db_url:
-            return Database.from_url(self.settings.db_url)
+            return Database.from_url(self.settings.db_url, tls=self.settings.db_tls, ca_file=self.settings.db_ca_file)
         # In AWS the credentials live in Secrets Manager, never in the stage's plain config.
         secret = json.loads(
             self._client("secretsmanager").get_secret_value(SecretId=self.settings.db_secret_arn)["SecretString"]
@@ -74,6 +87,8 @@ class Runtime:
             user=secret["username"],
             password=secret["password"],
             database=secret.get("dbname", "handpipe"),
+            tls=self.settings.db_tls,
+            ca_file=self.settings.db_ca_file,
         )
 
     @property

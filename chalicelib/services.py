@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import quote
 
 from .config import Settings
 from .contracts import (
@@ -40,6 +41,7 @@ from .contracts import (
 from .db import (
     ACTIVE_JOB_STATUSES,
     VIDEO_DELETING,
+    IntegrityError,
     Job,
     JobRefused,
     JobRepository,
@@ -60,6 +62,7 @@ JOB_STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED")
 VIDEO_EXTENSIONS = ("mp4", "mov", "m4v", "avi", "webm", "mkv")
 MAX_PAGE = 100
 INCOMING_PREFIX = "incoming/"  # where other systems drop videos to register by key
+MAX_KEY_LENGTH = 512  # the schema's s3_key column
 MAX_FRAMES_PAGE = 1000
 
 
@@ -254,10 +257,11 @@ def register_video(
     """Register a video to upload (returns a presigned PUT URL) or one already in the bucket (`s3_key`)."""
     _check_fields(body, {"title", "filename", "content_type", "size_bytes", "s3_key"})
     video_id = new_id("vid")
-    existing_key = _text(body, "s3_key", max_len=900)
+    existing_key = _text(body, "s3_key", max_len=MAX_KEY_LENGTH)
     if existing_key is not None:
-        if not existing_key.startswith(INCOMING_PREFIX) or ".." in existing_key.split("/"):
-            raise InvalidInput(f"s3_key must be a key under {INCOMING_PREFIX} in the bucket, without '..'")
+        check_incoming_key(existing_key, owner)
+        if videos.find_by_key(existing_key) is not None:
+            raise Conflict(f"{existing_key!r} is already registered as a video; one video per key")
         head = store.head(existing_key)
         if head is None:
             raise InvalidInput(f"there is no object {existing_key!r} in the bucket")
@@ -265,6 +269,11 @@ def register_video(
             raise InvalidInput(f"the object {existing_key!r} is empty (0 bytes): upload the whole video there first")
         if body.get("size_bytes") is not None:
             raise InvalidInput("size_bytes is taken from the object when registering by s3_key; leave it out")
+        if (head["size"] or 0) > settings.max_upload_bytes:
+            raise TooLarge(
+                f"the object {existing_key!r} has {head['size']} bytes, over the limit of "
+                f"{settings.max_upload_bytes} bytes"
+            )
         filename = safe_filename(_text(body, "filename", max_len=255) or existing_key)
         stored_type = str(head["content_type"] or "")
         content_type = _video_content_type(
@@ -300,7 +309,11 @@ def register_video(
         created_at=now,
         updated_at=now,
     )
-    videos.add(video)
+    try:
+        videos.add(video)
+    except IntegrityError:
+        # The unique index on s3_key decides when two registrations of one key race.
+        raise Conflict(f"{key!r} is already registered as a video; one video per key") from None
     view = video_view(video)
     if status == "REGISTERED":
         view["upload"] = {
@@ -310,6 +323,25 @@ def register_video(
             "expires_in_s": settings.upload_url_expires_s,
         }
     return view
+
+
+def incoming_prefix(owner: str | None) -> str:
+    """Where a caller may put objects to register by key: `incoming/{owner}/`, the owner
+    percent-encoded so that no owner's prefix is a prefix of another's (an IAM ARN holds "/").
+    Unscoped callers (auth or scoping off: one tenant) may use all of `incoming/`."""
+    if owner is None:
+        return INCOMING_PREFIX
+    return f"{INCOMING_PREFIX}{quote(owner, safe='')}/"
+
+
+def check_incoming_key(key: str, owner: str | None) -> None:
+    """Refuse a key the caller may not register: outside its own prefix, a folder, or with '..'."""
+    prefix = incoming_prefix(owner)
+    parts = key.split("/")
+    if not key.startswith(prefix) or len(key) == len(prefix):
+        raise InvalidInput(f"s3_key must be a key under {prefix} in the bucket (your prefix), got {key[:100]!r}")
+    if ".." in parts or "." in parts or "" in parts[1:]:
+        raise InvalidInput("s3_key must not hold '..', '.' or empty parts, nor end in '/' (a folder)")
 
 
 def _video_content_type(content_type: str) -> str:
@@ -356,11 +388,12 @@ def delete_video(
         raise NotFound(f"no video with id {video_id!r}")
     if active:
         raise Conflict(f"video {video.id} has {active} job(s) queued or running; delete it when they finish")
+    # Only what the video owns: its own two folders (named by its id) and, when it was registered
+    # by key, exactly that key. Never a prefix of a caller's key: "a.mp4" must not take "a.mp4.bak".
     removed = store.delete_prefix(results_prefix(video.id, "").rstrip("/") + "/")
     removed += store.delete_prefix(video_prefix(video.id))
-    if not video.s3_key.startswith(video_prefix(video.id)) and store.head(video.s3_key) is not None:
-        store.delete_prefix(video.s3_key)
-        removed += 1
+    if not video.s3_key.startswith(video_prefix(video.id)):
+        removed += store.delete_key(video.s3_key)
     if not videos.delete(video.id):
         raise NotFound(f"no video with id {video_id!r}: it has just been deleted")
     return {"deleted": video.id, "objects_removed": removed}
@@ -402,8 +435,15 @@ def create_job(
             return _same_token_job(existing, options, tag), False
     if video.status == VIDEO_DELETING:
         raise Conflict(f"video {video.id} is being deleted; it takes no new jobs")
-    if store.head(video.s3_key) is None:
+    if options.end_ms is not None and options.end_ms > settings.max_duration_ms:
+        raise InvalidInput(f"options.end_ms must be at most {settings.max_duration_ms} (the longest video accepted)")
+    if options.model_uri is not None:
+        check_model_uri(options.model_uri, settings)
+    head = store.head(video.s3_key)
+    if head is None:
         raise Conflict(f"video {video.id} has not been uploaded yet: PUT the file to its upload URL first")
+    if (head["size"] or 0) > settings.max_upload_bytes:  # replaced by a bigger object since it was registered
+        raise TooLarge(f"the video's object has {head['size']} bytes, over the limit of {settings.max_upload_bytes}")
     now = now_ms()
     job = Job(
         id=new_id("job"),
@@ -449,6 +489,18 @@ def create_job(
         raise
     videos.set_status(video.id, "UPLOADED", expected=("REGISTERED",))
     return job_view(stored), True
+
+
+def check_model_uri(uri: str, settings: Settings) -> None:
+    """A caller's model must be an object under the stage's own `models/`: a path would let a caller
+    have the worker open any file on its disk, and another bucket is not the stage's to read. Paths
+    are for the local stack (HANDPIPE_LOCAL_MODELS), where the caller owns the disk."""
+    prefix = f"s3://{settings.bucket}/models/"
+    if uri.startswith(prefix) and ".." not in uri[len(prefix) :].split("/"):
+        return
+    if settings.local_models and not uri.startswith("s3://"):
+        return
+    raise InvalidInput(f"options.model_uri must be an s3:// URI under {prefix} (your .task files), got {uri[:200]!r}")
 
 
 def _same_token_job(existing: Job, options: ProcessOptions, tag: str | None) -> dict[str, Any]:
@@ -625,6 +677,8 @@ def plan_job(
         return f"already planned; dispatched {dispatch(jobs, work_queue, settings, job, video)}"
     if job.status != "QUEUED":
         return "already finished"
+    if refuse_over_limits(jobs, videos, settings, job, video):
+        return "failed"
     options = ProcessOptions.from_dict(job.options)
     duration = (video.metadata or {}).get("duration_ms")
     if settings.segment_ms is not None and options.end_ms is None and duration is None:
@@ -642,6 +696,8 @@ def start_segments(
     video: Video,
 ) -> str:
     """Store the job's segments, start it and send as many work items as the caps allow."""
+    if refuse_over_limits(jobs, videos, settings, job, video):
+        return "failed"
     options = ProcessOptions.from_dict(job.options)
     metadata = video.metadata or {}
     ranges = plan_segments(options, settings, metadata.get("duration_ms"))
@@ -680,10 +736,19 @@ def _expected_frames(options: ProcessOptions, metadata: Mapping[str, Any]) -> in
     return max(1, round(span_ms / 1000 * min(fps, options.sample_fps or fps)))
 
 
-def dispatch(jobs: JobRepository, work_queue: MessageQueue, settings: Settings, job: Job, video: Video) -> int:
-    """Send work items for the job's waiting segments within the per-job and global caps, so one
-    huge video cannot take every worker (and the account's concurrency) from everyone else."""
-    claimed = jobs.claim_within_caps(job.id, per_job=settings.max_in_flight_per_job, total=settings.max_in_flight)
+def dispatch(
+    jobs: JobRepository,
+    work_queue: MessageQueue,
+    settings: Settings,
+    job: Job,
+    video: Video,
+    at_most: int | None = None,
+) -> int:
+    """Send work items for the job's waiting segments within the per-job and global caps (and
+    `at_most`), so one huge video cannot take every worker (and the account's concurrency) from everyone else."""
+    claimed = jobs.claim_within_caps(
+        job.id, per_job=settings.max_in_flight_per_job, total=settings.max_in_flight, at_most=at_most
+    )
     if not claimed:
         return 0
     options = ProcessOptions.from_dict(job.options)
@@ -712,20 +777,38 @@ def dispatch(jobs: JobRepository, work_queue: MessageQueue, settings: Settings, 
 def _dispatch_waiting(
     videos: VideoRepository, jobs: JobRepository, work_queue: MessageQueue, settings: Settings
 ) -> int:
-    """Hand capacity a finished segment freed to the oldest jobs still waiting for it; how many
-    work items it sent."""
-    sent = 0
-    for job_id in jobs.jobs_waiting_for_dispatch():
-        job, video = jobs.get(job_id), None
-        if job is not None:
-            video = videos.get(job.video_id)
-        if job is None or video is None:
-            continue
-        count = dispatch(jobs, work_queue, settings, job, video)
-        sent += count
-        if not count and jobs.in_flight() >= settings.max_in_flight:
-            break  # no slot left for anyone
-    return sent
+    """Hand capacity that finished segments freed to the jobs waiting for it, round robin across
+    owners: each round gives every waiting owner an equal share, to its first job in the
+    repository's fair order that can take it, so a flood of one owner's jobs cannot starve another's.
+    Returns how many work items it sent."""
+    total = 0
+    waiting = jobs.jobs_waiting_for_dispatch()
+    while waiting:
+        free = settings.max_in_flight - jobs.in_flight()
+        if free <= 0:
+            return total
+        share = max(1, free // len({owner for _, owner in waiting}))
+        served: set[str | None] = set()
+        keep: list[tuple[str, str | None]] = []
+        for job_id, owner in waiting:
+            if owner in served:
+                keep.append((job_id, owner))
+                continue
+            job = jobs.get(job_id)
+            video = videos.get(job.video_id) if job is not None else None
+            sent = dispatch(jobs, work_queue, settings, job, video, at_most=share) if job and video else 0
+            if sent:
+                total += sent
+                served.add(owner)
+                keep.append((job_id, owner))  # it may take more in the next round
+                free -= sent
+                if free <= 0:
+                    return total
+            # Else it is at its own cap or has nothing left to send: the owner's next job is tried.
+        if not served:
+            return total
+        waiting = keep
+    return total
 
 
 def record_event(
@@ -790,6 +873,38 @@ def limit_problems(video: Mapping[str, Any], settings: Settings) -> list[str]:
             f"frames of {video.get('width')}x{video.get('height')} are over the limit of {settings.max_pixels} pixels"
         )
     return problems
+
+
+def plan_limit_problems(job: Job, video: Video, settings: Settings) -> list[str]:
+    """Every limit a plan must respect, checked on each plan rather than only by the first probe: a
+    second job on a video already probed, or a job naming its own end_ms, skips the probe."""
+    options = ProcessOptions.from_dict(job.options)
+    metadata = video.metadata or {}
+    problems = limit_problems(metadata, settings) if metadata else []
+    if options.end_ms is not None and options.end_ms > settings.max_duration_ms:
+        problems.append(f"end_ms {options.end_ms} is past the limit of {_span(settings.max_duration_ms)}")
+    if video.size_bytes is not None and video.size_bytes > settings.max_upload_bytes:
+        problems.append(f"the video has {video.size_bytes} bytes, over the limit of {settings.max_upload_bytes}")
+    if not problems:
+        segments = len(plan_segments(options, settings, metadata.get("duration_ms")))
+        if segments > settings.max_segments_per_job:
+            problems.append(
+                f"the job would need {segments} segments, over the limit of {settings.max_segments_per_job}"
+            )
+        frames = _expected_frames(options, metadata)
+        if frames is not None and frames > settings.max_frames_per_job:
+            problems.append(f"the job would read {frames} frames, over the limit of {settings.max_frames_per_job}")
+    return problems
+
+
+def refuse_over_limits(
+    jobs: JobRepository, videos: VideoRepository, settings: Settings, job: Job, video: Video
+) -> bool:
+    """Fail the job (limit_exceeded, with every reason) when its plan is over a limit; True if so."""
+    problems = plan_limit_problems(job, video, settings)
+    if problems:
+        _fail_job(jobs, videos, job, "limit_exceeded", "; ".join(problems))
+    return bool(problems)
 
 
 def _span(ms: float) -> str:
@@ -968,12 +1083,27 @@ def _fail_job(jobs: JobRepository, videos: VideoRepository, job: Job, code: str,
 
 
 def health(checks: Mapping[str, Any]) -> tuple[bool, dict[str, str]]:
-    """Run each named check (a callable that raises when unhealthy); report every outcome."""
+    """Run each named check (a callable that raises when unhealthy); report every outcome. The
+    answer is public, so it says only what kind of failure it was: the error's own text (database
+    user, host and name, queue URLs, role ARNs) goes to the log."""
     outcome: dict[str, str] = {}
     for name, check in checks.items():
         try:
             check()
             outcome[name] = "ok"
         except Exception as error:  # a health check reports failures, it does not raise them
-            outcome[name] = f"failing: {str(error)[:200]}"
+            logger.warning("health check %s failing: %s", name, error)
+            outcome[name] = f"failing: {_failure_kind(error)}"
     return all(v == "ok" for v in outcome.values()), outcome
+
+
+def _failure_kind(error: Exception) -> str:
+    kinds = {
+        "DatabaseUnavailable": "the database does not answer",
+        "StorageUnavailable": "the bucket does not answer or refuses access",
+        "ObjectMissing": "the bucket does not exist",
+        "QueueUnavailable": "the queue does not answer or refuses access",
+        "SchemaOutOfDate": "the database schema is out of date",
+        "NotConfigured": "not configured",
+    }
+    return f"{kinds.get(type(error).__name__, 'unexpected error')} (details in the service's log)"

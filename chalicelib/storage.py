@@ -102,11 +102,29 @@ class ObjectStore:
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix` (our own folders only: never a caller's key, which
+        would take whatever merely starts with it); the number deleted."""
         keys = list(self.keys(prefix))
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
-            self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+            response = self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+            # S3 answers 200 even when it refuses keys (AccessDenied per key): those come back in Errors.
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageUnavailable(
+                    f"S3 refused to delete {len(errors)} of {len(batch)} object(s) under {prefix}, "
+                    f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
+                )
         return len(keys)
+
+    def delete_key(self, key: str) -> int:
+        """Delete exactly this key (a plain DeleteObject: no listing, so nothing that merely starts
+        with it); 1 when it was there, 0 when it was not."""
+        if self.head(key) is None:
+            return 0
+        self._call("delete_object", Key=key)
+        return 1
 
     def presign_upload(self, key: str, content_type: str, size: int, expires_s: int) -> str:
         """A URL for one PUT of this object, of this type and exactly this size: the signature covers

@@ -147,15 +147,18 @@ def _hide_password(url: str) -> str:
 def _start_stack(args: argparse.Namespace, port: int, moto_port: int = 0, quiet: bool = False) -> Any:
     from .stack import LocalStack
 
-    stack = LocalStack(
-        port=port,
-        moto_port=moto_port,
-        db_url=args.db_url,
-        workers=args.workers,
-        data_dir=args.data_dir,
-        quiet=quiet and not args.verbose,
-        segment_ms=args.segment_ms,
-    )
+    try:
+        stack = LocalStack(
+            port=port,
+            moto_port=moto_port,
+            db_url=args.db_url,
+            workers=args.workers,
+            data_dir=args.data_dir,
+            quiet=quiet and not args.verbose,
+            segment_ms=args.segment_ms,
+        )
+    except ValueError as error:  # HANDPIPE_API_KEYS that parse_api_keys refuses
+        raise CliError(f"HANDPIPE_API_KEYS: {error}") from None
     try:
         stack.start()
     except OSError as error:
@@ -171,6 +174,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"database          {_hide_password(info.db_url)}")
     print(f"workers           {info.workers} process(es)")
     print(f"API key           {info.api_key}   (send it as x-api-key)")
+    owners = sorted(set(stack.api_keys.values()))
+    if len(stack.api_keys) > 1:
+        print(
+            f"                  and {len(stack.api_keys) - 1} more from HANDPIPE_API_KEYS; owners {', '.join(owners)}"
+        )
     print(f"try:  export HANDPIPE_API_KEY={info.api_key}")
     print(f"      handpipe demo --api-url {info.api_url}    (Ctrl-C stops the stack)", flush=True)
     stopped = threading.Event()

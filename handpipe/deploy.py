@@ -204,6 +204,11 @@ class DeployOptions:
     reserve_concurrency: bool | None = None
     max_db_connections: int | None = None  # None: what the stage's config reserves now, else the default
     cors_origins: str | None = None
+    # Per API key, enforced by API Gateway before a request reaches a Lambda, so one caller cannot
+    # take the API (and the workers behind it) from the others. None: the plan's current value, else the default.
+    throttle_rate: float | None = None  # steady requests per second
+    throttle_burst: int | None = None  # requests at once above the steady rate
+    daily_quota: int | None = None  # requests per day
 
 
 @dataclass
@@ -223,6 +228,7 @@ class DeployResult:
     policy_path: Path
     migration: Any = None
     api_key: str | None = None  # the key created for the stage's usage plan on its first deploy
+    api_key_path: Path | None = None  # where that key was written (mode 0600); never printed
 
 
 @dataclass
@@ -562,6 +568,41 @@ def usage_plan_name(stage: str) -> str:
     return f"{APP_NAME}-{stage}"
 
 
+DEFAULT_THROTTLE_RATE = 20.0  # requests/s per key: well above one client's polling, far below the account's 10,000
+DEFAULT_THROTTLE_BURST = 40
+DEFAULT_DAILY_QUOTA = 50_000  # requests/day per key
+
+
+def api_key_path(project: Path, stage: str) -> Path:
+    """Where deploy leaves the key it made for a stage (.handpipe/ is git-ignored)."""
+    return project / ".handpipe" / f"api-key-{stage}"
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Write a secret readable by its owner only: created 0600, so it is never readable by others,
+    not even between the write and a chmod."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
+
+
+def check_auth_mode(project: Path, stage: str, environ: Mapping[str, str]) -> None:
+    """An AWS stage must check its callers: HANDPIPE_AUTH=none would leave the API open to the internet."""
+    config_file = project / ".chalice" / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    for where, mode in (
+        (f".chalice/config.json (stage {stage})", stage_environment(config, stage).get("HANDPIPE_AUTH")),
+        ("your environment", environ.get("HANDPIPE_AUTH")),
+    ):
+        if mode == "none":
+            raise Problem(
+                f"HANDPIPE_AUTH=none in {where}: an AWS stage would answer anyone on the internet",
+                "use api_key (the default) or iam; HANDPIPE_AUTH=none is only for a local stack (handpipe up)",
+            )
+
+
 def _error_code(error: Exception) -> str:
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
@@ -641,6 +682,7 @@ class Deployment:
             "configure AWS credentials (aws configure, or AWS_PROFILE / --profile) for the target account",
         ):
             check_stage(stage)
+            check_auth_mode(project, stage, os.environ)
             for needed in ("app.py", ".chalice/config.json", DOCKERFILE, str(MAIN_TEMPLATE), str(ECR_TEMPLATE)):
                 if not (project / needed).exists():
                     raise Problem(
@@ -751,7 +793,7 @@ class Deployment:
             f"API keys: usage plan {usage_plan_name(stage)}",
             "look at the stage's API in the API Gateway console (Usage plans); run deploy again to retry",
         ):
-            key = self._ensure_usage_plan(project, stage)
+            key = self._ensure_usage_plan(project, stage, options)
 
         url = api_url(project, stage)
         self.say(f"deployed stage {stage}" + (f": API at {url}" if url else ""))
@@ -764,9 +806,10 @@ class Deployment:
             policy_path=policy_path,
             migration=migration,
             api_key=key,
+            api_key_path=api_key_path(project, stage) if key else None,
         )
 
-    def _ensure_usage_plan(self, project: Path, stage: str) -> str | None:
+    def _ensure_usage_plan(self, project: Path, stage: str, options: DeployOptions) -> str | None:
         """With HANDPIPE_AUTH=api_key (the default) API Gateway admits only keys of a usage plan of the API's
         stage, and Chalice makes neither: make the plan, and on the first deploy one key for its owner."""
         config = json.loads((project / ".chalice" / "config.json").read_text())
@@ -781,13 +824,31 @@ class Deployment:
         gateway = self.aws.apigateway
         name = usage_plan_name(stage)
         plan = self._usage_plan(name)
+        throttle = plan.get("throttle", {}) if plan else {}
+        quota = plan.get("quota", {}) if plan else {}
+        rate = options.throttle_rate or float(throttle.get("rateLimit") or DEFAULT_THROTTLE_RATE)
+        burst = options.throttle_burst or int(throttle.get("burstLimit") or DEFAULT_THROTTLE_BURST)
+        daily = options.daily_quota or int(quota.get("limit") or DEFAULT_DAILY_QUOTA)
         if plan is None:
             plan = gateway.create_usage_plan(
                 name=name,
                 description=f"handpipe {stage}: callers of the API (x-api-key)",
                 apiStages=[{"apiId": api_id, "stage": api_stage}],
+                throttle={"rateLimit": rate, "burstLimit": burst},
+                quota={"limit": daily, "period": "DAY"},
             )
-        elif {"apiId": api_id, "stage": api_stage} not in [
+        else:
+            gateway.update_usage_plan(
+                usagePlanId=plan["id"],
+                patchOperations=[
+                    {"op": "replace", "path": "/throttle/rateLimit", "value": f"{rate:g}"},
+                    {"op": "replace", "path": "/throttle/burstLimit", "value": str(burst)},
+                    {"op": "replace", "path": "/quota/limit", "value": str(daily)},
+                    {"op": "replace", "path": "/quota/period", "value": "DAY"},
+                ],
+            )
+        self.say(f"  each key: {rate:g} requests/s (bursts of {burst}), {daily} a day")
+        if {"apiId": api_id, "stage": api_stage} not in [
             {"apiId": s.get("apiId"), "stage": s.get("stage")} for s in plan.get("apiStages", [])
         ]:
             # Chalice made a new REST API (e.g. after a delete); the plan must cover it.
@@ -803,7 +864,10 @@ class Deployment:
             name=f"{APP_NAME}-{stage}-owner", description=f"handpipe {stage}: the deployer's key", enabled=True
         )
         gateway.create_usage_plan_key(usagePlanId=plan["id"], keyId=key["id"], keyType="API_KEY")
-        self.say(f"  API key {key['id']} for the x-api-key header: {key['value']}")
+        # Written to a file only the user can read: a key printed to stdout ends up in CI logs and scrollback.
+        path = api_key_path(project, stage)
+        write_secret(path, str(key["value"]))
+        self.say(f"  API key {key['id']} for the x-api-key header: written to {path} (mode 0600)")
         self.say(f"  (shown again by: aws apigateway get-api-key --api-key {key['id']} --include-value)")
         return str(key["value"])
 
@@ -1246,6 +1310,10 @@ class Deployment:
             if bucket and not options.keep_data:
                 count = self._empty_bucket(bucket)
                 self.say(f"  removed {count} object(s) from {bucket}")
+                logs = outputs.get("LogBucketName")
+                if logs:  # its access logs too, or the stack could not delete the log bucket
+                    self.aws.s3.put_bucket_logging(Bucket=bucket, BucketLoggingStatus={})
+                    self.say(f"  removed {self._empty_bucket(logs)} access log(s) from {logs}")
             elif bucket:
                 self.say(f"  {bucket} stays, with its videos and results")
 
@@ -1272,6 +1340,7 @@ class Deployment:
         if options.keep_data:
             kept = {
                 "bucket": bucket,
+                "access log bucket": resources.get("LogBucket"),
                 "database instance": resources.get("DbInstance"),
                 "database secret": resources.get("DbSecret"),
                 "database subnet group": resources.get("DbSubnetGroup"),
@@ -1369,6 +1438,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", required=True, help="the stage, e.g. dev or prod")
     parser.add_argument("--region", help="AWS region (default: your AWS configuration's)")
@@ -1441,6 +1517,19 @@ def add_commands(subparsers: Any) -> None:
         help="reserve no concurrency (for accounts with a low concurrency limit); connections are then not capped",
     )
     deploy.add_argument("--cors-origins", help="comma-separated origins allowed to upload from a browser (default *)")
+    limits = deploy.add_argument_group("API limits per key (the usage plan; api_key auth)")
+    limits.add_argument(
+        "--throttle-rate",
+        type=float,
+        metavar="RPS",
+        help=f"steady requests per second (default {DEFAULT_THROTTLE_RATE:g})",
+    )
+    limits.add_argument(
+        "--throttle-burst", type=_positive, metavar="N", help=f"burst above the rate (default {DEFAULT_THROTTLE_BURST})"
+    )
+    limits.add_argument(
+        "--daily-quota", type=_positive, metavar="N", help=f"requests per day (default {DEFAULT_DAILY_QUOTA})"
+    )
     deploy.set_defaults(run=cmd_deploy)
 
     destroy = subparsers.add_parser(
@@ -1500,6 +1589,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         reserve_concurrency=args.reserve_concurrency,
         max_db_connections=args.max_db_connections,
         cors_origins=args.cors_origins,
+        throttle_rate=args.throttle_rate,
+        throttle_burst=args.throttle_burst,
+        daily_quota=args.daily_quota,
     )
     try:
         _real_deployment(args).deploy(options)

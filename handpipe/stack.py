@@ -20,6 +20,7 @@ from typing import Any
 
 from chalice.local import ChaliceRequestHandler
 
+from chalicelib.auth import parse_api_keys
 from chalicelib.config import QUEUE_PREFIX_VARIABLE, Settings
 from chalicelib.db import Database
 from chalicelib.migrations import upgrade
@@ -131,6 +132,7 @@ class LocalStack:
         quiet: bool = False,
         segment_ms: int | None = None,
         api_key: str | None = None,
+        api_keys: str | None = None,
     ) -> None:
         self.port = port
         self.moto_port = moto_port
@@ -141,8 +143,17 @@ class LocalStack:
         self.bucket = bucket
         self.prefix = prefix
         self.work_visibility_s = work_visibility_s
-        # Callers need this key (x-api-key), as they need a usage plan's key in AWS.
-        self.api_key = api_key or os.environ.get("HANDPIPE_API_KEY") or secrets.token_urlsafe(24)
+        # Callers need a key (x-api-key), as they need a usage plan's key in AWS. HANDPIPE_API_KEYS
+        # (key=owner,...) gives several callers, each its own owner, so scoping can be tried locally.
+        keys_text = api_keys if api_keys is not None else os.environ.get("HANDPIPE_API_KEYS")
+        self.api_keys = parse_api_keys(keys_text)  # ValueError for a key shorter than 16 characters
+        self.api_key = (
+            api_key
+            or os.environ.get("HANDPIPE_API_KEY")
+            or next(iter(self.api_keys), None)
+            or secrets.token_urlsafe(24)
+        )
+        self.api_keys.setdefault(self.api_key, "local")
         self.segment_ms = segment_ms  # None: the app's default; 0: one segment per job
         self.quiet = quiet  # no request log and no INFO lines from the handlers (for `handpipe demo`)
         self._moto: MotoServer | None = None
@@ -189,7 +200,8 @@ class LocalStack:
             # Fan-out is real here too: as many segments in flight as there are worker processes.
             "HANDPIPE_MAX_IN_FLIGHT": str(max(self.workers, 1) * 2),
             "HANDPIPE_AUTH": "api_key",
-            "HANDPIPE_API_KEYS": f"{self.api_key}=local",
+            "HANDPIPE_LOCAL_MODELS": "true",  # model_uri may be a path: the caller owns this machine
+            "HANDPIPE_API_KEYS": ",".join(f"{key}={owner}" for key, owner in self.api_keys.items()),
             QUEUE_PREFIX_VARIABLE: self.prefix,
             "MPLCONFIGDIR": str((self.data_dir / "matplotlib").resolve()),
         }

@@ -19,9 +19,10 @@ from handpipe_worker.models import ModelCache
 
 import app as chalice_app
 from chalicelib import services
+from chalicelib.auth import Forbidden, authenticate
 from chalicelib.config import Settings
-from chalicelib.db import Database
-from chalicelib.migrations import LATEST_VERSION, upgrade
+from chalicelib.db import Database, IntegrityError
+from chalicelib.migrations import LATEST_VERSION, MIGRATIONS, upgrade
 from chalicelib.runtime import Runtime, runtime, use_runtime
 from handpipe.localaws import LambdaContext, aws_clients, provision
 from tests.conftest import data_path
@@ -29,6 +30,7 @@ from tests.conftest import data_path
 MODELS = ModelCache()
 API_KEY = "test-key-0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef"
+OTHER = {"x-api-key": OTHER_KEY}
 
 
 @dataclass
@@ -111,7 +113,13 @@ def env(moto_endpoint: str, tmp_path: Path) -> Iterator[Env]:
     db.close()
 
 
-def register(env: Env, name: str = "asl_thanks_two_hands.mkv", upload: bool = True, **extra: Any) -> dict[str, Any]:
+def register(
+    env: Env,
+    name: str = "asl_thanks_two_hands.mkv",
+    upload: bool = True,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     path = data_path(f"videos/{name}")
     status, video = env.call(
         "POST",
@@ -123,6 +131,7 @@ def register(env: Env, name: str = "asl_thanks_two_hands.mkv", upload: bool = Tr
             "size_bytes": path.stat().st_size,
             **extra,
         },
+        headers=headers,
     )
     assert status == 201, video
     if upload:
@@ -277,12 +286,74 @@ def test_ids_made_within_a_millisecond_keep_the_order_they_were_made_in() -> Non
 
 
 def test_register_an_object_already_in_the_bucket(env: Env) -> None:
-    env.s3.upload_file(str(data_path("videos/asl_thanks_two_hands.mkv")), env.bucket, "incoming/thanks.mkv")
-    status, video = env.call("POST", "/videos", {"s3_key": "incoming/thanks.mkv", "title": "from the bucket"})
+    env.s3.upload_file(str(data_path("videos/asl_thanks_two_hands.mkv")), env.bucket, "incoming/tester/thanks.mkv")
+    status, video = env.call("POST", "/videos", {"s3_key": "incoming/tester/thanks.mkv", "title": "from the bucket"})
     assert status == 201 and video["status"] == "UPLOADED" and "upload" not in video
     assert video["size_bytes"] == data_path("videos/asl_thanks_two_hands.mkv").stat().st_size
-    status, error = env.call("POST", "/videos", {"s3_key": "incoming/missing.mkv"})
+    status, error = env.call("POST", "/videos", {"s3_key": "incoming/tester/missing.mkv"})
     assert status == 400 and "no object" in error["message"]
+
+
+def put_incoming(env: Env, *keys: str) -> None:
+    for key in keys:
+        env.s3.put_object(Bucket=env.bucket, Key=key, Body=b"not really a video", ContentType="video/mp4")
+
+
+def bucket_keys(env: Env, prefix: str = "incoming/") -> set[str]:
+    return {item["Key"] for item in env.s3.list_objects_v2(Bucket=env.bucket, Prefix=prefix).get("Contents", [])}
+
+
+def test_a_caller_registers_keys_only_under_its_own_incoming_prefix(env: Env) -> None:
+    put_incoming(env, "incoming/someone-else/theirs.mp4", "incoming/tester/mine.mp4", "incoming/loose.mp4")
+    for key in ("incoming/someone-else/theirs.mp4", "incoming/loose.mp4", "incoming/tester", "videos/x/a.mp4"):
+        status, error = env.call("POST", "/videos", {"s3_key": key})
+        assert status == 400 and "incoming/tester/" in error["message"], (key, error)
+    for key in ("incoming/tester/../someone-else/theirs.mp4", "incoming/tester//mine.mp4", "incoming/tester/"):
+        status, error = env.call("POST", "/videos", {"s3_key": key, "filename": "x.mp4"})
+        assert status == 400 and "s3_key" in error["message"], (key, error)
+    status, theirs = env.call("POST", "/videos", {"s3_key": "incoming/someone-else/theirs.mp4"}, headers=OTHER)
+    assert status == 201, theirs
+    assert env.call("POST", "/videos", {"s3_key": "incoming/tester/mine.mp4"})[0] == 201
+    # The owner's own prefix is percent-encoded, so "a/b" cannot reach into "a"'s folder or back.
+    assert services.incoming_prefix("arn:aws:iam::1:user/a") == "incoming/arn%3Aaws%3Aiam%3A%3A1%3Auser%2Fa/"
+    assert not services.incoming_prefix("team/b").startswith(services.incoming_prefix("team"))
+
+
+def test_one_video_per_key_a_second_registration_is_a_conflict(env: Env) -> None:
+    put_incoming(env, "incoming/tester/once.mp4")
+    first = env.call("POST", "/videos", {"s3_key": "incoming/tester/once.mp4"})
+    assert first[0] == 201
+    status, error = env.call("POST", "/videos", {"s3_key": "incoming/tester/once.mp4", "title": "again"})
+    assert status == 409 and "already registered" in error["message"]
+    assert env.db.fetchone("SELECT COUNT(*) AS n FROM videos") == {"n": 1}
+    # The database's unique index holds even when two registrations race past the first check.
+    video = runtime().videos.get(first[1]["id"])
+    assert video is not None
+    with pytest.raises(IntegrityError):
+        runtime().videos.add(replace(video, id=services.new_id("vid")))
+
+
+def test_deleting_a_video_registered_by_key_removes_exactly_that_key(env: Env) -> None:
+    put_incoming(
+        env,
+        "incoming/tester/a.mp4",
+        "incoming/tester/a.mp4.bak",
+        "incoming/tester/a.mp4/inside.mp4",
+        "incoming/tester/b.mp4",
+    )
+    video = env.call("POST", "/videos", {"s3_key": "incoming/tester/a.mp4"})[1]
+    status, done = env.call("DELETE", f"/videos/{video['id']}")
+    assert status == 200 and done["objects_removed"] == 1
+    assert bucket_keys(env) == {
+        "incoming/tester/a.mp4.bak",
+        "incoming/tester/a.mp4/inside.mp4",
+        "incoming/tester/b.mp4",
+    }
+    # Gone already (someone else removed it): nothing removed, and the count says so.
+    video = env.call("POST", "/videos", {"s3_key": "incoming/tester/b.mp4"})[1]
+    env.s3.delete_object(Bucket=env.bucket, Key="incoming/tester/b.mp4")
+    assert env.call("DELETE", f"/videos/{video['id']}")[1]["objects_removed"] == 0
+    assert bucket_keys(env) == {"incoming/tester/a.mp4.bak", "incoming/tester/a.mp4/inside.mp4"}
 
 
 # ------------------------------------------------------------------------------------ delete
@@ -348,6 +419,26 @@ def test_bad_requests_get_a_clear_4xx(env: Env, method: str, path: str, body: An
     assert env.db.fetchone("SELECT COUNT(*) AS n FROM videos") == {"n": 0}
 
 
+def test_hostile_input_is_a_4xx_not_a_500(env: Env) -> None:
+    status, answer = env.call("POST", "/videos", raw=b"[" * 30_000 + b"]" * 30_000)
+    assert status == 400 and "nested too deeply" in answer["message"]
+    for key in ("x" * 600, "incoming/tester/" + "a" * 600 + ".mp4"):  # 513 to 900 characters
+        status, answer = env.call("POST", "/videos", {"s3_key": key})
+        assert status == 400 and "longer than 512" in answer["message"], answer
+    # A header value of non-ASCII characters, as a client may send it (latin-1 on the wire).
+    status, answer = env.call("GET", "/videos", headers={"x-api-key": "clé-0123456789abcdefgh"})
+    assert status == 403 and "not valid" in answer["message"]
+    assert env.db.fetchone("SELECT COUNT(*) AS n FROM videos") == {"n": 0}
+
+
+def test_an_iam_caller_with_a_long_arn_is_an_owner_and_a_too_long_one_a_403() -> None:
+    role = "arn:aws:sts::123456789012:assumed-role/" + "R" * 64 + "/" + "s" * 64
+    context = {"identity": {"userArn": role}}
+    assert authenticate("iam", {}, context, {}, scope_callers=True).owner == role
+    with pytest.raises(Forbidden, match="more than the 255"):
+        authenticate("iam", {}, {"identity": {"userArn": role + "/x" * 60}}, {}, scope_callers=True)
+
+
 def test_malformed_json_and_bad_job_options(env: Env) -> None:
     status, answer = env.call("POST", "/videos", raw=b"{not json")
     assert status == 400 and "not valid JSON" in answer["message"]
@@ -397,7 +488,7 @@ def test_migrate_function_applies_migrations_once(env: Env) -> None:
     use_runtime(Runtime(Settings(bucket="b", jobs_queue_url="j", work_queue_url="w", db_url="x"), database=fresh))
     first = env.client.lambda_.invoke("migrate", {}).payload
     again = env.client.lambda_.invoke("migrate", {}).payload
-    assert first["applied"] == list(range(1, LATEST_VERSION + 1)) and again["applied"] == []
+    assert first["applied"] == [step.version for step in MIGRATIONS] and again["applied"] == []
     assert again["version"] == LATEST_VERSION
     assert fresh.fetchone("SELECT COUNT(*) AS n FROM videos") == {"n": 0}
 

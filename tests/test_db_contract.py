@@ -324,8 +324,10 @@ def fetch_job(jobs: JobRepository, job_id: str) -> Job:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_migration_versions_run_from_one_without_gaps() -> None:
-    assert [step.version for step in MIGRATIONS] == list(range(1, LATEST_VERSION + 1))
+def test_migration_versions_start_at_one_and_increase() -> None:
+    # Gaps are allowed: parallel branches take their own version numbers.
+    versions = [step.version for step in MIGRATIONS]
+    assert versions[0] == 1 and versions == sorted(set(versions)) and versions[-1] == LATEST_VERSION
     assert all(step.sqlite and step.mysql and step.description for step in MIGRATIONS)
 
 
@@ -338,7 +340,7 @@ def test_migrations_apply_in_order_once_and_never_on_their_own(empty_db: Databas
         f"database schema is at version 0, this code needs {LATEST_VERSION}: run `handpipe db upgrade`"
     )
 
-    assert upgrade(empty_db, clock=clock) == list(range(1, LATEST_VERSION + 1))
+    assert upgrade(empty_db, clock=clock) == [step.version for step in MIGRATIONS]
     assert upgrade(empty_db, clock=clock) == []
     assert current_version(empty_db) == LATEST_VERSION
     ensure_current(empty_db)
@@ -564,6 +566,21 @@ def test_videos_are_scoped_to_their_owner(videos: VideoRepository) -> None:
     assert all_pages(lambda after: videos.list(owner="alice", limit=2, after=after), 2) == alices[::-1]
     assert videos.list(owner="bob") == [bobs]
     assert videos.list(owner="carol") == []
+
+
+def test_one_video_per_key_and_owners_as_long_as_an_iam_arn(videos: VideoRepository, jobs: JobRepository) -> None:
+    arn = "arn:aws:sts::123456789012:assumed-role/" + "R" * 64 + "/" + "s" * 64
+    first = make_video(s3_key="incoming/o/a.mp4", owner=arn)
+    videos.add(first)
+    assert videos.find_by_key("incoming/o/a.mp4") == first and videos.get(first.id, owner=arn) == first
+    assert videos.find_by_key("incoming/o/a.mp") is None
+    with pytest.raises(IntegrityError):
+        videos.add(make_video(s3_key="incoming/o/a.mp4"))
+    videos.add(make_video(s3_key="incoming/o/a.mp4.bak"))
+    job, _ = jobs.create(make_job(first.id, owner=arn))
+    assert jobs.get(job.id, owner=arn) == job
+    with pytest.raises(ValueError, match="owner has 256 characters"):
+        videos.add(make_video(owner="o" * 256))
 
 
 def test_video_status_changes_only_from_an_expected_status(videos: VideoRepository, clock: Clock) -> None:
@@ -960,3 +977,33 @@ def test_credentials_in_the_url_are_percent_decoded(mysql_server: MySQLServer, m
         assert row is not None and row["who"].startswith(user + "@") and row["db"] == database
     finally:
         mysql_server.sql(f"DROP USER '{user}'@'%'")
+
+
+def test_waiting_jobs_take_turns_across_owners_least_busy_owner_first(
+    videos: VideoRepository, jobs: JobRepository, clock: Clock
+) -> None:
+    video = make_video()
+    videos.add(video)
+    made: dict[str, list[str]] = {}
+    for owner, count in (("flood", 3), ("quiet", 2), (None, 1)):
+        for _ in range(count):
+            job, _ = jobs.create(make_job(video.id, owner=owner, status="IN_PROGRESS", created_at=clock.advance()))
+            jobs.add_segments(job.id, make_segments(job.id, 4))
+            made.setdefault(str(owner), []).append(job.id)
+    flood, quiet, nobody = made["flood"], made["quiet"], made["None"]
+    assert len(jobs.claim_for_dispatch(flood[0], 3)) == 3  # flood: 3 segments on workers
+    assert len(jobs.claim_for_dispatch(nobody[0], 1)) == 1  # no owner: 1
+
+    # Round 1 (every owner's oldest), least busy first; then round 2, then 3. Oldest-first would
+    # have put all of the flood before anyone else.
+    def waiting(**limit: int) -> list[str]:
+        pairs = jobs.jobs_waiting_for_dispatch(**limit)
+        assert all(owner == jobs.get(job_id).owner for job_id, owner in pairs)  # type: ignore[union-attr]
+        return [job_id for job_id, _ in pairs]
+
+    assert waiting() == [quiet[0], nobody[0], flood[0], quiet[1], flood[1], flood[2]]
+    assert waiting(limit=2) == [quiet[0], nobody[0]]
+    jobs.claim_for_dispatch(quiet[0], 4)  # quiet: 4 on workers, and its first job has nothing left to send
+    assert waiting() == [nobody[0], flood[0], quiet[1], flood[1], flood[2]]
+    jobs.transition(nobody[0], from_statuses=("IN_PROGRESS",), to_status="FAILED")
+    assert waiting() == [flood[0], quiet[1], flood[1], flood[2]]

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -270,6 +271,17 @@ def test_template_keeps_data_only_when_asked_and_wires_the_worker() -> None:
     rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
     assert rules["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
     assert rules["expire-tmp"]["Prefix"] == "tmp/"
+    # Deleted or overwritten objects can be restored for a while; every request is logged.
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"] == {
+        "NoncurrentDays": {"Ref": "NoncurrentVersionDays"}
+    }
+    assert rules["remove-expired-delete-markers"]["ExpiredObjectDeleteMarker"] is True
+    assert bucket["LoggingConfiguration"] == {"DestinationBucketName": {"Ref": "LogBucket"}, "LogFilePrefix": "access/"}
+    assert resources["LogBucket"]["DeletionPolicy"] == resources["Bucket"]["DeletionPolicy"]
+    [admit, _] = resources["LogBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert admit["Principal"] == {"Service": "logging.s3.amazonaws.com"} and admit["Action"] == "s3:PutObject"
+    assert admit["Condition"]["ArnLike"] == {"aws:SourceArn": {"Fn::GetAtt": ["Bucket", "Arn"]}}
 
     for role in ("Jobs", "Work", "Events"):
         redrive = resources[f"{role}Queue"]["Properties"]["RedrivePolicy"]
@@ -433,6 +445,15 @@ def test_deploy_update_and_destroy_on_moto(account: Account, network: Network, p
     assert [(s["apiId"], s["stage"]) for s in plan["apiStages"]] == [(api_id, "api")]
     [key] = gateway.get_usage_plan_keys(usagePlanId=plan["id"])["items"]
     assert result.api_key and gateway.get_api_key(apiKey=key["id"], includeValue=True)["value"] == result.api_key
+    # Each key is throttled and has a daily quota, so one caller cannot take the API from the others.
+    assert plan["throttle"] == {"rateLimit": 20.0, "burstLimit": 40}
+    assert plan["quota"]["limit"] == 50_000 and plan["quota"]["period"] == "DAY"
+    # The key is in a file only its owner may read, never in the output.
+    assert result.api_key_path == project / ".handpipe" / f"api-key-{stage}"
+    assert result.api_key_path.read_text().strip() == result.api_key
+    assert stat.S_IMODE(result.api_key_path.stat().st_mode) == 0o600
+    assert not [line for line in said if result.api_key in line]
+    assert any(str(result.api_key_path) in line for line in said)
 
     # Again with one setting changed: a new image and more memory; the rest of the stage is kept.
     said.clear()
@@ -448,6 +469,14 @@ def test_deploy_update_and_destroy_on_moto(account: Account, network: Network, p
     assert update.outputs["SubnetIds"] == outputs["SubnetIds"]
     assert update.outputs["BucketName"] == outputs["BucketName"]
     assert update.api_key is None  # the plan has its key already
+    [plan] = [p for p in gateway.get_usage_plans()["items"] if p["name"] == f"handpipe-{stage}"]
+    assert plan["throttle"]["rateLimit"] == 20.0 and plan["quota"]["limit"] == 50_000  # kept
+    deployment(account, docker, runner, said).deploy(
+        DeployOptions(stage=stage, project_dir=project, skip_build=True, throttle_rate=5, daily_quota=1000)
+    )
+    [plan] = [p for p in gateway.get_usage_plans()["items"] if p["name"] == f"handpipe-{stage}"]
+    assert plan["throttle"]["rateLimit"] == 5 and plan["throttle"]["burstLimit"] == 40
+    assert plan["quota"]["limit"] == 1000
     check_chalice_stage(project, stage, update.outputs, network, original_stages, cap=30)  # the cap is kept
 
     # A settings-only update without Docker: same image, a shorter worker timeout, the queue follows it.
@@ -552,7 +581,7 @@ def test_destroy_keep_data_retains_the_bucket_and_database(account: Account, net
     # The deployed stack already says Retain (the default), so destroy deletes it without changing that.
     operations = [name for name, _ in recorder.operations if name in ("update_stack", "delete_stack")]
     assert operations == ["delete_stack", "delete_stack"]
-    assert result.retained == {"bucket": outputs["BucketName"]}
+    assert result.retained == {"bucket": outputs["BucketName"], "access log bucket": outputs["LogBucketName"]}
     # Nothing emptied the bucket. (moto ignores a DeletionPolicy set with Fn::If; the template test covers it,
     # and moto fails to delete a non-empty bucket, so the object is still there to look at.)
     assert account.aws.s3.get_object(Bucket=outputs["BucketName"], Key="results/vid_1/job_1/result.json.gz")
@@ -623,6 +652,28 @@ def test_a_vpc_without_dns_hostnames_is_refused_with_the_fix(account: Account, p
             DeployOptions(stage=unique_stage(), project_dir=project, subnet_ids=subnets)
         )
     assert f"aws ec2 modify-vpc-attribute --vpc-id {vpc} --enable-dns-hostnames" in str(failure.value)
+
+
+def test_an_aws_stage_without_authentication_is_refused(
+    account: Account, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stage = unique_stage()
+    config_path = project / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.setdefault("stages", {})[stage] = {"environment_variables": {"HANDPIPE_AUTH": "none"}}
+    config_path.write_text(json.dumps(config))
+    runner = RecordingRunner(account.aws.apigateway)
+    with pytest.raises(DeployError, match=r"step 1/9 .*HANDPIPE_AUTH=none in .chalice/config.json") as failure:
+        deployment(account, RecordingDocker(), runner, []).deploy(DeployOptions(stage=stage, project_dir=project))
+    assert "use api_key (the default) or iam" in str(failure.value)
+    config["stages"].pop(stage)
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv("HANDPIPE_AUTH", "none")
+    with pytest.raises(DeployError, match="HANDPIPE_AUTH=none in your environment"):
+        deployment(account, RecordingDocker(), runner, []).deploy(DeployOptions(stage=stage, project_dir=project))
+    assert runner.calls == []
+    with pytest.raises(Exception, match="does not exist"):
+        account.aws.cloudformation.describe_stacks(StackName=f"handpipe-{stage}")
 
 
 def test_subnets_in_one_zone_are_refused_before_anything_is_created(account: Account, project: Path) -> None:
@@ -740,6 +791,34 @@ def chalice_package(project: Path, out: Path, env: Mapping[str, str]) -> dict[st
         completed = subprocess.run(command, cwd=project, env=environment, capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return dict(json.loads((out / "sam.json").read_text()))
+
+
+def test_chalice_deploy_of_a_fresh_checkout_says_to_run_handpipe_deploy_first(tmp_path: Path) -> None:
+    """The stage's policy file is written by `handpipe deploy`; before that, chalice's own error (it
+    names the missing file) must say so instead of only "Unable to load IAM policy file policy-dev.json"."""
+    copy = tmp_path / "project"
+    copy.mkdir()
+    shutil.copy(REPO / "app.py", copy / "app.py")
+    (copy / "requirements.txt").write_text("")
+    shutil.copytree(REPO / "chalicelib", copy / "chalicelib", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / ".chalice").mkdir()
+    shutil.copy(REPO / ".chalice" / "config.json", copy / ".chalice" / "config.json")
+    chalice = Path(sys.executable).with_name("chalice")
+    completed = subprocess.run(
+        [str(chalice if chalice.exists() else "chalice"), "package", "--stage", "dev", str(tmp_path / "out")],
+        cwd=copy,
+        env={**os.environ, "AWS_DEFAULT_REGION": REGION},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert completed.returncode != 0
+    assert "Unable to load IAM policy file" in completed.stderr
+    last = [line for line in completed.stderr.splitlines() if line.strip()][-1]
+    assert (
+        last.startswith("RuntimeError: Unable to load IAM policy file")
+        and "run-handpipe-deploy--stage-dev-first" in last
+    )
 
 
 def test_chalice_policy_names_only_the_stage() -> None:

@@ -366,8 +366,10 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
 
     # register: upload, and an object already in the bucket
     video = _register(api, env, "asl_thanks_two_hands.mkv", content_type="video/x-matroska")
-    env.s3.upload_file(str(data_path("videos/asl_thanks_two_hands.mkv")), env.bucket, "incoming/thanks.mkv")
-    in_bucket = call("POST", "/videos", {"s3_key": "incoming/thanks.mkv", "title": "from the bucket"}, expect=201)
+    env.s3.upload_file(str(data_path("videos/asl_thanks_two_hands.mkv")), env.bucket, "incoming/tester/thanks.mkv")
+    in_bucket = call(
+        "POST", "/videos", {"s3_key": "incoming/tester/thanks.mkv", "title": "from the bucket"}, expect=201
+    )
     assert "upload" not in in_bucket and in_bucket["status"] == "UPLOADED"
     waiting = _register(api, env, "asl_thanks_two_hands.mkv", upload=False)
     vid = video["id"]
@@ -453,7 +455,7 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
         {"filename": "clip.mp4", "colour": "red"},
         {"title": "no file"},
         {"filename": "clip.mp4", "content_type": "text/html"},
-        {"s3_key": "incoming/missing.mkv"},
+        {"s3_key": "incoming/tester/missing.mkv"},
     ]:
         call("POST", "/videos", bad_body, expect=400)
     call("POST", "/videos", raw=b"{not json", expect=400)
