@@ -435,8 +435,8 @@ def test_a_lost_merge_is_done_by_the_sweeper(env: Env) -> None:  # noqa: F811
 
 
 def test_registering_an_empty_object_is_refused(env: Env) -> None:  # noqa: F811
-    env.s3.put_object(Bucket=env.bucket, Key="incoming/empty.mp4", Body=b"")
-    status, error = env.call("POST", "/videos", {"s3_key": "incoming/empty.mp4"})
+    env.s3.put_object(Bucket=env.bucket, Key="incoming/tester/empty.mp4", Body=b"")
+    status, error = env.call("POST", "/videos", {"s3_key": "incoming/tester/empty.mp4"})
     assert status == 400 and "empty (0 bytes)" in error["message"]
     status, listed = env.call("GET", "/videos")
     assert listed["videos"] == []
