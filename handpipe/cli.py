@@ -170,6 +170,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"S3 and SQS (moto) {info.aws_endpoint_url}  bucket {info.bucket}")
     print(f"database          {_hide_password(info.db_url)}")
     print(f"workers           {info.workers} process(es)")
+    print(f"kept in           {Path(args.data_dir).resolve()}  ({stack.restored} stored object(s) put back)")
+    if stack.resumed is not None and any(vars(stack.resumed).values()):
+        print(f"resumed jobs      {stack.resumed}")
     print(f"API key           {info.api_key}   (send it as x-api-key)")
     print(f"try:  export HANDPIPE_API_KEY={info.api_key}")
     print(f"      handpipe demo --api-url {info.api_url}    (Ctrl-C stops the stack)", flush=True)

@@ -24,9 +24,10 @@ from chalice.local import ChaliceRequestHandler, ThreadedHTTPServer
 from chalicelib.config import QUEUE_PREFIX_VARIABLE, Settings
 from chalicelib.db import Database
 from chalicelib.migrations import upgrade
-from chalicelib.runtime import Runtime, use_runtime
+from chalicelib.runtime import Runtime, runtime, use_runtime
 
 from .localaws import LambdaContext, MotoServer, QueuePoller, aws_clients, drain, provision, stop_all
+from .resume import Resumed, resume
 
 logger = logging.getLogger("handpipe.stack")
 
@@ -45,6 +46,19 @@ class StackInfo:
     dlq_urls: dict[str, str]
     workers: int
     api_key: str
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In each worker process: end when the stack that started it is gone (a kill -9 of `handpipe up`
+    leaves its children running), as a container ends with its host, rather than finish an item nobody
+    waits for and write it into the next stack."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _run_work_batch(event: dict[str, Any], remaining_s: float) -> dict[str, Any]:
@@ -67,7 +81,12 @@ class WorkerPool:
     @staticmethod
     def _new_executor() -> ProcessPoolExecutor:
         # spawn: a fresh interpreter per worker, as a container is, with no copied threads or locks.
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        )
 
     def handler(self, slot: int) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
         """The handler for one work poller: it runs each item in this slot's process."""
@@ -152,6 +171,23 @@ def _scheduled_event() -> dict[str, Any]:
     }
 
 
+def _saved_key(data_dir: Path) -> str:
+    """The key kept in data_dir/api_key, made (readable by its owner only) the first time."""
+    path = data_dir / "api_key"
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(24)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(key + "\n")
+    return key
+
+
 class LocalStack:
     def __init__(
         self,
@@ -178,8 +214,9 @@ class LocalStack:
         self.bucket = bucket
         self.prefix = prefix
         self.work_visibility_s = work_visibility_s
-        # Callers need this key (x-api-key), as they need a usage plan's key in AWS.
-        self.api_key = api_key or os.environ.get("HANDPIPE_API_KEY") or secrets.token_urlsafe(24)
+        # Callers need this key (x-api-key), as they need a usage plan's key in AWS. One made up here
+        # is kept in the data folder, so a restart does not take it from those who were given it.
+        self.api_key = api_key or os.environ.get("HANDPIPE_API_KEY") or _saved_key(self.data_dir)
         self.segment_ms = segment_ms  # None: the app's default; 0: one segment per job
         self.quiet = quiet  # no request log and no INFO lines from the handlers (for `handpipe demo`)
         self._moto: MotoServer | None = None
@@ -191,10 +228,13 @@ class LocalStack:
         self._saved_env: dict[str, str | None] = {}
         self._stopping = threading.Event()
         self.info: StackInfo | None = None
+        self.restored = 0  # S3 objects put back from the data folder on start
+        self.resumed: Resumed | None = None
 
     def start(self) -> StackInfo:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._moto = MotoServer(self.moto_port)
+        # S3 objects are kept in files there too: moto alone would forget them when the stack stops.
+        self._moto = MotoServer(self.moto_port, objects_dir=self.data_dir / "s3")
         endpoint = self._moto.start()
         s3, sqs = aws_clients(endpoint)
         self._sqs = sqs
@@ -206,6 +246,7 @@ class LocalStack:
             max_receives=self.max_receives,
             visibility_timeouts={"work": self.work_visibility_s},
         )
+        self.restored = self._moto.keep_on_disk(s3, resources.bucket)
         database = Database.from_url(self.db_url)
         applied = upgrade(database)
         if applied:
@@ -240,6 +281,10 @@ class LocalStack:
             sys.path.insert(0, str(REPO_ROOT))  # app.py sits at the project root, as Chalice wants it
         import app as chalice_app  # the routes and handlers, imported once their settings exist
 
+        # The queues started empty; the database says what was waiting or running when the stack
+        # last stopped. Sent before any handler starts, so nothing sent earlier is still in flight.
+        rt = runtime()
+        self.resumed = resume(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
         self._start_api(chalice_app.app)
         self._pool = WorkerPool(self.workers)
         urls = resources.queue_urls
