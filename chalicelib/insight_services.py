@@ -18,7 +18,7 @@ from .contracts import insights_key, results_prefix
 from .db import Job, JobRepository, VideoRepository
 from .errors import Conflict, InvalidInput
 from .insights import analyze
-from .services import PartCache, check_id, get_job, get_video
+from .services import PartCache, check_id, get_job, get_video, gone
 from .storage import ObjectMissing, ObjectStore
 
 logger = logging.getLogger("handpipe.insights")
@@ -143,6 +143,8 @@ def viewer_config(
     video metadata, options and summary, and a presigned URL of the video."""
     job = finished_job(jobs, job_id, "viewer", owner)
     video = get_video(videos, job.video_id, owner)
+    if store.head(video.s3_key) is None:  # the page could only show a broken player
+        raise gone(ObjectMissing(f"s3://{store.bucket}/{video.s3_key} does not exist"))
     return {
         "job_id": job.id,
         "video_id": video.id,

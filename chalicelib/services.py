@@ -38,10 +38,10 @@ from .contracts import (
     video_prefix,
 )
 from .db import ACTIVE_JOB_STATUSES, Job, JobRepository, Segment, Video, VideoRepository
-from .errors import Conflict, InvalidInput, NotFound, TooLarge
+from .errors import Conflict, Gone, InvalidInput, NotFound, TooLarge
 from .queues import MessageQueue
 from .results import frames_between, merge_parts
-from .storage import ObjectStore
+from .storage import ObjectMissing, ObjectStore
 
 logger = logging.getLogger("handpipe.service")
 
@@ -314,6 +314,41 @@ def _guess_content_type(filename: str) -> str:
     )
 
 
+def new_upload_url(
+    videos: VideoRepository,
+    store: ObjectStore,
+    settings: Settings,
+    video_id: str,
+    body: Mapping[str, Any],
+    owner: str | None = None,
+) -> dict[str, Any]:
+    """POST /videos/{id}/upload-url: a fresh presigned PUT for a video whose file is not in the bucket
+    (its first URL expired unused, or the object was lost), for the same key, type and size."""
+    _check_fields(body, set())
+    video = get_video(videos, video_id, owner)
+    if not video.s3_key.startswith(video_prefix(video.id)):
+        raise Conflict(f"video {video.id} was registered by s3_key {video.s3_key!r}: put the object back there")
+    if store.head(video.s3_key) is not None:
+        raise Conflict(f"video {video.id} has its file already; register a new video for another file")
+    size = video.size_bytes or 0
+    view = video_view(video)
+    view["upload"] = {
+        "method": "PUT",
+        "url": store.presign_upload(video.s3_key, video.content_type, size, settings.upload_url_expires_s),
+        "headers": {"Content-Type": video.content_type, "Content-Length": str(size)},
+        "expires_in_s": settings.upload_url_expires_s,
+    }
+    return view
+
+
+def gone(error: ObjectMissing) -> Gone:
+    """The answer to a read that found a stored object missing."""
+    return Gone(
+        f"a stored object this answer needs is gone ({error}); run the job again, or for a video's file "
+        "get a new upload URL (POST /videos/{video_id}/upload-url)"
+    )
+
+
 def get_video(videos: VideoRepository, video_id: str, owner: str | None = None) -> Video:
     check_id(video_id, "vid", "video")
     video = videos.get(video_id, owner=owner)
@@ -385,7 +420,10 @@ def create_job(
         if existing is not None:
             return _same_token_job(existing, options, tag), False
     if store.head(video.s3_key) is None:
-        raise Conflict(f"video {video.id} has not been uploaded yet: PUT the file to its upload URL first")
+        raise Conflict(
+            f"video {video.id} has not been uploaded yet: PUT the file to its upload URL first "
+            f"(a new URL: POST /videos/{video.id}/upload-url)"
+        )
     if jobs.count_active_for_video(video.id) >= settings.max_active_jobs_per_video:
         raise Conflict(
             f"video {video.id} already has {settings.max_active_jobs_per_video} jobs queued or running; "
@@ -468,6 +506,8 @@ def job_result(
     job = get_job(jobs, job_id, owner)
     if job.status != "SUCCEEDED" or job.result_key is None:
         raise Conflict(f"job {job.id} is {job.status}; its result is ready when it has SUCCEEDED")
+    if store.head(job.result_key) is None:  # a URL to nothing would only fail later, with S3's 403 or 404
+        raise gone(ObjectMissing(f"s3://{store.bucket}/{job.result_key} does not exist"))
     return {
         "job_id": job.id,
         "video_id": job.video_id,

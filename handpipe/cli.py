@@ -290,6 +290,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _submit_and_report(_client(args), video, _options(args), wait=args.wait, out=args.out)
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    video = Path(args.file)
+    if not video.is_file():
+        raise CliError(f"{video} does not exist")
+    uploaded = _client(args).upload_again(args.video_id, video)
+    print(f"{uploaded['id']}  uploaded {video} ({uploaded['size_bytes']} bytes); start a job on it with the API")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     job = _client(args).get_job(args.job)
     progress = job["progress"]
@@ -395,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     api_args(submit)
     _add_process_options(submit)
     submit.set_defaults(run=cmd_submit)
+
+    upload = commands.add_parser(
+        "upload", help="upload a registered video's file again (its upload URL expired, or the file is gone)"
+    )
+    upload.add_argument("video_id")
+    upload.add_argument("file", help="the same file: the URL is signed for its size and type")
+    api_args(upload)
+    upload.set_defaults(run=cmd_upload)
 
     status = commands.add_parser("status", help="a job's state and progress")
     status.add_argument("job")

@@ -463,6 +463,32 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
     for bad_job in [{"options": {"num_hands": 9}}, {"client_token": "a b"}, {"priority": 1}]:
         call("POST", f"/videos/{vid}/jobs", bad_job, expect=400)
 
+    # a fresh upload URL: for a video whose file never came; not for one that has it, or one registered by key
+    fresh = call("POST", f"/videos/{waiting['id']}/upload-url", None, expect=200)
+    assert fresh["upload"]["url"].startswith("http") and fresh["upload"]["headers"]["Content-Length"] == str(
+        waiting["size_bytes"]
+    )
+    call("POST", f"/videos/{vid}/upload-url", {}, expect=409)
+    call("POST", f"/videos/{in_bucket['id']}/upload-url", None, expect=409)
+    call("POST", f"/videos/{vid}/upload-url", {"size_bytes": 10}, expect=400)
+    call("POST", f"/videos/{unknown_video}/upload-url", None, expect=404)
+
+    # stored objects removed behind the API's back: a clear 410 from each read, never a 500
+    second = jobs["jobs"][0]["id"]
+    for key in [
+        obj["Key"] for obj in env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"results/{vid}/{second}/")["Contents"]
+    ]:
+        env.s3.delete_object(Bucket=env.bucket, Key=key)
+    for path in ["result", "frames", "export?format=csv", "insights"]:
+        assert call("GET", f"/jobs/{second}/{path}", expect=410)["code"] == "gone"
+    env.s3.delete_object(Bucket=env.bucket, Key=video["s3_key"])
+    assert "upload-url" in call("GET", f"/jobs/{job['id']}/viewer/config", expect=410)["message"]
+    assert "upload-url" in call("POST", f"/videos/{vid}/jobs", {}, expect=409)["message"]
+    env.upload(
+        call("POST", f"/videos/{vid}/upload-url", None, expect=200), data_path("videos/asl_thanks_two_hands.mkv")
+    )
+    assert call("GET", f"/jobs/{job['id']}/viewer/config", expect=200)["video_url"].startswith("http")
+
     # delete, once nothing runs
     deleted = call("DELETE", f"/videos/{vid}", expect=200)
     assert deleted["deleted"] == vid and deleted["objects_removed"] >= 3

@@ -11,6 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from handpipe import cli
 from handpipe.client import ApiError, Client
 from handpipe.stack import LocalStack
 from tests.conftest import REPO, data_path
@@ -233,3 +236,20 @@ def test_a_kill_9_of_handpipe_up_loses_nothing_it_accepted(tmp_path: Path) -> No
         up.stop()
         if up.log.exists():  # shown when the test fails: the stack's own account, without the request log
             print("\n".join(line for line in up.log.read_text().splitlines() if '" 200 -' not in line)[-8000:])
+
+
+def test_the_upload_command_gives_a_video_without_its_file_a_new_url(tmp_path: Path) -> None:
+    """A video registered and never uploaded (its URL expired unused, say): `handpipe upload` fetches a
+    new URL and puts the file; asked again, the API answers that the video has its file."""
+    with LocalStack(port=0, data_dir=tmp_path, workers=1, bucket="stack-again", prefix="again", quiet=True) as stack:
+        assert stack.info is not None
+        client = Client(stack.info.api_url, api_key=stack.info.api_key)
+        clip = data_path("videos/one_hand_wave_portrait.mp4")
+        video = client.register_video(clip)
+        api = ["--api-url", stack.info.api_url, "--api-key", stack.info.api_key]
+        assert cli.main(["upload", video["id"], str(clip), *api]) == 0
+        assert cli.main(["upload", video["id"], str(clip), *api]) == 1
+        with pytest.raises(ApiError) as refused:
+            client.new_upload_url(video["id"])
+        assert (refused.value.status, refused.value.code) == (409, "conflict")
+        assert "has its file already" in refused.value.message
