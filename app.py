@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from chalice import Chalice, Rate, Response
@@ -127,8 +127,7 @@ def owner() -> str | None:
 
 
 def query(name: str) -> str | None:
-    params: Mapping[str, str] = current_request().query_params or {}
-    return params.get(name)
+    return services.single_query_value(current_request().query_params, name)
 
 
 JSON_ONLY = ["application/json"]

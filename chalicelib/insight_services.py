@@ -66,7 +66,7 @@ def job_insights(
 
 
 def parse_format(raw: str | None) -> str:
-    fmt = (raw or "csv").strip().lower()
+    fmt = "csv" if raw is None else raw  # as the document's enum says: exactly, no "" or "CSV"
     if fmt not in exports.FORMATS:
         raise InvalidInput(f"format must be one of {', '.join(exports.FORMATS)} (got {fmt[:40]!r})")
     return fmt

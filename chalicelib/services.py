@@ -3,9 +3,6 @@ queues as parameters. Routes parse and call these; errors are ServiceError subcl
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import re
 import secrets
@@ -100,13 +97,15 @@ def _text(body: Mapping[str, Any], name: str, *, max_len: int, required: bool = 
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
-    value = value.strip()
-    if required and not value:
-        raise InvalidInput(f"{name} must not be empty")
+    # Judged as sent, then trimmed of spaces: the limits the OpenAPI document states (maxLength, a
+    # pattern without control characters) hold for exactly what a caller sends.
     if len(value) > max_len:
         raise InvalidInput(f"{name} is longer than {max_len} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise InvalidInput(f"{name} must not contain control characters")
+    value = value.strip(" ")
+    if required and not value:
+        raise InvalidInput(f"{name} must not be empty")
     return value
 
 
@@ -126,28 +125,30 @@ def safe_filename(filename: str) -> str:
     return f"{stem[:120]}.{ext}"
 
 
+# Page tokens are keyset positions written out plainly, so the OpenAPI document can give their exact
+# pattern and every token it allows means a position: (created_at, id) of a video or job, or a frame
+# index. An empty token is the first page.
+_TOKEN_PATTERNS: dict[tuple[type, ...], re.Pattern[str]] = {
+    (int, str): re.compile(r"([0-9]{1,15})_([a-z]{3}_[0-9a-f]{32})", re.ASCII),
+    (int,): re.compile(r"([0-9]{1,9})", re.ASCII),
+}
+
+
 def encode_token(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+    return "_".join(str(value) for value in values)
 
 
 def decode_token(token: str | None, shape: tuple[type, ...]) -> list[Any] | None:
     if not token:
         return None
-    try:
-        values = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error):
-        raise InvalidInput("next_token is not valid: pass the next_token of the previous page unchanged") from None
-    if (
-        not isinstance(values, list)
-        or len(values) != len(shape)
-        or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(values, shape, strict=False))
-    ):
+    match = _TOKEN_PATTERNS[shape].fullmatch(token)
+    if match is None:
         raise InvalidInput("next_token is not valid: pass the next_token of the previous page unchanged")
-    return values
+    return [kind(group) for kind, group in zip(shape, match.groups(), strict=True)]
 
 
 def parse_limit(raw: str | None, default: int, maximum: int, name: str = "limit") -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -159,7 +160,7 @@ def parse_limit(raw: str | None, default: int, maximum: int, name: str = "limit"
 
 
 def parse_ms(raw: str | None, name: str) -> int | None:
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         value = int(raw)
@@ -168,6 +169,17 @@ def parse_ms(raw: str | None, name: str) -> int | None:
     if not 0 <= value <= 24 * 3600 * 1000:
         raise InvalidInput(f"{name} must be between 0 and 86400000")
     return value
+
+
+def single_query_value(params: Any, name: str) -> str | None:
+    """A query parameter's value; given twice, it is ambiguous, and refused (a 400) rather than one
+    of the values picked. `params` is Chalice's MultiDict, or None when the URL had no query."""
+    if not params or name not in params:
+        return None
+    values = list(params.getlist(name)) if hasattr(params, "getlist") else [params[name]]
+    if len(values) > 1:
+        raise InvalidInput(f"{name} was given {len(values)} times; give it once")
+    return values[0] if values else None
 
 
 def check_id(value: str, prefix: str, what: str) -> str:
@@ -251,7 +263,7 @@ def register_video(
             raise InvalidInput(f"s3_key must be a key under {INCOMING_PREFIX} in the bucket, without '..'")
         head = store.head(existing_key)
         if head is None:
-            raise InvalidInput(f"there is no object {existing_key!r} in the bucket")
+            raise Conflict(f"there is no object {existing_key!r} in the bucket: put it there first")
         if body.get("size_bytes") is not None:
             raise InvalidInput("size_bytes is taken from the object when registering by s3_key; leave it out")
         filename = safe_filename(_text(body, "filename", max_len=255) or existing_key)
@@ -268,6 +280,8 @@ def register_video(
         size = body.get("size_bytes")
         if size is None:
             raise InvalidInput("size_bytes is required: the upload URL is signed for exactly that size")
+        if isinstance(size, float) and size.is_integer():
+            size = int(size)  # JSON has one number type: 120000.0 is the whole number the document allows
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise InvalidInput("size_bytes must be a positive whole number")
         if size > settings.max_upload_bytes:
@@ -407,9 +421,10 @@ def create_job(
     if not isinstance(raw_options, dict):
         raise InvalidInput("options must be an object")
     try:
-        options = ProcessOptions.from_dict(raw_options)
+        options = ProcessOptions.from_dict(raw_options, allow_empty_range=True)
     except ContractError as error:
         raise InvalidInput(str(error)) from None
+    empty_range = empty_range_reason(options)
     client_token = _text(body, "client_token", max_len=64)
     if client_token is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", client_token):
         raise InvalidInput("client_token may hold only letters, digits and _.:- (at most 64)")
@@ -433,13 +448,13 @@ def create_job(
     job = Job(
         id=new_id("job"),
         video_id=video.id,
-        status="QUEUED",
+        status="FAILED" if empty_range else "QUEUED",
         options=options.to_dict(),
         client_token=client_token,
         tag=tag,
         owner=owner,
-        error=None,
-        error_code=None,
+        error=empty_range,
+        error_code="empty_range" if empty_range else None,
         segments_total=0,
         segments_done=0,
         frames_total=None,
@@ -450,12 +465,14 @@ def create_job(
         video_metadata=None,
         created_at=now,
         started_at=None,
-        finished_at=None,
+        finished_at=now if empty_range else None,
         updated_at=now,
     )
     stored, created = jobs.create(job)
     if not created:  # a concurrent request with the same token won the race
         return _same_token_job(stored, options, tag), False
+    if empty_range:
+        return job_view(stored), True
     try:
         jobs_queue.send(JobRequested(job_id=job.id, video_id=video.id))
     except Exception:
@@ -464,6 +481,14 @@ def create_job(
         raise
     videos.set_status(video.id, "UPLOADED", expected=("REGISTERED",))
     return job_view(stored), True
+
+
+def empty_range_reason(options: ProcessOptions) -> str | None:
+    """Why a job's time range holds no frame, or None. Such a request is valid by the OpenAPI
+    document (which cannot compare two fields), so it makes a job, FAILED at once with this reason."""
+    if options.start_ms is not None and options.end_ms is not None and options.end_ms <= options.start_ms:
+        return f"end_ms ({options.end_ms}) is not after start_ms ({options.start_ms}): the range holds no frame"
+    return None
 
 
 def _same_token_job(existing: Job, options: ProcessOptions, tag: str | None) -> dict[str, Any]:
@@ -565,9 +590,9 @@ def job_frames(
     job = get_job(jobs, job_id, owner)
     if job.status != "SUCCEEDED":
         raise Conflict(f"job {job.id} is {job.status}; frames can be read when it has SUCCEEDED")
-    if end_ms is not None and end_ms <= (start_ms or 0):
-        raise InvalidInput("end_ms must be greater than start_ms (and than 0)")
     after = decode_token(next_token, (int,))
+    if end_ms is not None and end_ms <= (start_ms or 0):
+        return {"job_id": job.id, "frames": [], "next_token": None}  # [start_ms, end_ms) holds no frame
     after_index = after[0] if after else -1
     lower = float(start_ms or 0)
     found: list[dict[str, Any]] = []

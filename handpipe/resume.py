@@ -77,8 +77,13 @@ def resume(
             logger.exception("could not resume job %s; the sweeper will fail it if it stays stuck", job.id)
             done.failed.append(job.id)
     for job in _jobs(jobs, "SUCCEEDED"):
-        # The contact sheet is drawn last, so its absence means the render did not finish.
-        if job.result_key is None or store.head(picture_key(job.video_id, job.id, "contact_sheet")) is not None:
+        # The contact sheet is drawn last, so its absence means the render did not finish. (A job merged
+        # just now has asked for its pictures already.)
+        if (
+            job.id in done.merged
+            or job.result_key is None
+            or store.head(picture_key(job.video_id, job.id, "contact_sheet")) is not None
+        ):
             continue
         video = videos.get(job.video_id)
         if video is None or store.head(video.s3_key) is None or store.head(job.result_key) is None:
