@@ -172,7 +172,10 @@ class MirroringApp:
 
 
 def restore(s3: S3Client, disk: DiskObjects, bucket: str) -> int:
-    """Put every object kept on disk for `bucket` back into S3; returns how many."""
+    """Put every object kept on disk for `bucket` back into S3; returns how many. Run before anything
+    writes: it also clears the half-written files a kill left (their PUT was never answered)."""
+    for temporary in (disk.root / bucket).glob("*.tmp"):
+        temporary.unlink(missing_ok=True)
     count = 0
     for stored in disk.objects(bucket):
         with disk.open_body(stored) as body:

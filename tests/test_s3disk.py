@@ -70,8 +70,10 @@ def test_what_s3_answered_for_is_on_disk_and_comes_back(tmp_path: Path) -> None:
         # The files, put back into an empty bucket (another name: moto's state is shared by the process).
         copy = f"{bucket}-back"
         shutil.copytree(tmp_path / "s3" / bucket, tmp_path / "s3" / copy)
+        (tmp_path / "s3" / copy / "0123.obj.99.1.tmp").write_bytes(b"half of a PUT a kill cut off")
         s3.create_bucket(Bucket=copy)
         assert restore(s3, disk, copy) == len(expected)
+        assert not list((tmp_path / "s3" / copy).glob("*.tmp"))
         for key, (body, content_type) in expected.items():
             got = s3.get_object(Bucket=copy, Key=key)
             assert got["Body"].read() == body and got["ContentType"] == content_type, key
