@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from chalice import Chalice, Rate, Response
@@ -23,7 +23,7 @@ from chalicelib.migrations import LATEST_VERSION, SchemaOutOfDate, upgrade
 from chalicelib.openapi import load_openapi
 from chalicelib.queues import BatchAcknowledger, QueueUnavailable
 from chalicelib.runtime import runtime
-from chalicelib.storage import StorageUnavailable
+from chalicelib.storage import ObjectMissing, StorageUnavailable
 
 app = Chalice(app_name="handpipe")
 app.log.setLevel(logging.INFO)
@@ -58,6 +58,10 @@ def api(view: Callable[..., Any]) -> Callable[..., Any]:
             return _error(503, error.code, error.message, {"Retry-After": str(error.retry_after_s)})
         except ServiceError as error:
             return _error(error.status, error.code, error.message)
+        except ObjectMissing as error:
+            # Every read of a stored object can find it gone; that is the object's state, not a fault.
+            gone = services.gone(error)
+            return _error(gone.status, gone.code, gone.message)
         except (DatabaseUnavailable, StorageUnavailable, QueueUnavailable) as error:
             app.log.error("dependency unavailable: %s", error)
             what = {DatabaseUnavailable: "database", StorageUnavailable: "storage", QueueUnavailable: "queue"}
@@ -125,8 +129,7 @@ def owner() -> str | None:
 
 
 def query(name: str) -> str | None:
-    params: Mapping[str, str] = current_request().query_params or {}
-    return params.get(name)
+    return services.single_query_value(current_request().query_params, name)
 
 
 JSON_ONLY = ["application/json"]
@@ -161,6 +164,13 @@ def register_video() -> Response:
 def get_video(video_id: str) -> dict[str, Any]:
     who = owner()
     return services.video_view(services.get_video(runtime().videos, video_id, owner=who))
+
+
+@app.route("/videos/{video_id}/upload-url", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
+@api
+def new_upload_url(video_id: str) -> dict[str, Any]:
+    who, rt = owner(), runtime()
+    return services.new_upload_url(rt.videos, rt.store, rt.settings, video_id, json_body(), owner=who)
 
 
 @app.route("/videos/{video_id}", methods=["DELETE"], content_types=NO_BODY, **PROTECTED)

@@ -57,8 +57,9 @@ class ProcessOptions:
     annotated_video: bool = False  # jobs only: also render the video with the landmarks drawn
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None) -> ProcessOptions:
-        """Validate caller input; raise ContractError naming every problem found."""
+    def from_dict(cls, raw: Mapping[str, Any] | None, *, allow_empty_range: bool = False) -> ProcessOptions:
+        """Validate caller input; raise ContractError naming every problem found. With
+        `allow_empty_range`, end_ms at or before start_ms is left for the caller to judge."""
         raw = dict(raw or {})
         known = {f.name for f in fields(cls)}
         problems: list[str] = []
@@ -105,7 +106,7 @@ class ProcessOptions:
             else:
                 values["annotated_video"] = raw["annotated_video"]
         start, end = values.get("start_ms"), values.get("end_ms")
-        if start is not None and end is not None and end <= start:
+        if start is not None and end is not None and end <= start and not allow_empty_range:
             problems.append(f"end_ms ({end}) must be greater than start_ms ({start})")
         if problems:
             raise ContractError("; ".join(problems))

@@ -910,6 +910,15 @@ class JobRepository:
         )
         return [_job(row) for row in rows]
 
+    def ids_with_status(self, status: str, *, limit: int = 100, after_id: str = "") -> list[str]:
+        """Ids of jobs in `status`, in id order (ids sort by creation time), after `after_id`: how a
+        restarted local stack finds the work it must send again."""
+        _check_limit(limit)
+        rows = self._db.fetchall(
+            "SELECT id FROM jobs WHERE status = ? AND id > ? ORDER BY id LIMIT ?", (status, after_id, limit)
+        )
+        return [row["id"] for row in rows]
+
     def count_active_for_video(self, video_id: str) -> int:
         row = self._db.fetchone(
             f"SELECT COUNT(*) AS n FROM jobs WHERE video_id = ? AND status IN ({_marks(len(ACTIVE_JOB_STATUSES))})",

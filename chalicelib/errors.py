@@ -27,6 +27,14 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class Gone(ServiceError):
+    """A stored object the answer needs is no longer in the bucket (deleted behind the API's back, or a
+    local stack's files lost); the message says which and what to do."""
+
+    status = 410
+    code = "gone"
+
+
 class TooLarge(ServiceError):
     status = 413
     code = "too_large"

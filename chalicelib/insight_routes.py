@@ -4,7 +4,7 @@ the request, call chalicelib.insight_services with the container's dependencies,
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from chalice import Blueprint, Response
@@ -13,7 +13,7 @@ from . import insight_services
 from .auth import NO_BODY, route_protection
 from .config import auth_mode
 from .runtime import runtime
-from .services import PartCache
+from .services import PartCache, single_query_value
 
 insight_routes = Blueprint(__name__)
 
@@ -44,8 +44,7 @@ def owner() -> str | None:
 
 
 def query(name: str) -> str | None:
-    params: Mapping[str, str] = insight_routes.current_request.query_params or {}
-    return params.get(name)
+    return single_query_value(insight_routes.current_request.query_params, name)
 
 
 @insight_routes.route("/jobs/{job_id}/export", methods=["GET"], content_types=NO_BODY, **PROTECTED)

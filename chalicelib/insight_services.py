@@ -18,7 +18,7 @@ from .contracts import insights_key, picture_key, results_prefix
 from .db import Job, JobRepository, VideoRepository
 from .errors import Conflict, InvalidInput
 from .insights import analyze
-from .services import PartCache, check_id, get_job, get_video
+from .services import PartCache, check_id, get_job, get_video, gone
 from .storage import ObjectMissing, ObjectStore
 
 logger = logging.getLogger("handpipe.insights")
@@ -66,7 +66,7 @@ def job_insights(
 
 
 def parse_format(raw: str | None) -> str:
-    fmt = (raw or "csv").strip().lower()
+    fmt = "csv" if raw is None else raw  # as the document's enum says: exactly, no "" or "CSV"
     if fmt not in exports.FORMATS:
         raise InvalidInput(f"format must be one of {', '.join(exports.FORMATS)} (got {fmt[:40]!r})")
     return fmt
@@ -144,6 +144,8 @@ def viewer_config(
     of the annotated video (H.264, which every browser plays, whatever the source's codec)."""
     job = finished_job(jobs, job_id, "viewer", owner)
     video = get_video(videos, job.video_id, owner)
+    if store.head(video.s3_key) is None:  # the page could only show a broken player
+        raise gone(ObjectMissing(f"s3://{store.bucket}/{video.s3_key} does not exist"))
     annotated = picture_key(job.video_id, job.id, "annotated_video")
     return {
         "job_id": job.id,

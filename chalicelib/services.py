@@ -3,9 +3,6 @@ queues as parameters. Routes parse and call these; errors are ServiceError subcl
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import re
 import secrets
@@ -49,10 +46,10 @@ from .db import (
     Video,
     VideoRepository,
 )
-from .errors import Conflict, InvalidInput, NotFound, TooLarge
+from .errors import Conflict, Gone, InvalidInput, NotFound, TooLarge
 from .queues import MessageQueue
 from .results import MergeError, frames_between, merge_parts
-from .storage import ObjectStore
+from .storage import ObjectMissing, ObjectStore
 
 logger = logging.getLogger("handpipe.service")
 
@@ -112,13 +109,15 @@ def _text(body: Mapping[str, Any], name: str, *, max_len: int, required: bool = 
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
-    value = value.strip()
-    if required and not value:
-        raise InvalidInput(f"{name} must not be empty")
+    # Judged as sent, then trimmed of spaces: the limits the OpenAPI document states (maxLength, a
+    # pattern without control characters) hold for exactly what a caller sends.
     if len(value) > max_len:
         raise InvalidInput(f"{name} is longer than {max_len} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise InvalidInput(f"{name} must not contain control characters")
+    value = value.strip(" ")
+    if required and not value:
+        raise InvalidInput(f"{name} must not be empty")
     return value
 
 
@@ -138,28 +137,30 @@ def safe_filename(filename: str) -> str:
     return f"{stem[:120]}.{ext}"
 
 
+# Page tokens are keyset positions written out plainly, so the OpenAPI document can give their exact
+# pattern and every token it allows means a position: (created_at, id) of a video or job, or a frame
+# index. An empty token is the first page.
+_TOKEN_PATTERNS: dict[tuple[type, ...], re.Pattern[str]] = {
+    (int, str): re.compile(r"([0-9]{1,15})_([a-z]{3}_[0-9a-f]{32})", re.ASCII),
+    (int,): re.compile(r"([0-9]{1,9})", re.ASCII),
+}
+
+
 def encode_token(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+    return "_".join(str(value) for value in values)
 
 
 def decode_token(token: str | None, shape: tuple[type, ...]) -> list[Any] | None:
     if not token:
         return None
-    try:
-        values = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error):
-        raise InvalidInput("next_token is not valid: pass the next_token of the previous page unchanged") from None
-    if (
-        not isinstance(values, list)
-        or len(values) != len(shape)
-        or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(values, shape, strict=False))
-    ):
+    match = _TOKEN_PATTERNS[shape].fullmatch(token)
+    if match is None:
         raise InvalidInput("next_token is not valid: pass the next_token of the previous page unchanged")
-    return values
+    return [kind(group) for kind, group in zip(shape, match.groups(), strict=True)]
 
 
 def parse_limit(raw: str | None, default: int, maximum: int, name: str = "limit") -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -171,7 +172,7 @@ def parse_limit(raw: str | None, default: int, maximum: int, name: str = "limit"
 
 
 def parse_ms(raw: str | None, name: str) -> int | None:
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         value = int(raw)
@@ -180,6 +181,17 @@ def parse_ms(raw: str | None, name: str) -> int | None:
     if not 0 <= value <= 24 * 3600 * 1000:
         raise InvalidInput(f"{name} must be between 0 and 86400000")
     return value
+
+
+def single_query_value(params: Any, name: str) -> str | None:
+    """A query parameter's value; given twice, it is ambiguous, and refused (a 400) rather than one
+    of the values picked. `params` is Chalice's MultiDict, or None when the URL had no query."""
+    if not params or name not in params:
+        return None
+    values = list(params.getlist(name)) if hasattr(params, "getlist") else [params[name]]
+    if len(values) > 1:
+        raise InvalidInput(f"{name} was given {len(values)} times; give it once")
+    return values[0] if values else None
 
 
 def check_id(value: str, prefix: str, what: str) -> str:
@@ -264,7 +276,7 @@ def register_video(
             raise Conflict(f"{existing_key!r} is already registered as a video; one video per key")
         head = store.head(existing_key)
         if head is None:
-            raise InvalidInput(f"there is no object {existing_key!r} in the bucket")
+            raise Conflict(f"there is no object {existing_key!r} in the bucket: put it there first")
         if not head["size"]:
             raise InvalidInput(f"the object {existing_key!r} is empty (0 bytes): upload the whole video there first")
         if body.get("size_bytes") is not None:
@@ -288,6 +300,8 @@ def register_video(
         size = body.get("size_bytes")
         if size is None:
             raise InvalidInput("size_bytes is required: the upload URL is signed for exactly that size")
+        if isinstance(size, float) and size.is_integer():
+            size = int(size)  # JSON has one number type: 120000.0 is the whole number the document allows
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise InvalidInput("size_bytes must be a positive whole number")
         if size > settings.max_upload_bytes:
@@ -357,6 +371,41 @@ def _guess_content_type(filename: str) -> str:
     )
 
 
+def new_upload_url(
+    videos: VideoRepository,
+    store: ObjectStore,
+    settings: Settings,
+    video_id: str,
+    body: Mapping[str, Any],
+    owner: str | None = None,
+) -> dict[str, Any]:
+    """POST /videos/{id}/upload-url: a fresh presigned PUT for a video whose file is not in the bucket
+    (its first URL expired unused, or the object was lost), for the same key, type and size."""
+    _check_fields(body, set())
+    video = get_video(videos, video_id, owner)
+    if not video.s3_key.startswith(video_prefix(video.id)):
+        raise Conflict(f"video {video.id} was registered by s3_key {video.s3_key!r}: put the object back there")
+    if store.head(video.s3_key) is not None:
+        raise Conflict(f"video {video.id} has its file already; register a new video for another file")
+    size = video.size_bytes or 0
+    view = video_view(video)
+    view["upload"] = {
+        "method": "PUT",
+        "url": store.presign_upload(video.s3_key, video.content_type, size, settings.upload_url_expires_s),
+        "headers": {"Content-Type": video.content_type, "Content-Length": str(size)},
+        "expires_in_s": settings.upload_url_expires_s,
+    }
+    return view
+
+
+def gone(error: ObjectMissing) -> Gone:
+    """The answer to a read that found a stored object missing."""
+    return Gone(
+        f"a stored object this answer needs is gone ({error}); run the job again, or for a video's file "
+        "get a new upload URL (POST /videos/{video_id}/upload-url)"
+    )
+
+
 def get_video(videos: VideoRepository, video_id: str, owner: str | None = None) -> Video:
     check_id(video_id, "vid", "video")
     video = videos.get(video_id, owner=owner)
@@ -421,9 +470,10 @@ def create_job(
     if not isinstance(raw_options, dict):
         raise InvalidInput("options must be an object")
     try:
-        options = ProcessOptions.from_dict(raw_options)
+        options = ProcessOptions.from_dict(raw_options, allow_empty_range=True)
     except ContractError as error:
         raise InvalidInput(str(error)) from None
+    empty_range = empty_range_reason(options)
     client_token = _text(body, "client_token", max_len=64)
     if client_token is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", client_token):
         raise InvalidInput("client_token may hold only letters, digits and _.:- (at most 64)")
@@ -441,20 +491,23 @@ def create_job(
         check_model_uri(options.model_uri, settings)
     head = store.head(video.s3_key)
     if head is None:
-        raise Conflict(f"video {video.id} has not been uploaded yet: PUT the file to its upload URL first")
+        raise Conflict(
+            f"video {video.id} has not been uploaded yet: PUT the file to its upload URL first "
+            f"(a new URL: POST /videos/{video.id}/upload-url)"
+        )
     if (head["size"] or 0) > settings.max_upload_bytes:  # replaced by a bigger object since it was registered
         raise TooLarge(f"the video's object has {head['size']} bytes, over the limit of {settings.max_upload_bytes}")
     now = now_ms()
     job = Job(
         id=new_id("job"),
         video_id=video.id,
-        status="QUEUED",
+        status="FAILED" if empty_range else "QUEUED",
         options=options.to_dict(),
         client_token=client_token,
         tag=tag,
         owner=owner,
-        error=None,
-        error_code=None,
+        error=empty_range,
+        error_code="empty_range" if empty_range else None,
         segments_total=0,
         segments_done=0,
         frames_total=None,
@@ -465,7 +518,7 @@ def create_job(
         video_metadata=None,
         created_at=now,
         started_at=None,
-        finished_at=None,
+        finished_at=now if empty_range else None,
         updated_at=now,
     )
     try:
@@ -481,6 +534,8 @@ def create_job(
         ) from None
     if not created:  # a concurrent request with the same token won the race
         return _same_token_job(stored, options, tag), False
+    if empty_range:
+        return job_view(stored), True
     try:
         jobs_queue.send(JobRequested(job_id=job.id, video_id=video.id))
     except Exception:
@@ -501,6 +556,14 @@ def check_model_uri(uri: str, settings: Settings) -> None:
     if settings.local_models and not uri.startswith("s3://"):
         return
     raise InvalidInput(f"options.model_uri must be an s3:// URI under {prefix} (your .task files), got {uri[:200]!r}")
+
+
+def empty_range_reason(options: ProcessOptions) -> str | None:
+    """Why a job's time range holds no frame, or None. Such a request is valid by the OpenAPI
+    document (which cannot compare two fields), so it makes a job, FAILED at once with this reason."""
+    if options.start_ms is not None and options.end_ms is not None and options.end_ms <= options.start_ms:
+        return f"end_ms ({options.end_ms}) is not after start_ms ({options.start_ms}): the range holds no frame"
+    return None
 
 
 def _same_token_job(existing: Job, options: ProcessOptions, tag: str | None) -> dict[str, Any]:
@@ -543,6 +606,8 @@ def job_result(
     job = get_job(jobs, job_id, owner)
     if job.status != "SUCCEEDED" or job.result_key is None:
         raise Conflict(f"job {job.id} is {job.status}; its result is ready when it has SUCCEEDED")
+    if store.head(job.result_key) is None:  # a URL to nothing would only fail later, with S3's 403 or 404
+        raise gone(ObjectMissing(f"s3://{store.bucket}/{job.result_key} does not exist"))
     return {
         "job_id": job.id,
         "video_id": job.video_id,
@@ -600,9 +665,9 @@ def job_frames(
     job = get_job(jobs, job_id, owner)
     if job.status != "SUCCEEDED":
         raise Conflict(f"job {job.id} is {job.status}; frames can be read when it has SUCCEEDED")
-    if end_ms is not None and end_ms <= (start_ms or 0):
-        raise InvalidInput("end_ms must be greater than start_ms (and than 0)")
     after = decode_token(next_token, (int,))
+    if end_ms is not None and end_ms <= (start_ms or 0):
+        return {"job_id": job.id, "frames": [], "next_token": None}  # [start_ms, end_ms) holds no frame
     after_index = after[0] if after else -1
     lower = float(start_ms or 0)
     found: list[dict[str, Any]] = []
@@ -976,31 +1041,6 @@ def sweep(
             jobs_queue.send(JobRequested(job_id=job.id, video_id=job.video_id))
             jobs.transition(job.id, from_statuses=("QUEUED",), to_status="QUEUED")  # heard of now
             report.requested.append(job.id)
-    report.dispatched = _dispatch_waiting(videos, jobs, work_queue, settings)
-    return report
-
-
-def resume_unfinished(
-    videos: VideoRepository,
-    jobs: JobRepository,
-    jobs_queue: MessageQueue,
-    work_queue: MessageQueue,
-    settings: Settings,
-) -> SweepReport:
-    """For a stack whose queues were lost (the local stack after a restart or a kill -9): every
-    active job carries on from the database, the source of truth. Sent segments are given back to
-    the dispatcher (not counted as lost: the send that is redone replaces the one that vanished),
-    QUEUED jobs are requested again, and waiting segments dispatched. Duplicates of messages that
-    did survive are harmless: every step is idempotent."""
-    report = SweepReport()
-    since = now_ms() + 1
-    while segments := jobs.silent_segments(since_ms=since):
-        for segment in segments:
-            jobs.release_claim(segment.job_id, segment.segment_index)
-            report.resent.append(segment.job_id)
-    for job in jobs.queued_before(created_before_ms=since, limit=1000):
-        jobs_queue.send(JobRequested(job_id=job.id, video_id=job.video_id))
-        report.requested.append(job.id)
     report.dispatched = _dispatch_waiting(videos, jobs, work_queue, settings)
     return report
 

@@ -173,6 +173,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"S3 and SQS (moto) {info.aws_endpoint_url}  bucket {info.bucket}")
     print(f"database          {_hide_password(info.db_url)}")
     print(f"workers           {info.workers} process(es)")
+    print(f"kept in           {Path(args.data_dir).resolve()}  ({stack.restored} stored object(s) put back)")
+    if stack.resumed is not None and any(vars(stack.resumed).values()):
+        print(f"resumed jobs      {stack.resumed}")
     print(f"API key           {info.api_key}   (send it as x-api-key)")
     owners = sorted(set(stack.api_keys.values()))
     if len(stack.api_keys) > 1:
@@ -295,6 +298,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _submit_and_report(_client(args), video, _options(args), wait=args.wait, out=args.out)
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    video = Path(args.file)
+    if not video.is_file():
+        raise CliError(f"{video} does not exist")
+    uploaded = _client(args).upload_again(args.video_id, video)
+    print(f"{uploaded['id']}  uploaded {video} ({uploaded['size_bytes']} bytes); start a job on it with the API")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     job = _client(args).get_job(args.job)
     progress = job["progress"]
@@ -400,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     api_args(submit)
     _add_process_options(submit)
     submit.set_defaults(run=cmd_submit)
+
+    upload = commands.add_parser(
+        "upload", help="upload a registered video's file again (its upload URL expired, or the file is gone)"
+    )
+    upload.add_argument("video_id")
+    upload.add_argument("file", help="the same file: the URL is signed for its size and type")
+    api_args(upload)
+    upload.set_defaults(run=cmd_upload)
 
     status = commands.add_parser("status", help="a job's state and progress")
     status.add_argument("job")

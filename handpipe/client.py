@@ -118,6 +118,18 @@ class Client:
         except urllib.error.HTTPError as error:
             raise ApiError(error.code, f"upload refused: {error.read()[:300]!r}") from None
 
+    def new_upload_url(self, video_id: str) -> dict[str, Any]:
+        """The video with fresh `upload` instructions, for one whose file is not in the bucket (its
+        first URL expired unused, or the file was lost)."""
+        result: dict[str, Any] = self.request("POST", f"/videos/{video_id}/upload-url")
+        return result
+
+    def upload_again(self, video_id: str, path: str | Path) -> dict[str, Any]:
+        """Upload the file of a registered video whose file is not in the bucket; returns the video."""
+        video = self.new_upload_url(video_id)
+        self.upload(video, path)
+        return video
+
     def get_video(self, video_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", f"/videos/{video_id}")
         return result

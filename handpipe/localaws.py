@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -65,12 +66,17 @@ class MotoServer:
     """moto in server mode on 127.0.0.1, in a thread of this process.
 
     moto keeps its state in process-wide backends, so two servers in one process (or a server and
-    `moto.mock_aws`) see the same buckets and queues."""
+    `moto.mock_aws`) see the same buckets and queues. With `objects_dir`, the objects of the
+    buckets named to keep_on_disk() are also kept in files there (handpipe.s3disk), so they
+    outlive the process."""
 
-    def __init__(self, port: int = 0, *, quiet: bool = True) -> None:
+    def __init__(self, port: int = 0, *, quiet: bool = True, objects_dir: str | Path | None = None) -> None:
         self._port = port
         self._quiet = quiet
+        self._objects_dir = None if objects_dir is None else Path(objects_dir)
         self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._mirror: Any = None
         self._endpoint_url: str | None = None
 
     @property
@@ -84,28 +90,53 @@ class MotoServer:
         if self._server is not None:
             raise RuntimeError("the moto server is already running")
         # Imported here so the rest of this module works where moto (a dev dependency) is absent.
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
 
-        if self._port:
-            # ThreadedMotoServer binds in its own thread and would wait forever if the bind failed.
-            _check_port_free(self._port)
+        from .s3disk import DiskObjects, MirroringApp
+
         if self._quiet:
             # werkzeug logs every request at INFO; with pollers long-polling that drowns real output.
             werkzeug_logger = logging.getLogger("werkzeug")
             if werkzeug_logger.level == logging.NOTSET:
                 werkzeug_logger.setLevel(logging.WARNING)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=self._port, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
+        disk = DiskObjects(self._objects_dir or ".")
+        # What moto's ThreadedMotoServer serves, behind the layer that keeps objects on disk (it
+        # passes everything through until keep_on_disk() names a bucket).
+        self._mirror = MirroringApp(DomainDispatcherApplication(create_backend_app), disk, ())
+        if self._port:
+            # werkzeug answers a port in use with sys.exit; this says which port, as an OSError.
+            _check_port_free(self._port)
+        server = make_server("127.0.0.1", self._port, self._mirror, True, request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=server.serve_forever, name="moto", daemon=True)
+        self._thread.start()
         self._server = server
-        self._endpoint_url = f"http://{host}:{port}"
+        self._endpoint_url = f"http://127.0.0.1:{server.server_address[1]}"
         return self._endpoint_url
+
+    def keep_on_disk(self, s3_client: S3Client, bucket: str) -> int:
+        """Put the bucket's objects kept in `objects_dir` back into moto, then keep every later write
+        and delete there too. The bucket must exist. Returns how many objects came back."""
+        from .s3disk import restore
+
+        if self._objects_dir is None:
+            raise RuntimeError("this moto server keeps nothing on disk: give it an objects_dir")
+        if self._mirror is None:
+            raise RuntimeError("start the moto server first")
+        restored = restore(s3_client, self._mirror.disk, bucket)
+        self._mirror.s3 = s3_client
+        self._mirror.buckets.add(bucket)
+        return restored
 
     def stop(self) -> None:
         server, self._server = self._server, None
         self._endpoint_url = None
         if server is not None:
-            server.stop()
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
 
     def reset(self) -> None:
         """Forget every bucket, queue and message (moto's own reset endpoint)."""

@@ -4,7 +4,7 @@ queues to the same handlers Lambda would run, with the worker in its own process
 
 from __future__ import annotations
 
-import functools
+import json
 import logging
 import multiprocessing
 import os
@@ -12,21 +12,23 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chalice.local import ChaliceRequestHandler
+from chalice.local import ChaliceRequestHandler, ThreadedHTTPServer
 
 from chalicelib.auth import parse_api_keys
 from chalicelib.config import QUEUE_PREFIX_VARIABLE, Settings
 from chalicelib.db import Database
 from chalicelib.migrations import upgrade
-from chalicelib.runtime import Runtime, use_runtime
+from chalicelib.runtime import Runtime, runtime, use_runtime
 
 from .localaws import LambdaContext, MotoServer, QueuePoller, aws_clients, drain, provision, stop_all
+from .resume import Resumed, resume
 
 logger = logging.getLogger("handpipe.stack")
 
@@ -49,6 +51,19 @@ class StackInfo:
     api_key: str
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """In each worker process: end when the stack that started it is gone (a kill -9 of `handpipe up`
+    leaves its children running), as a container ends with its host, rather than finish an item nobody
+    waits for and write it into the next stack."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _run_work_batch(event: dict[str, Any], remaining_s: float) -> dict[str, Any]:
     """Runs in a worker process, like one invocation in a worker container."""
     from handpipe_worker.handler import handler
@@ -57,34 +72,57 @@ def _run_work_batch(event: dict[str, Any], remaining_s: float) -> dict[str, Any]
 
 
 class WorkerPool:
-    """N worker processes (N containers); a process that dies is replaced and its batch retried."""
+    """N worker processes (N containers), one per work poller. Each runs in its own single-process
+    executor, so a process that dies fails only the item it was running (SQS redelivers it); the
+    slot starts a new process for its next item, and the other slots never notice."""
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
         self._lock = threading.Lock()
-        self._pool = self._new_pool()
+        self._slots = [self._new_executor() for _ in range(processes)]
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    @staticmethod
+    def _new_executor() -> ProcessPoolExecutor:
         # spawn: a fresh interpreter per worker, as a container is, with no copied threads or locks.
-        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        )
 
-    def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-        with self._lock:
-            pool = self._pool
-        try:
-            return pool.submit(_run_work_batch, event, context.get_remaining_time_in_millis() / 1000).result()
-        except BrokenProcessPool:
+    def handler(self, slot: int) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
+        """The handler for one work poller: it runs each item in this slot's process."""
+        if not 0 <= slot < self.processes:
+            raise ValueError(f"slot must be between 0 and {self.processes - 1}, got {slot}")
+
+        def handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             with self._lock:
-                if self._pool is pool:
-                    logger.warning("a worker process died; starting new ones (SQS will redeliver its item)")
-                    self._pool = self._new_pool()
-            raise
+                executor = self._slots[slot]
+            remaining_s = context.get_remaining_time_in_millis() / 1000
+            try:
+                return executor.submit(_run_work_batch, event, remaining_s).result()
+            except BrokenProcessPool:
+                with self._lock:
+                    if self._slots[slot] is executor:
+                        logger.warning("worker process %d died; starting a new one (SQS will redeliver its item)", slot)
+                        self._slots[slot] = self._new_executor()
+                executor.shutdown(wait=False)
+                raise
+
+        return handle
 
     def worker_pids(self) -> list[int]:
-        return [p.pid for p in getattr(self._pool, "_processes", {}).values() if p.pid]
+        """The live worker processes' ids, slot by slot (a slot starts its process with its first item)."""
+        with self._lock:
+            executors = list(self._slots)
+        return [p.pid for executor in executors for p in getattr(executor, "_processes", {}).values() if p.pid]
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            executors = list(self._slots)
+        for executor in executors:
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 class LocalRequestHandler(ChaliceRequestHandler):
@@ -92,6 +130,26 @@ class LocalRequestHandler(ChaliceRequestHandler):
     separately, and with Nagle on every keep-alive request waited ~40 ms for a delayed ACK."""
 
     disable_nagle_algorithm = True
+
+    def _method_not_allowed(self) -> None:
+        # http.server answers a method without a do_ handler 501 "Unsupported method" in HTML; the
+        # API answers every method it does not serve 405 with its JSON error, as Chalice does.
+        body = json.dumps({"code": "method_not_allowed", "message": f"{self.command} is not allowed here"}).encode()
+        self.send_response(405)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_TRACE = do_CONNECT = do_QUERY = _method_not_allowed
+
+
+class LocalApiServer(ThreadedHTTPServer):
+    """Chalice's threaded local server with a listen backlog of 1024, not http.server's 5: with 5, a
+    burst of 30 connections saw a third of them reset before a thread could accept them."""
+
+    request_queue_size = 1024
+    daemon_threads = True  # a client that keeps its connection open does not hold up a stop
 
 
 class QuietRequestHandler(LocalRequestHandler):
@@ -114,6 +172,23 @@ def _scheduled_event() -> dict[str, Any]:
         "resources": [],
         "detail": {},
     }
+
+
+def _saved_key(data_dir: Path) -> str:
+    """The key kept in data_dir/api_key, made (readable by its owner only) the first time."""
+    path = data_dir / "api_key"
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(24)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(key + "\n")
+    return key
 
 
 class LocalStack:
@@ -145,13 +220,15 @@ class LocalStack:
         self.work_visibility_s = work_visibility_s
         # Callers need a key (x-api-key), as they need a usage plan's key in AWS. HANDPIPE_API_KEYS
         # (key=owner,...) gives several callers, each its own owner, so scoping can be tried locally.
+        # A key made up here is kept in the data folder, so a restart does not take it from those
+        # who were given it.
         keys_text = api_keys if api_keys is not None else os.environ.get("HANDPIPE_API_KEYS")
         self.api_keys = parse_api_keys(keys_text)  # ValueError for a key shorter than 16 characters
         self.api_key = (
             api_key
             or os.environ.get("HANDPIPE_API_KEY")
             or next(iter(self.api_keys), None)
-            or secrets.token_urlsafe(24)
+            or _saved_key(self.data_dir)
         )
         self.api_keys.setdefault(self.api_key, "local")
         self.segment_ms = segment_ms  # None: the app's default; 0: one segment per job
@@ -165,10 +242,13 @@ class LocalStack:
         self._saved_env: dict[str, str | None] = {}
         self._stopping = threading.Event()
         self.info: StackInfo | None = None
+        self.restored = 0  # S3 objects put back from the data folder on start
+        self.resumed: Resumed | None = None
 
     def start(self) -> StackInfo:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._moto = MotoServer(self.moto_port)
+        # S3 objects are kept in files there too: moto alone would forget them when the stack stops.
+        self._moto = MotoServer(self.moto_port, objects_dir=self.data_dir / "s3")
         endpoint = self._moto.start()
         s3, sqs = aws_clients(endpoint)
         self._sqs = sqs
@@ -180,6 +260,7 @@ class LocalStack:
             max_receives=self.max_receives,
             visibility_timeouts={"work": self.work_visibility_s},
         )
+        self.restored = self._moto.keep_on_disk(s3, resources.bucket)
         database = Database.from_url(self.db_url)
         applied = upgrade(database)
         if applied:
@@ -215,6 +296,10 @@ class LocalStack:
             sys.path.insert(0, str(REPO_ROOT))  # app.py sits at the project root, as Chalice wants it
         import app as chalice_app  # the routes and handlers, imported once their settings exist
 
+        # The queues started empty; the database says what was waiting or running when the stack
+        # last stopped. Sent before any handler starts, so nothing sent earlier is still in flight.
+        rt = runtime()
+        self.resumed = resume(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
         self._start_api(chalice_app.app)
         self._pool = WorkerPool(self.workers)
         urls = resources.queue_urls
@@ -223,7 +308,7 @@ class LocalStack:
             QueuePoller(sqs, urls["events"], chalice_app.record_events, name="events", batch_size=10, timeout_s=60),
         ] + [
             QueuePoller(
-                sqs, urls["work"], self._pool.handle, name=f"work-{n}", batch_size=1, timeout_s=WORKER_TIMEOUT_S
+                sqs, urls["work"], self._pool.handler(n), name=f"work-{n}", batch_size=1, timeout_s=WORKER_TIMEOUT_S
             )
             for n in range(self.workers)
         ]
@@ -258,12 +343,14 @@ class LocalStack:
         from chalice.local import LocalChalice, LocalDevServer, create_local_server
 
         config = Config.create(chalice_stage="local", app_name="handpipe", project_dir=str(REPO_ROOT))
-        if isinstance(app_object, LocalChalice):  # a stack started earlier in this process converted it
-            self._server = LocalDevServer(app_object, config, "127.0.0.1", self.port)
-        else:
-            self._server = create_local_server(app_object, config, "127.0.0.1", self.port)
         handler = QuietRequestHandler if self.quiet else LocalRequestHandler
-        self._server.server.RequestHandlerClass = functools.partial(handler, app_object=app_object, config=config)
+        # create_local_server turns the app into a LocalChalice (once per process); the server itself
+        # is ours, with a listen backlog for bursts of connections.
+        if not isinstance(app_object, LocalChalice):
+            create_local_server(app_object, config, "127.0.0.1", 0).server.server_close()
+        self._server = LocalDevServer(
+            app_object, config, "127.0.0.1", self.port, handler_cls=handler, server_cls=LocalApiServer
+        )
         if self.quiet:
             logging.getLogger(app_object.app_name).setLevel(logging.WARNING)
         self.port = self._server.server.server_address[1]  # the real port when 0 was asked for

@@ -815,6 +815,19 @@ def test_jobs_untouched_for_too_long_are_found(videos: VideoRepository, jobs: Jo
     assert [j.id for j in jobs.stuck(status="IN_PROGRESS", updated_before_ms=T0 + 1)] == [older.id]
 
 
+def test_job_ids_by_status_page_in_id_order(videos: VideoRepository, jobs: JobRepository) -> None:
+    """What a restarted local stack walks to resume: every job of a status, once, in pages."""
+    video = make_video()
+    videos.add(video)
+    running = [jobs.create(make_job(video.id, status="IN_PROGRESS"))[0].id for _ in range(5)]
+    jobs.create(make_job(video.id, status="QUEUED"))
+    first = jobs.ids_with_status("IN_PROGRESS", limit=3)
+    rest = jobs.ids_with_status("IN_PROGRESS", limit=3, after_id=first[-1])
+    assert first + rest == sorted(running) and len(first) == 3
+    assert jobs.ids_with_status("IN_PROGRESS", after_id=rest[-1]) == []
+    assert jobs.ids_with_status("SUCCEEDED") == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Segments
 # ---------------------------------------------------------------------------------------------

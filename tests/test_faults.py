@@ -29,6 +29,7 @@ from chalicelib.queues import MessageQueue
 from chalicelib.runtime import runtime
 from chalicelib.storage import ObjectStore
 from handpipe.localaws import aws_clients, provision, queue_arn
+from handpipe.resume import resume
 from tests.conftest import REPO, data_path
 from tests.test_api import Env, env, register  # noqa: F401  (env is a fixture)
 from tests.test_db_contract import (  # noqa: F401  (fixtures)
@@ -282,16 +283,17 @@ def test_progress_keeps_a_segment_from_being_judged_lost(world: World) -> None:
 
 
 def test_after_the_queues_are_lost_every_active_job_carries_on_from_the_database(world: World) -> None:
-    """What the local stack does when it comes back with empty queues: nothing in flight is counted as
-    lost, QUEUED jobs are requested again, and sent segments are sent again."""
+    """What the local stack does when it comes back with empty queues (handpipe.resume, on SQLite and
+    MariaDB): nothing in flight is counted as lost, QUEUED jobs are requested again, and sent segments
+    are sent again."""
     running = world.start(world.video(duration_ms=5_000))
     queued_id = world.create_job(world.video())
     done = world.start(world.video(duration_ms=5_000))
     world.take("work")
     world.take("jobs")  # the restart: every message is gone
     assert world.jobs.transition(done.id, from_statuses=("IN_PROGRESS",), to_status="SUCCEEDED")
-    report = services.resume_unfinished(world.videos, world.jobs, world.jobs_queue, world.work_queue, world.settings)
-    assert report.requested == [queued_id] and report.resent == [running.id] and report.dispatched == 1
+    report = resume(world.videos, world.jobs, world.store, world.jobs_queue, world.work_queue, world.settings)
+    assert report.requested == [queued_id] and report.redispatched == [running.id] and report.failed == []
     assert [json.loads(b)["job_id"] for b in world.take("jobs")] == [queued_id]
     assert [(i.job_id, i.segment) for i in items(world.take("work"))] == [(running.id, 0)]
     assert world.jobs.segments(running.id)[0].dispatch_count == 1

@@ -221,12 +221,13 @@ def test_csv_jsonl_and_parquet_exports_of_a_processed_clip(env: Env) -> None:
 
 def test_export_errors(env: Env) -> None:
     job = processed_job(env)
-    for fmt, fragment in [("xml", "csv, jsonl, parquet"), ("", None)]:
+    # Exactly the document's enum: an empty or upper-case format is refused, not taken for the default.
+    for fmt in ("xml", "", "CSV"):
         status, answer = env.call("GET", f"/jobs/{job['id']}/export?format={fmt}")
-        if fragment is None:
-            assert status == 200 and answer["format"] == "csv"  # empty: the default
-            continue
-        assert status == 400 and fragment in answer["message"], answer
+        assert status == 400 and "csv, jsonl, parquet" in answer["message"], answer
+    status, answer = env.call("GET", f"/jobs/{job['id']}/export?format=csv&format=jsonl")
+    assert status == 400 and "given 2 times" in answer["message"], answer
+    assert env.call("GET", f"/jobs/{job['id']}/export")[1]["format"] == "csv"  # absent: the default
     for path in (f"/jobs/{UNKNOWN_JOB}/export", "/jobs/not-a-job/export", f"/jobs/{UNKNOWN_JOB}/insights"):
         status, answer = env.call("GET", path)
         assert status == 404 and answer["code"] == "not_found", (path, answer)

@@ -238,6 +238,7 @@ def test_the_schema_cannot_say_end_ms_must_follow_start_ms() -> None:
     with pytest.raises(ContractError, match="end_ms"):
         ProcessOptions.from_dict({"start_ms": 500, "end_ms": 500})
     assert "end_ms must be greater than start_ms" in DOC["components"]["schemas"]["ProcessOptions"]["description"]
+    assert "empty_range" in DOC["components"]["schemas"]["ProcessOptions"]["description"]
 
 
 def test_get_openapi_json_serves_the_document() -> None:
@@ -398,7 +399,7 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
     frames = f"/jobs/{job['id']}/frames"
     call("GET", f"{frames}?start_ms=200&end_ms=1500&max_results=4&next_token={page['next_token']}", expect=200)
     assert any(frame["hands"] for frame in call("GET", f"{frames}?max_results=1000", expect=200)["frames"])
-    call("GET", f"/jobs/{job['id']}/frames?start_ms=900&end_ms=100", expect=400)
+    assert call("GET", f"/jobs/{job['id']}/frames?start_ms=900&end_ms=100", expect=200)["frames"] == []  # empty range
     call("GET", f"/jobs/{job['id']}/frames?max_results=0", expect=400)
     call("GET", f"/jobs/{job['id']}/frames?start_ms=soon", expect=400)
     call("GET", f"/jobs/{job['id']}/frames?next_token=!!!", expect=400)
@@ -455,15 +456,41 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
         {"filename": "clip.mp4", "colour": "red"},
         {"title": "no file"},
         {"filename": "clip.mp4", "content_type": "text/html"},
-        {"s3_key": "incoming/tester/missing.mkv"},
     ]:
         call("POST", "/videos", bad_body, expect=400)
+    call("POST", "/videos", {"s3_key": "incoming/tester/missing.mkv"}, expect=409)  # valid, but no such object
     call("POST", "/videos", raw=b"{not json", expect=400)
     call("POST", "/videos", {"filename": "clip.mp4", "size_bytes": 10**15}, expect=413)
     call("POST", "/videos", raw=b"filename=clip.mp4", headers={"content-type": "text/plain"}, expect=415)
     call("POST", f"/videos/{vid}/jobs", raw=b"{}", headers={"content-type": "text/plain"}, expect=415)
     for bad_job in [{"options": {"num_hands": 9}}, {"client_token": "a b"}, {"priority": 1}]:
         call("POST", f"/videos/{vid}/jobs", bad_job, expect=400)
+
+    # a fresh upload URL: for a video whose file never came; not for one that has it, or one registered by key
+    fresh = call("POST", f"/videos/{waiting['id']}/upload-url", None, expect=200)
+    assert fresh["upload"]["url"].startswith("http") and fresh["upload"]["headers"]["Content-Length"] == str(
+        waiting["size_bytes"]
+    )
+    call("POST", f"/videos/{vid}/upload-url", {}, expect=409)
+    call("POST", f"/videos/{in_bucket['id']}/upload-url", None, expect=409)
+    call("POST", f"/videos/{vid}/upload-url", {"size_bytes": 10}, expect=400)
+    call("POST", f"/videos/{unknown_video}/upload-url", None, expect=404)
+
+    # stored objects removed behind the API's back: a clear 410 from each read, never a 500
+    second = jobs["jobs"][0]["id"]
+    for key in [
+        obj["Key"] for obj in env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"results/{vid}/{second}/")["Contents"]
+    ]:
+        env.s3.delete_object(Bucket=env.bucket, Key=key)
+    for path in ["result", "frames", "export?format=csv", "insights"]:
+        assert call("GET", f"/jobs/{second}/{path}", expect=410)["code"] == "gone"
+    env.s3.delete_object(Bucket=env.bucket, Key=video["s3_key"])
+    assert "upload-url" in call("GET", f"/jobs/{job['id']}/viewer/config", expect=410)["message"]
+    assert "upload-url" in call("POST", f"/videos/{vid}/jobs", {}, expect=409)["message"]
+    env.upload(
+        call("POST", f"/videos/{vid}/upload-url", None, expect=200), data_path("videos/asl_thanks_two_hands.mkv")
+    )
+    assert call("GET", f"/jobs/{job['id']}/viewer/config", expect=200)["video_url"].startswith("http")
 
     # delete, once nothing runs
     deleted = call("DELETE", f"/videos/{vid}", expect=200)
