@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ServiceError
+from .errors import Forbidden, ServiceError
 
 AUTH_MODES = ("api_key", "iam", "none")
 # Route templates anyone may call. The viewer page holds no data (it asks the API with the caller's key),
@@ -21,11 +21,6 @@ NO_BODY = ["*/*"]  # routes that read no body do not care what Content-Type a cl
 class Unauthorized(ServiceError):
     status = 401
     code = "unauthorized"
-
-
-class Forbidden(ServiceError):
-    status = 403
-    code = "forbidden"
 
 
 @dataclass(frozen=True)

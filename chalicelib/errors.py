@@ -17,6 +17,13 @@ class InvalidInput(ServiceError):
     code = "invalid_input"
 
 
+class Forbidden(ServiceError):
+    """The caller is known but may not do this (a wrong key, another owner's objects)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     status = 404
     code = "not_found"

@@ -46,7 +46,7 @@ from .db import (
     Video,
     VideoRepository,
 )
-from .errors import Conflict, Gone, InvalidInput, NotFound, TooLarge
+from .errors import Conflict, Forbidden, Gone, InvalidInput, NotFound, TooLarge
 from .queues import MessageQueue
 from .results import MergeError, frames_between, merge_parts
 from .storage import ObjectMissing, ObjectStore
@@ -349,12 +349,17 @@ def incoming_prefix(owner: str | None) -> str:
 
 
 def check_incoming_key(key: str, owner: str | None) -> None:
-    """Refuse a key the caller may not register: outside its own prefix, a folder, or with '..'."""
+    """Refuse a key the caller may not register: one outside its own prefix (403), or, inside it, a
+    folder or a key with '..', '.' or empty parts (400)."""
     prefix = incoming_prefix(owner)
+    if not key.strip():
+        raise InvalidInput(f"s3_key must name an object under {prefix}; it is blank")
+    if not key.startswith(prefix):
+        # The document cannot know whose prefix is whose: a key outside the caller's is not bad input
+        # but another owner's object (or nobody's), which this caller may not take.
+        raise Forbidden(f"s3_key must be a key under {prefix} in the bucket (your prefix), got {key[:100]!r}")
     parts = key.split("/")
-    if not key.startswith(prefix) or len(key) == len(prefix):
-        raise InvalidInput(f"s3_key must be a key under {prefix} in the bucket (your prefix), got {key[:100]!r}")
-    if ".." in parts or "." in parts or "" in parts[1:]:
+    if key == prefix or ".." in parts or "." in parts or "" in parts[1:]:
         raise InvalidInput("s3_key must not hold '..', '.' or empty parts, nor end in '/' (a folder)")
 
 

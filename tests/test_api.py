@@ -307,7 +307,7 @@ def test_a_caller_registers_keys_only_under_its_own_incoming_prefix(env: Env) ->
     put_incoming(env, "incoming/someone-else/theirs.mp4", "incoming/tester/mine.mp4", "incoming/loose.mp4")
     for key in ("incoming/someone-else/theirs.mp4", "incoming/loose.mp4", "incoming/tester", "videos/x/a.mp4"):
         status, error = env.call("POST", "/videos", {"s3_key": key})
-        assert status == 400 and "incoming/tester/" in error["message"], (key, error)
+        assert status == 403 and "incoming/tester/" in error["message"], (key, error)
     for key in ("incoming/tester/../someone-else/theirs.mp4", "incoming/tester//mine.mp4", "incoming/tester/"):
         status, error = env.call("POST", "/videos", {"s3_key": key, "filename": "x.mp4"})
         assert status == 400 and "s3_key" in error["message"], (key, error)
@@ -408,7 +408,7 @@ def test_trigger_before_upload_is_a_conflict(env: Env) -> None:
         ("POST", "/videos", {"filename": "clip.mp4"}, 400, "size_bytes is required"),
         ("POST", "/videos", {"filename": 42}, 400, "must be a string"),
         ("POST", "/videos", [1, 2], 400, "JSON object"),
-        ("POST", "/videos", {"s3_key": "../../secret.mp4"}, 400, "s3_key"),
+        ("POST", "/videos", {"s3_key": "../../secret.mp4"}, 403, "s3_key"),  # outside the caller's prefix
     ],
 )
 def test_bad_requests_get_a_clear_4xx(env: Env, method: str, path: str, body: Any, status: int, fragment: str) -> None:
