@@ -1,27 +1,12 @@
-"""Shared fixtures: the real test footage in ../shared/data, and a moto server on loopback."""
+"""Fixtures every tier may use: a moto server on loopback and the AWS variables for clients made
+without arguments. Nothing here is imported until a test asks for it, so the unit tier stays fast."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("HANDPIPE_TEST_DATA", REPO.parent / "shared" / "data"))
-IN_CI = bool(os.environ.get("CI"))
-
-
-def data_path(relative: str) -> Path:
-    """A file of the shared test footage. Missing footage fails in CI and skips elsewhere."""
-    path = DATA / relative
-    if not path.is_file():
-        message = f"test footage {path} is missing (set HANDPIPE_TEST_DATA to the shared/data folder)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="session")

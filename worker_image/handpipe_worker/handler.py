@@ -1,5 +1,6 @@
-"""The worker Lambda: takes work items from the "work" queue, runs the engine on each item's time
-range, writes the result part to S3 and reports on the "events" queue. It never touches the DB."""
+"""The worker Lambda: takes messages from the "work" queue (work items, probes, render requests) through
+one dispatcher with one retry policy, runs the engine on each item's time range, writes the result
+part to S3 and reports on the "events" queue. It never touches the DB."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from chalicelib.contracts import (
     SEGMENT_PROGRESS,
     SEGMENT_SUCCEEDED,
     VIDEO_PROBED,
+    WORK_ITEM,
     ContractError,
     ProbeRequest,
     RenderRequest,
@@ -71,6 +73,35 @@ class WorkerSettings:
         )
 
 
+@dataclass(frozen=True)
+class _Kind:
+    """One kind of work message: how to read it, run it (raising only on a transient fault), and give
+    up on it once its receives are spent."""
+
+    parse: Callable[[str], Any]
+    run: Callable[[Any, Any, int], None]  # (message, Lambda context, attempt)
+    give_up: Callable[[Any, Exception, int], None]  # (message, the last error, attempt)
+    name: Callable[[Any], str]  # for the log
+
+
+def _item_name(item: WorkItem) -> str:
+    return f"work item {item.job_id}/{item.segment}"
+
+
+def _probe_name(request: ProbeRequest) -> str:
+    return f"probe of {request.video_key}"
+
+
+def _render_name(request: RenderRequest) -> str:
+    return f"rendering the pictures of job {request.job_id}"
+
+
+def _give_up_render(request: RenderRequest, error: Exception, attempt: int) -> None:
+    """Pictures are extras of a job that has already SUCCEEDED: giving up on them is only logged,
+    never turned into a failed job."""
+    logger.error("gave up on the pictures of job %s after %d attempts: %s", request.job_id, attempt, error)
+
+
 class Worker:
     """Processes SQS batches; one per container, holding its clients and model cache."""
 
@@ -88,6 +119,11 @@ class Worker:
         self.models = models or ModelCache(fetch_s3=self._fetch_s3_uri)
         self.clock = clock
         self.heartbeat = Heartbeat(sqs_client, visibility_s=settings.visibility_s)
+        self._kinds = {
+            WORK_ITEM: _Kind(WorkItem.from_json, self.process, self._give_up_item, _item_name),
+            PROBE_REQUEST: _Kind(ProbeRequest.from_json, self._probe_and_report, self._give_up_probe, _probe_name),
+            RENDER_REQUEST: _Kind(RenderRequest.from_json, self._render, _give_up_render, _render_name),
+        }
 
     def _fetch_s3_uri(self, uri: str) -> bytes:
         """A user's model from S3; a missing or forbidden object fails the job (ModelError), not retried."""
@@ -120,42 +156,43 @@ class Worker:
     def _handle_record(self, record: dict[str, Any], context: Any) -> bool:
         attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
-            kind = work_message_type(record["body"])
-            if kind == PROBE_REQUEST:
-                return self._handle_probe(ProbeRequest.from_json(record["body"]), attempt)
-            if kind == RENDER_REQUEST:
-                return self._handle_render(RenderRequest.from_json(record["body"]), attempt)
-            item = WorkItem.from_json(record["body"])
+            kind = self._kinds[work_message_type(record["body"])]
+            message = kind.parse(record["body"])
         except ContractError as error:
             return self._reject_malformed(record["body"], str(error), attempt)
+        return self._with_retries(kind, message, context, attempt)
+
+    def _with_retries(self, kind: _Kind, message: Any, context: Any, attempt: int) -> bool:
+        """The one retry policy of every work message. Failures every retry would repeat (a video that
+        cannot be decoded, a missing object or model) are reported by `run` at once, which is then done.
+        Anything it raises is taken to be transient (S3, SQS): the record goes back to the queue (False)
+        until its last receive, then the kind gives up with the reason (True). Should that report fail
+        too, the record goes back once more, and to the dead-letter queue after its last receive."""
         try:
-            self.process(item, context, attempt)
+            kind.run(message, context, attempt)
             return True
-        except Exception as error:  # a transient fault (S3, SQS): retry, then give up with a reason
-            logger.exception("work item %s/%s failed on attempt %d", item.job_id, item.segment, attempt)
+        except Exception as error:
+            logger.exception("%s failed on attempt %d", kind.name(message), attempt)
             if attempt < self.settings.max_receives:
                 return False
             try:
-                self._report_failure(item, "worker_error", f"gave up after {attempt} attempts: {error}", attempt)
+                kind.give_up(message, error, attempt)
             except Exception:
-                logger.exception("could not report the failure of %s/%s", item.job_id, item.segment)
+                logger.exception("could not report giving up on %s", kind.name(message))
                 return False
             return True
 
-    def _handle_probe(self, request: ProbeRequest, attempt: int) -> bool:
+    def _give_up_item(self, item: WorkItem, error: Exception, attempt: int) -> None:
+        self._report_failure(item, "worker_error", f"gave up after {attempt} attempts: {error}", attempt)
+
+    def _probe_and_report(self, request: ProbeRequest, context: Any, attempt: int) -> None:
         try:
             info = self.probe(request)
         except (VideoDecodeError, ObjectMissing) as error:
             code = error.code if isinstance(error, VideoDecodeError) else "video_missing"
             reason = error.reason if isinstance(error, VideoDecodeError) else f"{error}: upload it first"
             self._send_failure(request.job_id, request.video_id, 0, code, reason, attempt)
-            return True
-        except Exception as error:  # transient (S3, SQS): retry, then give up with a reason
-            logger.exception("probe of %s failed on attempt %d", request.video_key, attempt)
-            if attempt < self.settings.max_receives:
-                return False
-            self._send_failure(request.job_id, request.video_id, 0, "worker_error", f"probe failed: {error}", attempt)
-            return True
+            return
         self.events.send(
             SegmentEvent(
                 type=VIDEO_PROBED,
@@ -166,17 +203,12 @@ class Worker:
                 attempt=attempt,
             )
         )
-        return True
 
-    def _handle_render(self, request: RenderRequest, attempt: int) -> bool:
-        """Pictures are extras of a job that has already SUCCEEDED: a failure is retried, then logged,
-        never turned into a failed job."""
-        try:
-            self.render(request)
-        except Exception:
-            logger.exception("rendering the pictures of job %s failed on attempt %d", request.job_id, attempt)
-            return attempt >= self.settings.max_receives
-        return True
+    def _give_up_probe(self, request: ProbeRequest, error: Exception, attempt: int) -> None:
+        self._send_failure(request.job_id, request.video_id, 0, "worker_error", f"probe failed: {error}", attempt)
+
+    def _render(self, request: RenderRequest, context: Any, attempt: int) -> None:
+        self.render(request)
 
     def render(self, request: RenderRequest) -> list[str]:
         """Store the job's insights and exports and draw its pictures next to its result; returns the keys.

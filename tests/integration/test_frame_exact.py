@@ -24,7 +24,7 @@ from chalicelib.results import MergeError, merge_parts
 from handpipe.client import Client
 from handpipe.localaws import LambdaContext
 from handpipe.stack import LocalStack
-from tests.footage import HARD_CASES, Clip, reference, write_clip
+from tests.support.footage import HARD_CASES, Clip, reference, write_clip
 
 MODELS = ModelCache()
 SEGMENT_MS = 1000

@@ -1,5 +1,5 @@
 """Exports, insights and the viewer on a really processed clip: the routes through chalice.test.Client,
-the client and the CLI, and the viewer page driven in headless Chromium against the local stack."""
+the client and the CLI (the viewer in a browser is tests/e2e/test_viewer_browser.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import math
 import re
 import sys
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import replace
@@ -22,23 +21,11 @@ import pytest
 
 import app as chalice_app
 from chalicelib import exports, insight_routes
-from chalicelib.auth import PUBLIC_PATHS
 from chalicelib.insights import GESTURES, analyze
 from chalicelib.runtime import Runtime, runtime, use_runtime
 from handpipe.client import ApiError, Client, MissingDependency
-from tests.conftest import IN_CI, data_path
-from tests.test_api import API_KEY, OTHER_KEY, Env, register
-from tests.test_api import env as env  # noqa: F401 (the fixture)
+from tests.support.api import API_KEY, OTHER_KEY, Env, register
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 UNKNOWN_JOB = "job_" + "0" * 32
 
 
@@ -68,66 +55,8 @@ def raw_get(env: Env, path: str, headers: dict[str, str] | None = None) -> Any:
     return env.client.http.get(path, headers={"x-api-key": API_KEY} if headers is None else headers)
 
 
-# ------------------------------------------------------------------------------------ rows, pure
-
-
-def synthetic_result() -> dict[str, Any]:
-    def hand(label: str, shift: float) -> dict[str, Any]:
-        return {
-            "handedness": label,
-            "score": 0.9,
-            "landmarks": [[0.1 + shift + i / 100, 0.2 + i / 100, -i / 1000] for i in range(21)],
-            "world_landmarks": [[i / 100, -i / 100, i / 1000] for i in range(21)],
-        }
-
-    frames = [
-        {"index": 0, "timestamp_ms": 0.0, "hands": [hand("Left", 0.0)]},
-        {"index": 1, "timestamp_ms": 33.333, "hands": []},
-        {"index": 2, "timestamp_ms": 66.667, "hands": [hand("Left", 0.0), hand("Right", 0.5)]},
-    ]
-    return {"video": {"width": 640, "height": 480}, "frames": frames}
-
-
-def test_columns_are_the_documented_ones() -> None:
-    assert exports.COLUMNS[:9] == [
-        "job_id",
-        "video_id",
-        "frame_index",
-        "timestamp_ms",
-        "hand_index",
-        "handedness",
-        "handedness_score",
-        "gesture",
-        "gesture_score",
-    ]
-    assert exports.COLUMNS[9:12] == ["x0", "y0", "z0"] and exports.COLUMNS[72:75] == ["wx0", "wy0", "wz0"]
-    assert exports.COLUMNS[-1] == "wz20" and len(exports.COLUMNS) == 9 + 2 * 63 == len(set(exports.COLUMNS))
-
-
-def test_rows_are_one_per_hand_per_frame_with_the_gesture_of_that_hand() -> None:
-    result = synthetic_result()
-    insights = analyze(result)
-    rows = list(exports.rows(result, insights, job_id="job_x", video_id="vid_y"))
-    assert [(r["frame_index"], r["hand_index"], r["handedness"]) for r in rows] == [
-        (0, 0, "Left"),
-        (2, 0, "Left"),
-        (2, 1, "Right"),
-    ]
-    labels = {(f, h): (label, score) for f, h, label, score in insights["gestures"]["per_frame"]}
-    for row in rows:
-        assert list(row) == exports.COLUMNS and row["job_id"] == "job_x" and row["video_id"] == "vid_y"
-        assert (row["gesture"], row["gesture_score"]) == labels[(row["frame_index"], row["hand_index"])]
-    assert rows[2]["x0"] == 0.6 and rows[2]["z20"] == -0.02 and rows[2]["wy20"] == -0.2
-
-    data, count = exports.to_csv_gz(exports.rows(result, insights))
-    parsed = list(csv.DictReader(io.StringIO(gzip.decompress(data).decode())))
-    assert count == 3 and len(parsed) == 3 and list(parsed[0]) == exports.COLUMNS
-    assert parsed[0]["job_id"] == "" and float(parsed[2]["x0"]) == 0.6
-    data, count = exports.to_jsonl_gz(exports.rows(result, insights))
-    lines = [json.loads(line) for line in gzip.decompress(data).decode().splitlines()]
-    assert count == 3 and [list(line) for line in lines] == [exports.COLUMNS] * 3 and lines[1]["hand_index"] == 0
-    assert exports.to_csv_gz(iter([]))[1] == 0  # no hands: a header and no rows
-    assert gzip.decompress(exports.to_csv_gz(iter([]))[0]).decode().strip() == ",".join(exports.COLUMNS)
+# ------------------------------------------------------------------------------------ the blueprint
+# (the export rows on a synthetic result are in tests/unit/test_exports_rows.py)
 
 
 def test_the_blueprint_protects_its_routes_as_the_app_does() -> None:
@@ -326,17 +255,6 @@ def test_the_viewer_is_one_self_contained_page_that_holds_no_data(env: Env) -> N
     assert raw_get(env, f"{config_path}?api_key={API_KEY}", headers={}).status_code == 401
 
 
-def test_script_json_cannot_close_the_script_element() -> None:
-    from chalicelib.insight_services import _script_json
-
-    text = _script_json({"title": "</script><script>alert(1)</script> & <!--"})
-    assert "<" not in text and ">" not in text and "&" not in text
-    assert json.loads(text) == {"title": "</script><script>alert(1)</script> & <!--"}
-
-
-# ------------------------------------------------------------------------------------ client and CLI
-
-
 class ChaliceTransport(Client):
     """The Python client, talking to chalice.test.Client instead of HTTP (presigned URLs go to moto)."""
 
@@ -388,178 +306,3 @@ def test_client_dataframe_and_parquet_with_pandas(env: Env, tmp_path: Path) -> N
     saved = client.download_export(job["id"], tmp_path / "rows.parquet", "parquet")
     assert saved["rows"] == 86
     assert pandas.read_parquet(tmp_path / "rows.parquet").equals(frame)
-
-
-# ------------------------------------------------------------------------------------ in a browser
-
-
-def _browser_or_skip() -> Any:
-    if not CHROMIUM.exists():
-        message = (
-            "the viewer's browser test needs /usr/bin/chromium (apt-get install chromium; ./setup.sh does it as root)"
-        )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if IN_CI:
-            pytest.fail("playwright is missing: ./setup.sh installs requirements-dev.txt")
-        pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)")
-    return sync_playwright
-
-
-def until_true(page: Any, expression: str, arg: Any = None, timeout_s: float = 10) -> None:
-    """Polls `expression` with page.evaluate, which the page's Content-Security-Policy allows; Playwright's
-    wait_for_function polls by evaluating strings inside the page, which the policy's script-src forbids."""
-    for _ in range(int(timeout_s / 0.05)):
-        if page.evaluate(expression, arg):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{expression} ({arg!r}) stayed false for {timeout_s} s")
-
-
-def test_the_viewer_draws_hands_in_sync_with_the_video_in_chromium(tmp_path: Path) -> None:
-    from handpipe.stack import LocalStack
-
-    sync_playwright = _browser_or_skip()
-    clip = data_path("videos/asl_thanks_two_hands.mkv")
-    with LocalStack(port=0, data_dir=tmp_path, workers=1, bucket="viewer-e2e", prefix="viewer") as stack:
-        assert stack.info is not None
-        api_key = getattr(stack.info, "api_key", None)
-        client = Client(stack.info.api_url, api_key=api_key)
-        job = client.wait(client.submit(clip, {"annotated_video": True})["id"], poll_s=0.2, timeout_s=300)
-        assert job["status"] == "SUCCEEDED", job
-        assert client.download_pictures(job["id"], tmp_path / "pictures", wait_s=120), "the worker drew no pictures"
-        frames = list(client.frames(job["id"]))
-        two_hands = [f for f in frames if len(f["hands"]) == 2]
-        target = two_hands[len(two_hands) // 2]
-        assert api_key, "handpipe up always protects its API with a key"
-        viewer_url = f"{stack.info.api_url}/jobs/{job['id']}/viewer"
-
-        allowed = {
-            urllib.parse.urlsplit(stack.info.api_url).netloc,
-            urllib.parse.urlsplit(stack.info.aws_endpoint_url).netloc,
-        }
-        requested: list[str] = []
-        problems: list[str] = []
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1100, "height": 900})
-                page.on("request", lambda request: requested.append(request.url))
-                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda error: problems.append(str(error)))
-                # opened from a plain link, the page asks for the key, and again when one is refused
-                page.goto(viewer_url)
-                page.wait_for_selector("#key-form:not([hidden])")
-                page.fill("#key-input", "wrong-key-0123456789")
-                page.click("#key-form button")
-                page.locator("#status.error", has_text="refused").wait_for()
-                page.wait_for_selector("#key-form:not([hidden])")
-                page.fill("#key-input", api_key)
-                page.click("#key-form button")
-                assert page.evaluate("async () => { await window.handpipeViewer.ready; return true; }") is True
-                assert page.is_hidden("#key-form")
-
-                # with the key in the fragment (never sent to a server) a new tab opens straight away
-                page.close()
-                page = browser.new_page(viewport={"width": 1100, "height": 900})
-                page.on("request", lambda request: requested.append(request.url))
-                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda error: problems.append(str(error)))
-                page.goto(viewer_url + "#key=" + urllib.parse.quote(api_key))
-                assert page.evaluate("async () => { await window.handpipeViewer.ready; return true; }") is True
-                assert "key=" not in page.url and page.is_hidden("#key-form")  # dropped from the address bar
-                assert page.evaluate("document.getElementById('video').readyState") >= 1  # the video loaded
-
-                # seek to a frame with two hands: its 42 landmarks are drawn, on a canvas that is not empty
-                drawn = page.evaluate("ms => window.handpipeViewer.seek(ms)", target["timestamp_ms"])
-                assert drawn == target["index"] == page.evaluate("window.handpipeViewer.drawnFrameIndex")
-                assert page.evaluate("window.handpipeViewer.landmarksDrawn") == 42
-                painted = page.evaluate(
-                    """() => {
-                        const c = document.getElementById('overlay');
-                        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                        let n = 0;
-                        for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
-                        return n;
-                    }"""
-                )
-                assert painted > 1000, painted
-                current = page.evaluate("document.getElementById('video').currentTime")
-                assert current * 1000 == pytest.approx(target["timestamp_ms"], abs=1)
-                # the skeleton is where the frame's wrist is: a painted pixel near it
-                wrist = target["hands"][0]["landmarks"][0]
-                near = page.evaluate(
-                    """([x, y]) => {
-                        const c = document.getElementById('overlay');
-                        const cx = Math.round(x * c.width), cy = Math.round(y * c.height), r = 6;
-                        const d = c.getContext('2d').getImageData(cx - r, cy - r, 2 * r + 1, 2 * r + 1).data;
-                        let n = 0;
-                        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
-                        return n;
-                    }""",
-                    [wrist[0], wrist[1]],
-                )
-                assert near > 0
-
-                # a click a quarter of the way along a track's lane seeks the video to a quarter of its length
-                lane = page.locator(".lane[data-track='0']")
-                box = lane.bounding_box()
-                assert box is not None
-                duration = page.evaluate("window.handpipeViewer.durationMs")
-                assert duration == pytest.approx(1700, abs=1)
-                lane.click(position={"x": box["width"] * 0.25, "y": box["height"] / 2})
-                expected_ms = duration * 0.25
-                for _ in range(200):  # the seek lands asynchronously
-                    current = page.evaluate("document.getElementById('video').currentTime")
-                    if abs(current * 1000 - expected_ms) < 20:
-                        break
-                    time.sleep(0.05)
-                assert current * 1000 == pytest.approx(expected_ms, abs=20)
-                nearest = min(frames, key=lambda f: abs(f["timestamp_ms"] - current * 1000))
-                until_true(page, "i => window.handpipeViewer.drawnFrameIndex === i", nearest["index"])
-
-                # the worker's annotated video (H.264, whatever the source's codec) plays in the same place
-                assert page.is_visible("#annotated-toggle")
-                page.check("#annotated-input")
-                until_true(page, "() => document.getElementById('video').dataset.showing === 'annotated'", None)
-                until_true(page, "() => document.getElementById('video').readyState >= 2", None)
-                assert "annotated.mp4" in page.evaluate("document.getElementById('video').currentSrc")
-                assert page.evaluate("document.getElementById('video').videoWidth") == job["video"]["width"]
-                assert page.is_hidden("#overlay")
-                played = page.evaluate(
-                    """async () => {
-                        const v = document.getElementById('video');
-                        v.currentTime = 0;
-                        await v.play();
-                        while (v.currentTime < 0.3 && !v.ended) await new Promise((r) => setTimeout(r, 50));
-                        v.pause();
-                        return [v.currentTime, v.error ? v.error.code : 0];
-                    }"""
-                )
-                assert played[0] >= 0.3 and played[1] == 0, played
-            finally:
-                browser.close()
-        # the browser reports the refused key's 401/403 answers on the console; nothing else may appear
-        assert not [p for p in problems if "status of 401" not in p and "status of 403" not in p], problems
-        outside = [url for url in requested if urllib.parse.urlsplit(url).netloc not in allowed]
-        assert not outside, outside
-        assert any("/frames?" in url for url in requested) and any("/insights" in url for url in requested)
-        assert not any(api_key in url for url in requested), "the key never travels in an address"
-
-
-def test_the_api_description_follows_the_code() -> None:
-    from chalicelib.openapi import load_openapi
-
-    doc = load_openapi()
-    schemas = doc["components"]["schemas"]
-    assert schemas["Gesture"]["examples"] == list(GESTURES)
-    assert schemas["Export"]["properties"]["columns"]["minItems"] == len(exports.COLUMNS)
-    assert schemas["Export"]["properties"]["format"]["enum"] == list(exports.FORMATS)
-    viewer = doc["paths"]["/jobs/{job_id}/viewer"]["get"]
-    assert set(viewer["responses"]["200"]["content"]) == {"text/html"}
-    assert viewer["security"] == [] and "/jobs/{job_id}/viewer" in PUBLIC_PATHS  # the page is public...
-    assert doc["paths"]["/jobs/{job_id}/viewer/config"]["get"].get("security") is None  # ...what it reads is not

@@ -28,15 +28,14 @@ from chalicelib.db import Database
 from chalicelib.openapi import OPENAPI_PATH, load_openapi
 from chalicelib.runtime import Runtime, use_runtime
 from chalicelib.services import JOB_STATUSES, VIDEO_STATUSES
-from tests.conftest import data_path
-from tests.test_api import API_KEY, Env
-from tests.test_api import env as env  # noqa: F401 (the fixture, for the tests that take `env`)
+from tests.support.api import API_KEY, Env
+from tests.support.paths import data_path
 
 DOC: dict[str, Any] = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
 DOC_URI = "urn:handpipe:openapi"
 REGISTRY: Registry[Any] = Registry().with_resource(DOC_URI, DRAFT202012.create_resource(DOC))
 RESULT_SCHEMA: dict[str, Any] = json.loads(
-    (Path(__file__).resolve().parent.parent / "docs" / "result.schema.json").read_text(encoding="utf-8")
+    (Path(__file__).resolve().parents[2] / "docs" / "result.schema.json").read_text(encoding="utf-8")
 )
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 

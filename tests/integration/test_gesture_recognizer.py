@@ -1,6 +1,6 @@
 """MediaPipe's GestureRecognizer when a user supplies a gesture_recognizer.task: the engine, the insights,
 the pictures, the command line and a job through the API and worker. The bundle is built by
-tests/gesture_model.py: MediaPipe's own hand models and a classifier of which way the fingers point."""
+tests/support/gesture_model.py: MediaPipe's own hand models and a classifier of which way the fingers point."""
 
 from __future__ import annotations
 
@@ -35,13 +35,12 @@ from handpipe_worker.pictures import EXTRA_COLOURS_RGB, gesture_colour, timeline
 
 from chalicelib.contracts import ProcessOptions
 from chalicelib.insights import CANNED_GESTURES, GESTURES, analyze, recognizer_label
-from tests.conftest import data_path
-from tests.gesture_model import LABELS, build_gesture_recognizer_task
-from tests.test_api import Env
-from tests.test_api import env as env  # noqa: F401 (the fixture)
-from tests.test_engine import write_video
+from tests.support.api import Env
+from tests.support.footage import write_video
+from tests.support.gesture_model import LABELS, build_gesture_recognizer_task
+from tests.support.paths import data_path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
 MODELS = ModelCache()
 # the generated clip: the open-palm photo upright, turned upside down, upright again, BLOCK frames each

@@ -17,8 +17,8 @@ from chalicelib.contracts import ProcessOptions
 from handpipe import cli
 from handpipe.client import ApiError, Client
 from handpipe.stack import LocalStack
-from tests.conftest import REPO, data_path
-from tests.footage import reference
+from tests.support.footage import reference
+from tests.support.paths import REPO, data_path
 
 
 @pytest.fixture(scope="module")

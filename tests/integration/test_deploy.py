@@ -40,7 +40,7 @@ from handpipe.deploy import (
     split_db_connections,
     write_chalice_stage,
 )
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 # moto creates what it can of a template and skips, with a warning, the types it does not know: here
 # AWS::S3::BucketPolicy (and, on the "create" database path the tests do not take, the Secrets Manager ones).

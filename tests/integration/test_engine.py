@@ -18,7 +18,8 @@ from handpipe_worker.models import ModelCache, ModelError, assemble_bundled
 
 from chalicelib.contracts import ProcessOptions
 from chalicelib.results import MergeError, merge_parts
-from tests.conftest import REPO, data_path
+from tests.support.footage import write_video
+from tests.support.paths import REPO, data_path
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
 MODELS = ModelCache()
@@ -114,15 +115,6 @@ def test_road_traffic_at_12_5_fps_has_no_hands() -> None:
     assert with_hands(result) == 0 and result["summary"]["hand_time_ranges"] == []
     # Timestamps come from the container: 80 ms apart at 12.5 fps.
     assert result["frames"][10]["timestamp_ms"] == pytest.approx(800, abs=1)
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    return path
 
 
 def test_generated_noise_and_blanked_footage_have_no_hands(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from chalicelib.queues import MessageQueue
 from chalicelib.storage import ObjectStore
 from handpipe.localaws import aws_clients, provision
 from handpipe.resume import resume
-from tests.conftest import data_path
+from tests.support.paths import data_path
 
 T0 = 1_700_000_000_000
 

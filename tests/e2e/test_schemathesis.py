@@ -23,7 +23,7 @@ from chalicelib.openapi import OPENAPI_PATH
 from handpipe.client import Client
 from handpipe.stack import LocalStack
 
-SAMPLE = Path(__file__).resolve().parent.parent / "handpipe" / "samples" / "one_hand_wave_portrait.mp4"
+SAMPLE = Path(__file__).resolve().parents[2] / "handpipe" / "samples" / "one_hand_wave_portrait.mp4"
 DOC: dict[str, Any] = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
 OPERATIONS = {
     f"{method.upper()} {path}": operation
@@ -173,7 +173,8 @@ def test_the_running_api_serves_the_document_that_is_fuzzed(live: Live) -> None:
 # registrations, jobs and deletes), with the most examples; and as generated (ids are mostly 404s; what odd ids
 # and bodies do), with fewer. GET /health and GET /openapi.json take no parameters or body, so they get few
 # distinct cases, all still checked. The viewer's second way to pass the key (?api_key=, for browsers) is not
-# generated: the key always goes in the header here; tests/test_insight_routes.py covers the query parameter.
+# generated: the key always goes in the header here; tests/integration/test_insight_routes.py covers the
+# query parameter.
 @SCHEMA.parametrize()
 @FUZZ
 def test_every_operation_with_the_api_key(case: schemathesis.Case, live: Live) -> None:

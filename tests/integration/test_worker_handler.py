@@ -22,10 +22,18 @@ from botocore.config import Config
 from handpipe_worker.handler import Worker, WorkerSettings
 from handpipe_worker.models import ModelCache
 
-from chalicelib.contracts import ProbeRequest, ProcessOptions, SegmentEvent, WorkItem, frame_index_key, part_key
+from chalicelib.contracts import (
+    ProbeRequest,
+    ProcessOptions,
+    RenderRequest,
+    SegmentEvent,
+    WorkItem,
+    frame_index_key,
+    part_key,
+)
 from chalicelib.results import from_gzip
 from handpipe.localaws import LambdaContext, aws_clients
-from tests.conftest import REPO, data_path
+from tests.support.paths import REPO, data_path
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
 MODELS = ModelCache()  # shared by every worker in this module, as in one Lambda container
@@ -171,6 +179,38 @@ def test_transient_storage_failure_is_retried_then_reported(setup: Setup) -> Non
     assert worker.handle_batch({"Records": [last]}, LambdaContext("worker", 900)) == {"batchItemFailures": []}
     [event] = setup.events()
     assert event.type == "segment.failed" and event.error_code == "worker_error" and "3 attempts" in (event.error or "")
+
+
+def test_probes_and_renders_follow_the_same_retry_policy(setup: Setup) -> None:
+    dead_s3 = boto3.client(
+        "s3",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1),
+    )
+    worker = Worker(dead_s3, setup.sqs, setup.worker.settings, models=MODELS)
+    job_id, video_id = f"job_{uuid.uuid4().hex}", "vid_" + "0" * 32
+    probe = ProbeRequest(job_id=job_id, video_id=video_id, bucket=setup.bucket, video_key="videos/thanks.mkv")
+    render = RenderRequest(
+        job_id=job_id, video_id=video_id, bucket=setup.bucket, video_key="videos/thanks.mkv", result_key="r.json.gz"
+    )
+    for message in (probe, render):
+        early = record(message.to_json(), receive_count=1)
+        assert worker.handle_batch({"Records": [early]}, LambdaContext("worker", 900)) == {
+            "batchItemFailures": [{"itemIdentifier": early["messageId"]}]
+        }
+        assert setup.events() == []
+    # On the last receive a probe gives up with a reason; pictures are extras, given up on quietly.
+    last = record(probe.to_json(), receive_count=3)
+    assert worker.handle_batch({"Records": [last]}, LambdaContext("worker", 900)) == {"batchItemFailures": []}
+    [event] = setup.events()
+    assert event.type == "segment.failed" and event.error_code == "worker_error"
+    assert (event.error or "").startswith("probe failed:")
+    last = record(render.to_json(), receive_count=3)
+    assert worker.handle_batch({"Records": [last]}, LambdaContext("worker", 900)) == {"batchItemFailures": []}
+    assert setup.events() == []
 
 
 # ------------------------------------------------------------------------------------ the image

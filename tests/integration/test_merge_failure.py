@@ -18,14 +18,7 @@ from chalicelib.db import Database, Job, JobRepository, Segment, Video, VideoRep
 from chalicelib.queues import MessageQueue
 from chalicelib.storage import ObjectStore
 from handpipe.localaws import aws_clients
-from tests.conftest import data_path
-from tests.test_db_contract import (  # noqa: F401  (fixtures: the contract suite's SQLite and MariaDB stores)
-    db,
-    mysql_migrated_url,
-    mysql_server,
-    mysql_session_db,
-    store,
-)
+from tests.support.paths import data_path
 
 CLIP = "videos/asl_thanks_two_hands.mkv"
 CUT_MS = 900
@@ -39,7 +32,7 @@ def parts() -> tuple[dict[str, Any], dict[str, Any]]:
     return first, second
 
 
-def test_parts_that_cannot_merge_fail_the_job_once(db: Database, moto_endpoint: str) -> None:  # noqa: F811
+def test_parts_that_cannot_merge_fail_the_job_once(db: Database, moto_endpoint: str) -> None:
     database = db
     s3, sqs = aws_clients(moto_endpoint)
     bucket = f"merge-{uuid.uuid4().hex[:8]}"

@@ -30,8 +30,8 @@ from chalicelib.insights import (
     mode_filter,
     motion_summary,
 )
-from tests.conftest import REPO, data_path
-from tests.footage import reference
+from tests.support.footage import reference
+from tests.support.paths import REPO, data_path
 
 MODELS = ModelCache()  # the bundled "full" model, assembled once
 

@@ -6,138 +6,20 @@ from __future__ import annotations
 import json
 import urllib.parse
 import urllib.request
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from chalice.test import Client
-from handpipe_worker.handler import Worker, WorkerSettings
-from handpipe_worker.models import ModelCache
 
-import app as chalice_app
 from chalicelib import services
-from chalicelib.auth import Forbidden, authenticate
 from chalicelib.config import Settings
 from chalicelib.db import Database, IntegrityError
-from chalicelib.migrations import LATEST_VERSION, MIGRATIONS, upgrade
+from chalicelib.migrations import LATEST_VERSION, MIGRATIONS
 from chalicelib.runtime import Runtime, runtime, use_runtime
-from handpipe.localaws import LambdaContext, aws_clients, provision
-from tests.conftest import data_path
-
-MODELS = ModelCache()
-API_KEY = "test-key-0123456789abcdef"
-OTHER_KEY = "other-key-0123456789abcdef"
-OTHER = {"x-api-key": OTHER_KEY}
-
-
-@dataclass
-class Env:
-    client: Client
-    s3: Any
-    sqs: Any
-    queues: dict[str, str]
-    dlqs: dict[str, str]
-    bucket: str
-    db: Database
-    worker: Worker
-
-    def call(
-        self, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> Any:
-        sent = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        all_headers = {"content-type": "application/json", "x-api-key": API_KEY, **(headers or {})}
-        response = getattr(self.client.http, method.lower())(path, body=sent, headers=all_headers)
-        return response.status_code, json.loads(response.body or b"null")
-
-    def take(self, role: str) -> list[str]:
-        bodies: list[str] = []
-        while True:
-            messages = self.sqs.receive_message(QueueUrl=self.queues[role], MaxNumberOfMessages=10).get("Messages", [])
-            if not messages:
-                return bodies
-            for message in messages:
-                bodies.append(message["Body"])
-                self.sqs.delete_message(QueueUrl=self.queues[role], ReceiptHandle=message["ReceiptHandle"])
-
-    def deliver(self, role: str, bodies: list[str]) -> None:
-        """What the SQS event source does: hand the bodies to the app's consumer for that queue."""
-        function = {"jobs": "plan_jobs", "events": "record_events"}[role]
-        event = self.client.events.generate_sqs_event(message_bodies=bodies, queue_name=f"handpipe-{role}")
-        self.client.lambda_.invoke(function, event)
-
-    def run_worker(self) -> int:
-        items = self.take("work")
-        records = [
-            {"messageId": str(n), "body": body, "attributes": {"ApproximateReceiveCount": "1"}}
-            for n, body in enumerate(items)
-        ]
-        self.worker.handle_batch({"Records": records}, LambdaContext("worker", 900))
-        return len(items)
-
-    def upload(self, video: dict[str, Any], path: Path) -> None:
-        upload = video["upload"]
-        request = urllib.request.Request(upload["url"], data=path.read_bytes(), method="PUT", headers=upload["headers"])
-        urllib.request.urlopen(request).close()
-
-    def process(self, job_id: str) -> dict[str, Any]:
-        """Run a queued job through orchestrator, worker (probe, then segments) and recorder, as the
-        deployed system would, until no queue holds anything."""
-        self.deliver("jobs", self.take("jobs"))
-        while self.run_worker():
-            self.deliver("events", self.take("events"))
-        return self.call("GET", f"/jobs/{job_id}")[1]
-
-
-@pytest.fixture
-def env(moto_endpoint: str, tmp_path: Path) -> Iterator[Env]:
-    s3, sqs = aws_clients(moto_endpoint)
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    resources = provision(s3, sqs, bucket=f"{prefix}-bucket", prefix=prefix, max_receives=2)
-    db = Database.from_url(f"sqlite:///{tmp_path / 'handpipe.db'}")
-    upgrade(db)
-    settings = Settings(
-        bucket=resources.bucket,
-        jobs_queue_url=resources.queue_urls["jobs"],
-        work_queue_url=resources.queue_urls["work"],
-        db_url="unused: the database is injected",
-        api_keys={API_KEY: "tester", OTHER_KEY: "someone-else"},
-    )
-    use_runtime(Runtime(settings, s3_client=s3, sqs_client=sqs, database=db))
-    worker = Worker(s3, sqs, WorkerSettings(events_queue_url=resources.queue_urls["events"]), models=MODELS)
-    with Client(chalice_app.app) as client:
-        yield Env(client, s3, sqs, dict(resources.queue_urls), dict(resources.dlq_urls), resources.bucket, db, worker)
-    use_runtime(None)
-    db.close()
-
-
-def register(
-    env: Env,
-    name: str = "asl_thanks_two_hands.mkv",
-    upload: bool = True,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    path = data_path(f"videos/{name}")
-    status, video = env.call(
-        "POST",
-        "/videos",
-        {
-            "title": f"clip {name}",
-            "filename": name,
-            "content_type": "video/x-matroska" if name.endswith("mkv") else "video/mp4",
-            "size_bytes": path.stat().st_size,
-            **extra,
-        },
-        headers=headers,
-    )
-    assert status == 201, video
-    if upload:
-        env.upload(video, path)
-    return video
-
+from handpipe.localaws import LambdaContext
+from tests.support.api import OTHER, OTHER_KEY, Env, register
+from tests.support.paths import data_path
 
 # ------------------------------------------------------------------------------------ the whole flow
 
@@ -275,14 +157,6 @@ def test_videos_newest_first_with_status_filter_and_pagination(env: Env) -> None
     assert seen == list(reversed(ids))
     assert env.call("GET", "/videos?status=PROCESSED")[1]["videos"] == []
     assert len(env.call("GET", "/videos?status=REGISTERED")[1]["videos"]) == 5
-
-
-def test_ids_made_within_a_millisecond_keep_the_order_they_were_made_in() -> None:
-    from chalicelib.contracts import is_valid_id
-
-    ids = [services.new_id("vid") for _ in range(2000)]  # far more than one a millisecond
-    assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    assert all(is_valid_id(value, "vid") for value in ids)
 
 
 def test_register_an_object_already_in_the_bucket(env: Env) -> None:
@@ -429,14 +303,6 @@ def test_hostile_input_is_a_4xx_not_a_500(env: Env) -> None:
     status, answer = env.call("GET", "/videos", headers={"x-api-key": "clé-0123456789abcdefgh"})
     assert status == 403 and "not valid" in answer["message"]
     assert env.db.fetchone("SELECT COUNT(*) AS n FROM videos") == {"n": 0}
-
-
-def test_an_iam_caller_with_a_long_arn_is_an_owner_and_a_too_long_one_a_403() -> None:
-    role = "arn:aws:sts::123456789012:assumed-role/" + "R" * 64 + "/" + "s" * 64
-    context = {"identity": {"userArn": role}}
-    assert authenticate("iam", {}, context, {}, scope_callers=True).owner == role
-    with pytest.raises(Forbidden, match="more than the 255"):
-        authenticate("iam", {}, {"identity": {"userArn": role + "/x" * 60}}, {}, scope_callers=True)
 
 
 def test_malformed_json_and_bad_job_options(env: Env) -> None:

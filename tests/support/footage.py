@@ -12,9 +12,10 @@ from functools import cache
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
-from tests.conftest import data_path
+from tests.support.paths import data_path
 
 SOURCE = "videos/one_hand_wave_portrait.mp4"
 
@@ -141,3 +142,13 @@ def reference(path: Path) -> Reference:
         start_time=start,
         first_dts=first_dts,
     )
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
+    """Frames written as an mp4v file by OpenCV (the engine and recognizer tests make clips this way)."""
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path

@@ -30,15 +30,9 @@ from chalicelib.runtime import runtime
 from chalicelib.storage import ObjectStore
 from handpipe.localaws import aws_clients, provision, queue_arn
 from handpipe.resume import resume
-from tests.conftest import REPO, data_path
-from tests.test_api import Env, env, register  # noqa: F401  (env is a fixture)
-from tests.test_db_contract import (  # noqa: F401  (fixtures)
-    Store,
-    mysql_migrated_url,
-    mysql_server,
-    mysql_session_db,
-    store,
-)
+from tests.support.api import Env, register
+from tests.support.databases import Store
+from tests.support.paths import REPO, data_path
 
 HOUR_MS = 3600 * 1000
 
@@ -126,7 +120,7 @@ class World:
 
 
 @pytest.fixture
-def world(store: Store, moto_endpoint: str) -> World:  # noqa: F811
+def world(store: Store, moto_endpoint: str) -> World:
     s3, sqs = aws_clients(moto_endpoint)
     prefix = f"f{uuid.uuid4().hex[:8]}"
     resources = provision(s3, sqs, bucket=f"{prefix}-bucket", prefix=prefix, max_receives=2)
@@ -187,7 +181,7 @@ def test_a_job_that_ends_gives_its_slots_back_and_waiting_jobs_get_them_at_once(
     assert world.jobs.claim_for_dispatch(first.id, 10) == []
 
 
-def test_concurrent_dispatchers_never_exceed_the_caps(world: World, store: Store) -> None:  # noqa: F811
+def test_concurrent_dispatchers_never_exceed_the_caps(world: World, store: Store) -> None:
     """Six containers dispatch six jobs at once, each from its own connection: together they send no more
     than the global cap, and nothing twice."""
     settings = replace(world.settings, max_in_flight=5, max_in_flight_per_job=3)
@@ -364,7 +358,7 @@ def _race_once(world: World, create: World, delete: World, delay_s: float) -> st
         return "deleted"
 
 
-def test_a_job_answered_202_is_never_deleted_by_a_racing_delete(world: World, store: Store) -> None:  # noqa: F811
+def test_a_job_answered_202_is_never_deleted_by_a_racing_delete(world: World, store: Store) -> None:
     """POST /videos/{id}/jobs and DELETE /videos/{id} at once, from two connections, many rounds."""
     outcomes = _race(world, world.on(store.open()), world.on(store.open()), rounds=40)
     assert sum(outcomes.values()) == 40
@@ -399,7 +393,7 @@ def _sweep_at(now: int) -> services.SweepReport:
     return services.sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings, now=now)
 
 
-def test_a_dead_lettered_work_item_is_sent_again_and_the_job_succeeds(env: Env) -> None:  # noqa: F811
+def test_a_dead_lettered_work_item_is_sent_again_and_the_job_succeeds(env: Env) -> None:
     video = register(env)
     job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
     env.deliver("jobs", env.take("jobs"))
@@ -420,7 +414,7 @@ def test_a_dead_lettered_work_item_is_sent_again_and_the_job_succeeds(env: Env) 
     assert finished["status"] == "SUCCEEDED" and finished["progress"]["frames_done"] > 0
 
 
-def test_a_lost_merge_is_done_by_the_sweeper(env: Env) -> None:  # noqa: F811
+def test_a_lost_merge_is_done_by_the_sweeper(env: Env) -> None:
     video = register(env)
     job = env.call("POST", f"/videos/{video['id']}/jobs", {})[1]
     env.deliver("jobs", env.take("jobs"))
@@ -436,7 +430,7 @@ def test_a_lost_merge_is_done_by_the_sweeper(env: Env) -> None:  # noqa: F811
     assert env.call("GET", f"/jobs/{job['id']}")[1]["status"] == "SUCCEEDED"
 
 
-def test_registering_an_empty_object_is_refused(env: Env) -> None:  # noqa: F811
+def test_registering_an_empty_object_is_refused(env: Env) -> None:
     env.s3.put_object(Bucket=env.bucket, Key="incoming/tester/empty.mp4", Body=b"")
     status, error = env.call("POST", "/videos", {"s3_key": "incoming/tester/empty.mp4"})
     assert status == 400 and "empty (0 bytes)" in error["message"]
@@ -469,7 +463,7 @@ def _lambda_records(app_env: Env, role: str, count: int) -> list[dict[str, Any]]
     return records
 
 
-def test_one_bad_record_does_not_replay_or_dead_letter_its_batch_mates(env: Env) -> None:  # noqa: F811
+def test_one_bad_record_does_not_replay_or_dead_letter_its_batch_mates(env: Env) -> None:
     """A batch holding a real job's video.probed and a malformed record: the valid one is applied once
     and deleted; only the malformed one comes back, and it ends in the dead-letter queue alone."""
     video = register(env)
@@ -650,7 +644,7 @@ def test_the_recovery_settings_come_from_the_environment() -> None:
     assert (tuned.segment_silence_s, tuned.max_dispatches) == (50, 4)
 
 
-def test_the_routes_answer_409_while_deleting_and_404_once_deleted(env: Env) -> None:  # noqa: F811
+def test_the_routes_answer_409_while_deleting_and_404_once_deleted(env: Env) -> None:
     video = register(env)
     assert runtime().videos.begin_delete(video["id"]) == 0  # a DELETE that was cut short
     status, error = env.call("POST", f"/videos/{video['id']}/jobs", {})

@@ -28,7 +28,7 @@ from chalicelib.runtime import Runtime, use_runtime
 from chalicelib.storage import ObjectStore, StorageUnavailable
 from handpipe.deploy import chalice_policy, load_template
 from handpipe.localaws import LambdaContext, aws_clients, provision
-from tests.conftest import REPO, data_path
+from tests.support.paths import REPO, data_path
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account

@@ -29,10 +29,7 @@ from chalicelib.db import Database, DatabaseUnavailable
 from chalicelib.insight_services import viewer_page
 from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, runtime, use_runtime
-from handpipe.cli import main as cli_main
-from handpipe.stack import LocalStack
-from tests.test_api import OTHER, Env, register
-from tests.test_api import env as env  # noqa: F401 (the fixture, for the tests that take `env`)
+from tests.support.api import OTHER, Env, register
 
 API_KEY = "security-key-0123456789abcdef"
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
@@ -224,41 +221,6 @@ def test_the_viewer_may_load_media_only_from_the_stages_bucket(
     _, headers = viewer_page(rt.store, "job_" + "0" * 32)
     directives = dict(d.strip().split(" ", 1) for d in headers["Content-Security-Policy"].split(";"))
     assert directives["media-src"] == f"https://handpipe-prod-videos.s3.{region}.amazonaws.com"
-
-
-def test_handpipe_up_takes_its_callers_from_handpipe_api_keys(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    alice, bob = "alice-key-0123456789abcdef", "bob-key-0123456789abcdefgh"
-    monkeypatch.delenv("HANDPIPE_API_KEY", raising=False)
-    monkeypatch.setenv("HANDPIPE_API_KEYS", f"{alice}=alice,{bob}=bob")
-    with LocalStack(port=0, data_dir=tmp_path, workers=1, bucket="keys-e2e", prefix="keys", quiet=True) as stack:
-        assert stack.info is not None and stack.info.api_key == alice
-
-        def call(method: str, path: str, key: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-            data = None if body is None else json.dumps(body).encode()
-            request = urllib.request.Request(
-                stack.info.api_url + path,  # type: ignore[union-attr]
-                data=data,
-                method=method,
-                headers={"x-api-key": key, "Content-Type": "application/json"},
-            )
-            try:
-                with urllib.request.urlopen(request) as response:
-                    return response.status, json.loads(response.read())
-            except urllib.error.HTTPError as error:
-                return error.code, json.loads(error.read())
-
-        status, video = call("POST", "/videos", alice, {"filename": "a.mp4", "size_bytes": 10})
-        assert status == 201
-        assert call("GET", f"/videos/{video['id']}", alice)[0] == 200
-        assert call("GET", f"/videos/{video['id']}", bob)[0] == 404  # scoped: bob's stack view has no such video
-        assert call("GET", "/videos", bob)[1]["videos"] == []
-        assert call("GET", "/videos", "not-a-key-0123456789")[0] == 403
-    # A key too short to be one is refused with a message, not a traceback.
-    monkeypatch.setenv("HANDPIPE_API_KEYS", "short=alice")
-    assert cli_main(["up", "--data-dir", str(tmp_path / "refused"), "--port", "0"]) == 1
-    assert "HANDPIPE_API_KEYS: an API key must be at least 16 characters long" in capsys.readouterr().err
 
 
 def test_model_uri_must_be_under_the_buckets_models_unless_the_stack_is_local(env: Env) -> None:

@@ -16,7 +16,7 @@ import pytest
 from handpipe import cli
 from handpipe.client import ApiError, Client
 from handpipe.stack import LocalStack
-from tests.conftest import REPO, data_path
+from tests.support.paths import REPO, data_path
 
 
 def _wait_for(condition: object, what: str, timeout_s: float = 300, poll_s: float = 0.1) -> None:
