@@ -17,7 +17,7 @@ from chalicelib.contracts import (
     picture_key,
     result_key,
 )
-from chalicelib.errors import Conflict, InvalidInput, NotFound, TooLarge
+from chalicelib.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
 from tests.fakes import QueueDown
 from tests.unit.world import PROBED, World, make_part
 
@@ -55,7 +55,7 @@ def test_registering_by_key_only_under_the_callers_prefix_and_one_video_per_key(
     register = lambda key, owner="alice": services.register_video(  # noqa: E731
         world.videos, world.objects, world.settings, {"s3_key": key}, owner
     )
-    with pytest.raises(InvalidInput, match="under incoming/alice/"):
+    with pytest.raises(Forbidden, match="under incoming/alice/"):  # another owner's object
         register("incoming/bob/a.mp4")
     with pytest.raises(Conflict, match="put it there first"):
         register("incoming/alice/a.mp4")
