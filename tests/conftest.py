@@ -26,7 +26,7 @@ def data_path(relative: str) -> Path:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    from handpipe.localaws import MotoServer
+    from handpipe.local.aws import MotoServer
 
     with MotoServer() as server:
         yield server.endpoint_url

@@ -24,7 +24,8 @@ from chalicelib.config import Settings
 from chalicelib.db import Database, IntegrityError
 from chalicelib.migrations import LATEST_VERSION, MIGRATIONS, upgrade
 from chalicelib.runtime import Runtime, runtime, use_runtime
-from handpipe.localaws import LambdaContext, aws_clients, provision
+from handpipe.local.aws import aws_clients, provision
+from handpipe.local.pollers import LambdaContext
 from tests.conftest import data_path
 
 MODELS = ModelCache()

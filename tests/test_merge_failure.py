@@ -17,7 +17,7 @@ from chalicelib.contracts import SEGMENT_SUCCEEDED, ProcessOptions, SegmentEvent
 from chalicelib.db import Database, Job, JobRepository, Segment, Video, VideoRepository
 from chalicelib.queues import MessageQueue
 from chalicelib.storage import ObjectStore
-from handpipe.localaws import aws_clients
+from handpipe.local.aws import aws_clients
 from tests.conftest import data_path
 from tests.test_db_contract import (  # noqa: F401  (fixtures: the contract suite's SQLite and MariaDB stores)
     db,

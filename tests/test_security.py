@@ -30,7 +30,7 @@ from chalicelib.insight_services import viewer_page
 from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, runtime, use_runtime
 from handpipe.cli import main as cli_main
-from handpipe.stack import LocalStack
+from handpipe.local.stack import LocalStack
 from tests.test_api import OTHER, Env, register
 from tests.test_api import env as env  # noqa: F401 (the fixture, for the tests that take `env`)
 

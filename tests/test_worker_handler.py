@@ -24,7 +24,8 @@ from handpipe_worker.models import ModelCache
 
 from chalicelib.contracts import ProbeRequest, ProcessOptions, SegmentEvent, WorkItem, frame_index_key, part_key
 from chalicelib.results import from_gzip
-from handpipe.localaws import LambdaContext, aws_clients
+from handpipe.local.aws import aws_clients
+from handpipe.local.pollers import LambdaContext
 from tests.conftest import REPO, data_path
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())
