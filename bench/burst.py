@@ -18,7 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from handpipe.stack import LocalStack  # noqa: E402
+from common import print_result  # noqa: E402
+
+from handpipe.local.stack import LocalStack  # noqa: E402
 
 
 def one_round(port: int, connections: int, timeout_s: float) -> tuple[int, float]:
@@ -71,7 +73,9 @@ def main() -> None:
                 print(f"round {round_number}: {answered}/{args.connections} answered 200 in {seconds:.2f} s")
     worst = min(answered for answered, _ in results)
     slowest = max(seconds for _, seconds in results)
-    print(f"RESULT connections={args.connections} rounds={args.rounds} min_answered={worst} max_s={slowest:.2f}")
+    print_result(
+        {"connections": args.connections, "rounds": args.rounds, "min_answered": worst, "max_s": f"{slowest:.2f}"}
+    )
 
 
 if __name__ == "__main__":

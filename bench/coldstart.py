@@ -16,10 +16,11 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CLIP = REPO / "handpipe" / "samples" / "one_hand_wave_portrait.mp4"
+# bench/ is sys.path[0] when this file is run as a script.
+from common import REPO, SAMPLE_CLIP, print_result  # noqa: E402
+
+CLIP = SAMPLE_CLIP
 
 PROBES = {
     "mediapipe+cv2": "import cv2, mediapipe; from mediapipe.tasks.python import vision",
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "first_frames_s": round(first_s, 3),
         "cold_start_s": round(import_s + first_s, 3),
     }
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
+    print_result(result)
     return 0
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import print_result  # noqa: E402
+
 from chalicelib import exports  # noqa: E402
 from chalicelib.insights import analyze  # noqa: E402
 
@@ -97,11 +99,8 @@ def main() -> int:
         )
     inline_s = analyze_s + max(seconds_by_format.values())
     print(f"  analyze + slowest writer: {inline_s:.2f} s for {args.rows} rows (API Gateway allows 29 s a request)")
-    print(
-        "RESULT "
-        + " ".join(f"{fmt}_speedup={ratio:.2f}" for fmt, ratio in ratios.items())
-        + f" rows={args.rows} inline_s={inline_s:.2f}"
-    )
+    speedups = {f"{fmt}_speedup": f"{ratio:.2f}" for fmt, ratio in ratios.items()}
+    print_result({**speedups, "rows": args.rows, "inline_s": f"{inline_s:.2f}"})
     return 0
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from common import exit_status, print_result
+
 from chalicelib import services
 from chalicelib.config import Settings
 from chalicelib.contracts import SEGMENT_FAILED, SEGMENT_SUCCEEDED, JobRequested, SegmentEvent, WorkItem
@@ -55,7 +57,7 @@ def run(
     capacity: int,
     log: Any,
 ) -> Outcome:
-    from handpipe.localaws import MotoServer, aws_clients
+    from handpipe.local.aws import MotoServer, aws_clients
 
     with tempfile.TemporaryDirectory(prefix="handpipe-fair-") as tmp, MotoServer() as moto:
         s3, _ = aws_clients(moto.endpoint_url)
@@ -151,11 +153,15 @@ def main(args: Any, log: Any) -> int:
     worst = max(outcome.dispatch_ms, default=0.0)
     print(f"per completion (record + fair dispatch): p50 {p50:.1f} ms, max {worst:.1f} ms, {args.db_url or 'SQLite'}")
     ok = bool(quiet) and len(quiet) == args.quiet_jobs and max(quiet) <= bound
-    print(
-        f"RESULT fairness_quiet_first_start={first} fairness_quiet_last_start={max(quiet, default=-1)} "
-        f"fairness_bound={bound} flood_segments={flood_total} completions={outcome.completions} "
-        f"dispatch_p50_ms={p50:.1f} within_bound={str(ok).lower()}"
+    print_result(
+        {
+            "fairness_quiet_first_start": first,
+            "fairness_quiet_last_start": max(quiet, default=-1),
+            "fairness_bound": bound,
+            "flood_segments": flood_total,
+            "completions": outcome.completions,
+            "dispatch_p50_ms": f"{p50:.1f}",
+            "within_bound": str(ok).lower(),
+        }
     )
-    if not ok:
-        print(f"FAIL: the quiet owner's jobs waited {quiet} completions, over the bound {bound}", file=sys.stderr)
-    return 0 if ok else 1
+    return exit_status([] if ok else [f"the quiet owner's jobs waited {quiet} completions, over the bound {bound}"])

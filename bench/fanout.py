@@ -5,7 +5,7 @@ with 1 worker and with N, from submit to SUCCEEDED.
                                      [--model full|lite] [--num-hands 2] [--rounds 1]
 
 The portrait clip is looped to --seconds and written once with cv2.VideoWriter (mp4v) into a temporary
-directory. For each worker count, a fresh `handpipe.stack.LocalStack` (moto, SQLite, the Chalice routes
+directory. For each worker count, a fresh `handpipe.local.stack.LocalStack` (moto, SQLite, the Chalice routes
 over HTTP, the queue pollers, N spawned worker processes) is started and warmed up with N short jobs (so
 every worker process has imported mediapipe), then the long video is submitted through
 `handpipe.client.Client` (register, upload, job) and polled until it has SUCCEEDED. The job is split
@@ -35,14 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+from common import data_dir, exit_status, log, machine_busy_s, print_result, tree_cpu_s, write_looped
 
 # bench/ is sys.path[0] when this file is run as a script, so its sibling imports as `worker` (in the
 # spawned calibration processes too, which inherit sys.path).
-from worker import DEFAULT_VIDEO, calibrate, compare_frames, data_dir, log, machine_busy_s, write_looped
+from worker import DEFAULT_VIDEO, calibrate, compare_frames
 
 from chalicelib.contracts import ContractError, ProcessOptions
 from handpipe.client import Client
-from handpipe.stack import LocalStack
+from handpipe.local.stack import LocalStack
 
 POLL_S = 0.25
 WARMUP_JOB_TIMEOUT_S = 300
@@ -50,37 +51,6 @@ JOB_TIMEOUT_S = 3600
 
 
 # ------------------------------------------------------------------------------------ accounting
-
-
-def _proc_stat(pid: str) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds used) of one process, from /proc/PID/stat."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields_ = text.rsplit(")", 1)[1].split()
-    # after the command: state ppid ... utime (14th field of the file) stime (15th)
-    return int(fields_[1]), (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_s() -> float | None:
-    """CPU seconds this process and all its live descendants (the stack's worker processes) have used."""
-    try:
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return None
-    stats = {pid: stat for pid in pids if (stat := _proc_stat(pid)) is not None}
-    children: dict[int, list[int]] = {}
-    for pid_text, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(int(pid_text))
-    total, todo = 0.0, [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        stat = stats.get(str(pid))
-        if stat is not None:
-            total += stat[1]
-        todo.extend(children.get(pid, []))
-    return total
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -385,16 +355,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": args.options["model"],
         "num_hands": args.options["num_hands"],
     }
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
+    print_result(result)
 
     failures = []
     if diff["lost_frames"] or not same_indices or not same_counts:
         failures.append(f"the {n}-worker result differs from the 1-worker result: {diff}")
     if drift_lost:
         failures.append(f"rounds disagree with each other: {drift}")
-    for failure in failures:
-        print(f"FAIL: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return exit_status(failures)
 
 
 if __name__ == "__main__":

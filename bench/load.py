@@ -21,10 +21,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+# bench/ is sys.path[0] when this file is run as a script.
+from common import SAMPLE_CLIP, result_line
+from common import log as common_log
+
 from handpipe.client import ApiError, Client
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "handpipe" / "samples" / "one_hand_wave_portrait.mp4"
+SAMPLE = SAMPLE_CLIP
 CLIP_FRAMES = 15  # the sample's first frames: a real clip whose one job runs in about a second
 
 # kind -> share of the requests
@@ -53,7 +56,7 @@ got an unexpected status, after printing the first ones. See bench/README.md, "L
 
 
 def log(message: str) -> None:
-    print(f"[load {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    common_log(message, tag="load")
 
 
 # --------------------------------------------------------------------------------------------- HTTP
@@ -161,7 +164,7 @@ def _serve_stack(pipe: Connection, options: dict[str, Any]) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from handpipe.stack import LocalStack
+    from handpipe.local.stack import LocalStack
 
     stack = LocalStack(port=0, quiet=True, **options)
     try:
@@ -466,8 +469,17 @@ def report(
     p50 = percentile(everything, 50) * 1000 if everything else 0.0
     p99 = percentile(everything, 99) * 1000 if everything else 0.0
     out(
-        f"RESULT requests={total} clients={clients} rps={total / wall_s:.1f} p50_ms={p50:.1f} p99_ms={p99:.1f} "
-        f"errors={shared.error_count} db_connections_peak={db_peak}"
+        result_line(
+            {
+                "requests": total,
+                "clients": clients,
+                "rps": f"{total / wall_s:.1f}",
+                "p50_ms": f"{p50:.1f}",
+                "p99_ms": f"{p99:.1f}",
+                "errors": shared.error_count,
+                "db_connections_peak": db_peak,
+            }
+        )
     )
     return 1 if shared.error_count else 0
 

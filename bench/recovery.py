@@ -5,7 +5,7 @@ mid-segment, with the app's own handlers, the sweeper and real worker processes.
                                        [--sweep-every-s 5] [--video PATH] [--db-url URL]
 
 One process holds moto (S3, SQS) on loopback, the database (a temporary SQLite file, or --db-url) and
-the "jobs" and "events" consumers (app.plan_jobs and app.record_events fed by handpipe.localaws pollers),
+the "jobs" and "events" consumers (app.plan_jobs and app.record_events fed by handpipe.local.pollers),
 plus a sweeper thread calling services.sweep every --sweep-every-s, as the schedule does every 5 min in
 AWS. Workers are separate processes (this file with --worker) running handpipe_worker's Worker, whose
 heartbeat holds a running item --visibility-s at a time; the work queue's own visibility is 900 s, as
@@ -38,7 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+# bench/ is sys.path[0] when this file is run as a script.
+from common import REPO, data_dir, print_result  # noqa: E402
+
 sys.path.insert(0, str(REPO))  # chalicelib and app.py sit at the project root
 
 from chalicelib.contracts import WORK_ITEM  # noqa: E402
@@ -57,7 +59,8 @@ def worker_main(endpoint: str, work_url: str, events_url: str, visibility_s: int
     """A worker container: receive one item at a time, handle it as the Lambda would, delete it when done."""
     from handpipe_worker.handler import Worker, WorkerSettings
 
-    from handpipe.localaws import LambdaContext, aws_clients, queue_arn
+    from handpipe.local.aws import aws_clients, queue_arn
+    from handpipe.local.pollers import LambdaContext
 
     s3, sqs = aws_clients(endpoint)
     settings = WorkerSettings(events_queue_url=events_url, progress_interval_s=0.5, visibility_s=visibility_s)
@@ -120,7 +123,8 @@ class App:
         from chalicelib.db import Database
         from chalicelib.migrations import upgrade
         from chalicelib.runtime import Runtime, use_runtime
-        from handpipe.localaws import MotoServer, QueuePoller, aws_clients, provision
+        from handpipe.local.aws import MotoServer, aws_clients, provision
+        from handpipe.local.pollers import QueuePoller
 
         self.moto = MotoServer()
         self.endpoint = self.moto.start()
@@ -194,7 +198,7 @@ class App:
 
     def stop(self) -> None:
         from chalicelib.runtime import use_runtime
-        from handpipe.localaws import stop_all
+        from handpipe.local.pollers import stop_all
 
         self._stop.set()
         stop_all(self.pollers)
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         endpoint, work_url, events_url, visibility = argv[1:5]
         worker_main(endpoint, work_url, events_url, int(visibility))
         return 0
-    data = Path(os.environ.get("HANDPIPE_TEST_DATA", REPO.parent / "shared" / "data"))
+    data = data_dir()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visibility-s", type=int, default=10, help="the heartbeat's visibility (deployed: 120)")
     parser.add_argument("--max-receives", type=int, default=3)
@@ -308,10 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         deployed_killed_bound_s=120,
         deployed_dropped_bound_s=deployed_silence + 300,
     )
-    print(
-        "RESULT " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()),
-        flush=True,
-    )
+    print_result(result, render=lambda v: f"{v:.1f}" if isinstance(v, float) else str(v))
     return 0
 
 

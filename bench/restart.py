@@ -12,25 +12,20 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+# bench/ is sys.path[0] when this file is run as a script.
+from common import REPO, SAMPLE_CLIP, free_port, print_result  # noqa: E402
+
 sys.path.insert(0, str(REPO))
 
 from handpipe.client import ApiError, Client  # noqa: E402
 
-DEFAULT_VIDEO = REPO / "handpipe" / "samples" / "one_hand_wave_portrait.mp4"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+DEFAULT_VIDEO = SAMPLE_CLIP
 
 
 def start(args: argparse.Namespace, data_dir: Path, ports: tuple[int, int], log: Path) -> subprocess.Popen[bytes]:
@@ -93,9 +88,13 @@ def main() -> None:
             if process.poll() is None:
                 process.terminate()
                 process.wait(timeout=60)
-    print(
-        f"RESULT api_back_s={api_s:.2f} resumed_job_done_s={done_s:.2f} "
-        f"resumed_status={finished['status']} first_result_answers={same}"
+    print_result(
+        {
+            "api_back_s": f"{api_s:.2f}",
+            "resumed_job_done_s": f"{done_s:.2f}",
+            "resumed_status": finished["status"],
+            "first_result_answers": same,
+        }
     )
 
 

@@ -47,11 +47,11 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from handpipe_worker.engine import probe, process_video
-from handpipe_worker.models import ModelCache
 
 # bench/ is sys.path[0] when this file is run as a script.
-from worker import data_dir, log, machine_busy_s
+from common import data_dir, log, machine_busy_s, print_result
+from handpipe_worker.engine import probe, process_video
+from handpipe_worker.models import ModelCache
 
 from chalicelib.contracts import ProcessOptions
 
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in resolution:
         result[f"mp4v_{row.label}_decode_ms"] = round(row.decode_ms, 2)
         result[f"mp4v_{row.label}_cpu_ms"] = round(row.engine.cpu_ms, 1)
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
+    print_result(result)
     return 0
 
 

@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
+from common import data_dir, exit_status, log, print_result, timed, write_looped
 from handpipe_worker.engine import probe, process_video
 from handpipe_worker.models import ModelCache, assemble_bundled
 
 from chalicelib.contracts import ContractError, ProcessOptions
 from chalicelib.results import merge_parts
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VIDEO = "videos/one_hand_wave_portrait.mp4"
 WARMUP_FRAMES = 10
 SEGMENT_WARMUP_MS = 1000
@@ -48,40 +47,7 @@ CALIBRATION_ROUNDS = 3  # 1 process then N at once, this many times; the median 
 PROGRESS_EVERY = 150
 
 
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("HANDPIPE_TEST_DATA", REPO.parent / "shared" / "data"))
-
-
 # --------------------------------------------------------------------------------------------- input
-
-
-def write_looped(source: Path, target: Path, frames: int) -> tuple[float, int, int]:
-    """Re-encode `source` (looped as often as needed) into exactly `frames` mp4v frames at its own fps."""
-    capture = cv2.VideoCapture(str(source))
-    if not capture.isOpened():
-        raise SystemExit(f"cannot open {source}")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-    images: list[np.ndarray] = []
-    while len(images) < frames:
-        ok, image = capture.read()
-        if not ok:
-            break
-        images.append(image)
-    capture.release()
-    if not images:
-        raise SystemExit(f"{source} holds no decodable frame")
-    height, width = images[0].shape[:2]
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise SystemExit(f"cannot write {target} with the mp4v codec")
-    for i in range(frames):
-        writer.write(images[i % len(images)])
-    writer.release()
-    return fps, width, height
 
 
 # --------------------------------------------------------------------------------------------- naive
@@ -224,16 +190,6 @@ def cold_start(model: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------- timing
 
 
-def machine_busy_s() -> float | None:
-    """CPU seconds all processes on the machine have used since boot (Linux /proc/stat), steal included."""
-    try:
-        fields_ = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields_[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Row:
     name: str
@@ -254,15 +210,6 @@ class Row:
         if self.machine_s is None or self.wall_s <= 0:
             return None
         return max(0.0, self.machine_s - self.cpu_s) / self.wall_s
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float, float | None]:
-    """The value, wall s, this process's CPU s (all threads) and the machine's CPU s while fn ran."""
-    busy, wall, cpu = machine_busy_s(), time.perf_counter(), time.process_time()
-    value = fn()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    after = machine_busy_s()
-    return value, wall, cpu, None if busy is None or after is None else after - busy
 
 
 def segment_ranges(duration_ms: float, processes: int) -> list[tuple[int, int | None]]:
@@ -535,16 +482,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "nproc_others_cores": _round(nproc.others_cores),
         "cold_start_s": round(cold["total_s"], 3),
     }
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
+    print_result(result)
 
     failures = []
     if engine.with_hands < naive.with_hands:
         failures.append(f"the engine found hands in {engine.with_hands} frames, the naive loop in {naive.with_hands}")
     if diff["lost_frames"] > 0:
         failures.append(f"the {n}-process run lost {diff['lost_frames']} frames the single pass found ({diff})")
-    for failure in failures:
-        print(f"FAIL: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return exit_status(failures)
 
 
 if __name__ == "__main__":

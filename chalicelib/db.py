@@ -99,14 +99,14 @@ def _to_pyformat(sql: str) -> str:
     return "".join(out)
 
 
-def _redact(url: str) -> str:
+def redacted_url(url: str) -> str:
     # Up to the last "@": an unencoded "@" in a password must not leave its tail in a log line.
     return re.sub(r"(://[^:/@]*):.*@", r"\1:***@", url)
 
 
 def _bad_url(url: str, problem: str = "") -> ValueError:
     detail = f" ({problem})" if problem else ""
-    return ValueError(f"unsupported database URL {_redact(url)!r}{detail}: expected {_URL_FORMS}")
+    return ValueError(f"unsupported database URL {redacted_url(url)!r}{detail}: expected {_URL_FORMS}")
 
 
 TLS_MODES = ("preferred", "required", "verify", "disabled")

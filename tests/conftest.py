@@ -11,7 +11,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    from handpipe.localaws import MotoServer
+    from handpipe.local.aws import MotoServer
 
     with MotoServer() as server:
         yield server.endpoint_url

@@ -21,7 +21,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 from chalicelib.openapi import OPENAPI_PATH
 from handpipe.client import Client
-from handpipe.stack import LocalStack
+from handpipe.local.stack import LocalStack
 
 SAMPLE = Path(__file__).resolve().parents[2] / "handpipe" / "samples" / "one_hand_wave_portrait.mp4"
 DOC: dict[str, Any] = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))

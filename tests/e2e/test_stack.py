@@ -16,7 +16,7 @@ from handpipe_worker.engine import process_video
 from chalicelib.contracts import ProcessOptions
 from handpipe import cli
 from handpipe.client import ApiError, Client
-from handpipe.stack import LocalStack
+from handpipe.local.stack import LocalStack
 from tests.support.footage import reference
 from tests.support.paths import REPO, data_path
 

@@ -15,7 +15,7 @@ import pytest
 
 from handpipe import cli
 from handpipe.client import ApiError, Client
-from handpipe.stack import LocalStack
+from handpipe.local.stack import LocalStack
 from tests.support.paths import REPO, data_path
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from handpipe.cli import main as cli_main
-from handpipe.stack import LocalStack
+from handpipe.local.stack import LocalStack
 
 
 def test_handpipe_up_takes_its_callers_from_handpipe_api_keys(

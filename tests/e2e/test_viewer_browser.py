@@ -52,7 +52,7 @@ def until_true(page: Any, expression: str, arg: Any = None, timeout_s: float = 1
 
 
 def test_the_viewer_draws_hands_in_sync_with_the_video_in_chromium(tmp_path: Path) -> None:
-    from handpipe.stack import LocalStack
+    from handpipe.local.stack import LocalStack
 
     sync_playwright = _browser_or_skip()
     clip = data_path("videos/asl_thanks_two_hands.mkv")

@@ -17,7 +17,7 @@ from chalicelib.config import Settings
 from chalicelib.db import Database, IntegrityError
 from chalicelib.migrations import LATEST_VERSION, MIGRATIONS
 from chalicelib.runtime import Runtime, runtime, use_runtime
-from handpipe.localaws import LambdaContext
+from handpipe.local.pollers import LambdaContext
 from tests.support.api import OTHER, OTHER_KEY, Env, register
 from tests.support.paths import data_path
 

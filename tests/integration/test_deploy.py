@@ -23,23 +23,20 @@ import boto3
 import pytest
 
 from handpipe.cli import build_parser
-from handpipe.deploy import (
-    AwsClients,
-    DeployError,
-    Deployment,
+from handpipe.cli.deploy import cmd_deploy, cmd_destroy
+from handpipe.deploy.chalice_config import chalice_policy, write_chalice_stage
+from handpipe.deploy.clients import AwsClients, InvokeResult
+from handpipe.deploy.errors import DeployError
+from handpipe.deploy.plan import (
     DeployOptions,
     DestroyOptions,
-    InvokeResult,
     chalice_functions,
-    chalice_policy,
-    cmd_deploy,
-    cmd_destroy,
     function_name,
-    load_template,
     min_db_connections,
     split_db_connections,
-    write_chalice_stage,
 )
+from handpipe.deploy.sequence import Deployment
+from handpipe.deploy.stacks import load_template
 from tests.support.paths import REPO
 
 # moto creates what it can of a template and skips, with a warning, the types it does not know: here
@@ -835,7 +832,7 @@ def test_without_subnets_deploy_takes_two_zones_of_the_default_vpc(account: Acco
     said: list[str] = []
     chosen = deployment(
         account, RecordingDocker(), RecordingRunner(account.aws.apigateway), said
-    )._default_vpc_subnets()
+    ).network.default_vpc_subnets()
     subnets = account.aws.ec2.describe_subnets(SubnetIds=chosen)["Subnets"]
     [default_vpc] = account.aws.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
     assert len(chosen) == 2 and len({subnet["AvailabilityZone"] for subnet in subnets}) == 2

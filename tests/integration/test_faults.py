@@ -28,8 +28,8 @@ from chalicelib.errors import Conflict, NotFound
 from chalicelib.queues import MessageQueue
 from chalicelib.runtime import runtime
 from chalicelib.storage import ObjectStore
-from handpipe.localaws import aws_clients, provision, queue_arn
-from handpipe.resume import resume
+from handpipe.local.aws import aws_clients, provision, queue_arn
+from handpipe.local.resume import resume
 from tests.support.api import Env, register
 from tests.support.databases import Store
 from tests.support.paths import REPO, data_path
@@ -277,7 +277,7 @@ def test_progress_keeps_a_segment_from_being_judged_lost(world: World) -> None:
 
 
 def test_after_the_queues_are_lost_every_active_job_carries_on_from_the_database(world: World) -> None:
-    """What the local stack does when it comes back with empty queues (handpipe.resume, on SQLite and
+    """What the local stack does when it comes back with empty queues (handpipe.local.resume, on SQLite and
     MariaDB): nothing in flight is counted as lost, QUEUED jobs are requested again, and sent segments
     are sent again."""
     running = world.start(world.video(duration_ms=5_000))
@@ -544,7 +544,7 @@ def test_the_heartbeat_keeps_a_running_item_and_lets_a_dead_ones_go(queues: tupl
 _KILLED_WORKER = """
 import json, sys
 from handpipe_worker.handler import Worker, WorkerSettings
-from handpipe.localaws import aws_clients, queue_arn
+from handpipe.local.aws import aws_clients, queue_arn
 endpoint, work, events = sys.argv[1:4]
 s3, sqs = aws_clients(endpoint)
 worker = Worker(s3, sqs, WorkerSettings(events_queue_url=events, progress_interval_s=0.2, visibility_s=3))

@@ -22,8 +22,8 @@ from handpipe_worker.pictures import annotated_video
 from chalicelib.contracts import ProbeRequest, ProcessOptions, WorkItem, frame_index_key, part_key
 from chalicelib.results import MergeError, merge_parts
 from handpipe.client import Client
-from handpipe.localaws import LambdaContext
-from handpipe.stack import LocalStack
+from handpipe.local.pollers import LambdaContext
+from handpipe.local.stack import LocalStack
 from tests.support.footage import HARD_CASES, Clip, reference, write_clip
 
 MODELS = ModelCache()

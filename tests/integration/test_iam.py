@@ -26,8 +26,10 @@ from chalicelib.config import Settings
 from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, use_runtime
 from chalicelib.storage import ObjectStore, StorageUnavailable
-from handpipe.deploy import chalice_policy, load_template
-from handpipe.localaws import LambdaContext, aws_clients, provision
+from handpipe.deploy.chalice_config import chalice_policy
+from handpipe.deploy.stacks import load_template
+from handpipe.local.aws import aws_clients, provision
+from handpipe.local.pollers import LambdaContext
 from tests.support.paths import REPO, data_path
 
 REGION = "us-east-1"

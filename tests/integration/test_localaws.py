@@ -15,16 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from chalicelib.contracts import queue_names
-from handpipe.localaws import (
-    LambdaContext,
-    MotoServer,
-    QueuePoller,
-    Resources,
-    aws_clients,
-    drain,
-    provision,
-    stop_all,
-)
+from handpipe.local.aws import MotoServer, Resources, aws_clients, provision
+from handpipe.local.pollers import LambdaContext, QueuePoller, drain, stop_all
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -17,7 +17,7 @@ from chalicelib.contracts import SEGMENT_SUCCEEDED, ProcessOptions, SegmentEvent
 from chalicelib.db import Database, Job, JobRepository, Segment, Video, VideoRepository
 from chalicelib.queues import MessageQueue
 from chalicelib.storage import ObjectStore
-from handpipe.localaws import aws_clients
+from handpipe.local.aws import aws_clients
 from tests.support.paths import data_path
 
 CLIP = "videos/asl_thanks_two_hands.mkv"

@@ -1,4 +1,4 @@
-"""handpipe.resume against moto and SQLite: what a restarted local stack sends again for each state a
+"""handpipe.local.resume against moto and SQLite: what a restarted local stack sends again for each state a
 job can be left in when the stack dies with its queues."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from chalicelib.db import Database, Job, JobRepository, Segment, Video, VideoRep
 from chalicelib.migrations import upgrade
 from chalicelib.queues import MessageQueue
 from chalicelib.storage import ObjectStore
-from handpipe.localaws import aws_clients, provision
-from handpipe.resume import resume
+from handpipe.local.aws import aws_clients, provision
+from handpipe.local.resume import resume
 from tests.support.paths import data_path
 
 T0 = 1_700_000_000_000

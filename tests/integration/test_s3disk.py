@@ -1,4 +1,4 @@
-"""handpipe.s3disk on a real moto server: every way the stack writes or deletes an object (a PUT, a
+"""handpipe.local.s3disk on a real moto server: every way the stack writes or deletes an object (a PUT, a
 presigned PUT, a copy, a multipart upload, a DELETE, a DeleteObjects) reaches the files before S3's
 answer, and the files put back into an empty bucket give the same objects."""
 
@@ -9,8 +9,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from handpipe.localaws import MotoServer, aws_clients
-from handpipe.s3disk import DiskObjects, restore
+from handpipe.local.aws import MotoServer, aws_clients
+from handpipe.local.s3disk import DiskObjects, restore
 
 
 def test_what_s3_answered_for_is_on_disk_and_comes_back(tmp_path: Path) -> None:

@@ -32,7 +32,8 @@ from chalicelib.contracts import (
     part_key,
 )
 from chalicelib.results import from_gzip
-from handpipe.localaws import LambdaContext, aws_clients
+from handpipe.local.aws import aws_clients
+from handpipe.local.pollers import LambdaContext
 from tests.support.paths import REPO, data_path
 
 SCHEMA = json.loads((REPO / "docs" / "result.schema.json").read_text())

@@ -21,7 +21,8 @@ from chalicelib.config import Settings
 from chalicelib.db import Database
 from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, use_runtime
-from handpipe.localaws import LambdaContext, aws_clients, provision
+from handpipe.local.aws import aws_clients, provision
+from handpipe.local.pollers import LambdaContext
 from tests.support.paths import data_path
 
 MODELS = ModelCache()

@@ -15,7 +15,7 @@ from chalicelib.db import Job, JobRepository, VideoRepository
 from chalicelib.queues import MessageQueue
 from chalicelib.storage import ObjectStore
 
-logger = logging.getLogger("handpipe.resume")
+logger = logging.getLogger("handpipe.local.resume")
 
 _PAGE = 200
 

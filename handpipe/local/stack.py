@@ -27,12 +27,13 @@ from chalicelib.db import Database
 from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, runtime, use_runtime
 
-from .localaws import LambdaContext, MotoServer, QueuePoller, aws_clients, drain, provision, stop_all
+from .aws import MotoServer, aws_clients, provision
+from .pollers import LambdaContext, QueuePoller, drain, stop_all
 from .resume import Resumed, resume
 
-logger = logging.getLogger("handpipe.stack")
+logger = logging.getLogger("handpipe.local.stack")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_TIMEOUT_S = 900  # the Lambda maximum, as deployed
 # Short: the worker's heartbeat extends a running item's visibility, so only a dead worker's item
 # comes back, and that within this long (worker_image/handpipe_worker/heartbeat.py).
