@@ -39,6 +39,17 @@ def print_result(result: Mapping[str, Any], render: Callable[[Any], str] = str) 
     print(result_line(result, render), flush=True)
 
 
+def print_header(header: str) -> None:
+    """A table's header line and the rule under it."""
+    print(header)
+    print("-" * len(header))
+
+
+def cell(value: float | None, spec: str = ".1f") -> str:
+    """A table cell: the number in `spec`, or "-" when it was not measured."""
+    return "-" if value is None else format(value, spec)
+
+
 def exit_status(failures: Iterable[str]) -> int:
     """Print each failure as a FAIL line on stderr; 1 if there was any, else 0."""
     failed = list(failures)

@@ -35,7 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from common import data_dir, exit_status, log, machine_busy_s, print_result, tree_cpu_s, write_looped
+from common import (
+    cell,
+    data_dir,
+    exit_status,
+    log,
+    machine_busy_s,
+    print_header,
+    print_result,
+    tree_cpu_s,
+    write_looped,
+)
 
 # bench/ is sys.path[0] when this file is run as a script, so its sibling imports as `worker` (in the
 # spawned calibration processes too, which inherit sys.path).
@@ -183,23 +193,18 @@ def _ready(barrier: Any) -> None:
 # ----------------------------------------------------------------------------------------- output
 
 
-def _f(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def print_table(runs: Sequence[Run]) -> None:
     header = (
         f"{'workers':>7} {'segments':>8} {'frames':>7} {'w/ hands':>9} {'upload s':>9} {'1st frame s':>11} "
         f"{'merge s':>8} {'wall s':>8} {'fps':>7} {'cpu s':>8} {'cores':>6} {'others':>7}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for run in runs:
         cores = None if run.cpu_s is None else run.cpu_s / run.wall_s
         print(
             f"{run.workers:>7} {run.segments:>8} {run.frames:>7} {run.with_hands:>9} {run.upload_s:>9.1f} "
-            f"{_f(run.first_frame_s):>11} {_f(run.merge_s):>8} {run.wall_s:>8.1f} {run.frames / run.wall_s:>7.2f} "
-            f"{_f(run.cpu_s):>8} {_f(cores, 2):>6} {_f(run.others_cores, 2):>7}"
+            f"{cell(run.first_frame_s):>11} {cell(run.merge_s):>8} {run.wall_s:>8.1f} {run.frames / run.wall_s:>7.2f} "
+            f"{cell(run.cpu_s):>8} {cell(cores, '.2f'):>6} {cell(run.others_cores, '.2f'):>7}"
         )
 
 
@@ -314,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             walls = ", ".join(f"{run.wall_s:.1f}" for run in all_runs[w])
             print(f"{w} worker(s) wall s by round: {walls}; differences from the kept 1-worker result: {drift_lost}")
     print(
-        f"work efficiency (1-worker CPU s / {n}-worker CPU s): {_f(work_efficiency, 2)}; "
+        f"work efficiency (1-worker CPU s / {n}-worker CPU s): {cell(work_efficiency, '.2f')}; "
         f"inference is timed per detect call, so it grows with contention"
     )
     busiest = max((run.others_cores or 0.0) for run in runs)

@@ -49,7 +49,7 @@ from typing import Any
 import cv2
 
 # bench/ is sys.path[0] when this file is run as a script.
-from common import data_dir, log, machine_busy_s, print_result
+from common import cell, data_dir, log, machine_busy_s, print_header, print_result
 from handpipe_worker.engine import probe, process_video
 from handpipe_worker.models import ModelCache
 
@@ -177,26 +177,21 @@ def run(clip: str, config: str, path: Path, models: ModelCache, rounds: int) -> 
     return best
 
 
-def _f(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def print_table(measures: Sequence[Measure]) -> None:
     header = (
         f"{'clip':<9} {'config':<9} {'frames':>6} {'fps':>6} {'vs full':>7} {'x real':>6} {'CPU ms/f':>8} "
         f"{'CPU s/vs':>8} {'w/ hands':>11} {'compared':>8} {'n diff':>6} {'shift mean':>10} {'shift max':>9} "
         f"{'others':>6}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     reference = {m.clip: m for m in measures if m.config == REFERENCE}
     for m in measures:
         hands = f"{m.with_hands} ({100 * m.hands_share:.0f}%)"
         print(
             f"{m.clip:<9} {m.config:<9} {m.frames:>6} {m.fps:>6.1f} {m.fps / reference[m.clip].fps:>6.2f}x "
             f"{m.realtime:>6.2f} {m.cpu_ms:>8.1f} {m.cpu_per_video_s:>8.2f} {hands:>11} {m.compared_frames:>8} "
-            f"{m.hand_count_differs:>6} {_f(m.shift_mean, '.4f'):>10} {_f(m.shift_max, '.4f'):>9} "
-            f"{_f(m.others_cores, '.2f'):>6}"
+            f"{m.hand_count_differs:>6} {cell(m.shift_mean, '.4f'):>10} {cell(m.shift_max, '.4f'):>9} "
+            f"{cell(m.others_cores, '.2f'):>6}"
         )
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from common import data_dir, exit_status, log, print_result, timed, write_looped
+from common import data_dir, exit_status, log, print_header, print_result, timed, write_looped
 from handpipe_worker.engine import probe, process_video
 from handpipe_worker.models import ModelCache, assemble_bundled
 
@@ -237,8 +237,7 @@ def print_table(rows: Sequence[Row], naive_fps: float) -> None:
         f"{'contender':<18} {'frames':>7} {'w/ hands':>9} {'wall s':>8} {'fps':>8} {'vs naive':>9} "
         f"{'cpu s':>8} {'cores':>6} {'others':>7}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for row in rows:
         ratio = row.fps / naive_fps if naive_fps else 0.0
         others = row.others_cores
