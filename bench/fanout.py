@@ -40,7 +40,7 @@ import cv2
 # spawned calibration processes too, which inherit sys.path).
 from worker import DEFAULT_VIDEO, calibrate, compare_frames, data_dir, log, machine_busy_s, write_looped
 
-from chalicelib.contracts import ContractError, ProcessOptions
+from chalicelib.shared.contracts import ContractError, ProcessOptions
 from handpipe.client import Client
 from handpipe.stack import LocalStack
 

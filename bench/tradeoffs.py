@@ -53,7 +53,7 @@ from handpipe_worker.models import ModelCache
 # bench/ is sys.path[0] when this file is run as a script.
 from worker import data_dir, log, machine_busy_s
 
-from chalicelib.contracts import ProcessOptions
+from chalicelib.shared.contracts import ProcessOptions
 
 CLIPS = {
     "portrait": "videos/one_hand_wave_portrait.mp4",

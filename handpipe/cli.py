@@ -77,8 +77,8 @@ def cmd_process(args: argparse.Namespace) -> int:
     from handpipe_worker.engine import VideoDecodeError, process_video
     from handpipe_worker.models import ModelError
 
-    from chalicelib.contracts import ContractError, ProcessOptions
-    from chalicelib.results import to_gzip
+    from chalicelib.shared.contracts import ContractError, ProcessOptions
+    from chalicelib.shared.results import to_gzip
 
     video = Path(args.video)
     try:
@@ -102,7 +102,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(result))
     if not result["decode"]["complete"]:
         print(f"warning: {result['decode']['error']}", file=sys.stderr)
-    from chalicelib.insights import analyze
+    from chalicelib.shared.insights import analyze
 
     print(format_summary(result["summary"], result["video"], result["stats"], str(out), analyze(result)))
     return 0
@@ -112,8 +112,8 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from chalicelib.db import Database
-    from chalicelib.migrations import LATEST_VERSION, current_version, upgrade
+    from chalicelib.adapters.database import Database, redacted_url
+    from chalicelib.adapters.migrations import LATEST_VERSION, current_version, upgrade
 
     url = args.db_url or os.environ.get("HANDPIPE_DB_URL") or f"sqlite:///{Path('.handpipe/handpipe.db').resolve()}"
     if url.startswith("sqlite:///"):
@@ -122,7 +122,7 @@ def cmd_db(args: argparse.Namespace) -> int:
         database = Database.from_url(url)
     except ValueError as error:
         raise CliError(str(error), 2) from None
-    shown = _hide_password(url)
+    shown = redacted_url(url)
     if args.db_command == "upgrade":
         applied = upgrade(database)
         print(f"{shown}: applied migrations {applied}" if applied else f"{shown}: already at version {LATEST_VERSION}")
@@ -131,14 +131,6 @@ def cmd_db(args: argparse.Namespace) -> int:
         state = "up to date" if version == LATEST_VERSION else "run `handpipe db upgrade`"
         print(f"{shown}: schema version {version} of {LATEST_VERSION} ({state})")
     return 0
-
-
-def _hide_password(url: str) -> str:
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
 # ------------------------------------------------------------------------------------ local stack
@@ -167,11 +159,13 @@ def _start_stack(args: argparse.Namespace, port: int, moto_port: int = 0, quiet:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from chalicelib.adapters.database import redacted_url
+
     stack = _start_stack(args, args.port, args.moto_port)
     info = stack.info
     print(f"handpipe API      {info.api_url}")
     print(f"S3 and SQS (moto) {info.aws_endpoint_url}  bucket {info.bucket}")
-    print(f"database          {_hide_password(info.db_url)}")
+    print(f"database          {redacted_url(info.db_url)}")
     print(f"workers           {info.workers} process(es)")
     print(f"kept in           {Path(args.data_dir).resolve()}  ({stack.restored} stored object(s) put back)")
     if stack.resumed is not None and any(vars(stack.resumed).values()):

@@ -15,17 +15,9 @@ from urllib.parse import quote, unquote, urlsplit
 import pymysql
 import pytest
 
-from chalicelib.db import (
-    Database,
-    DatabaseUnavailable,
-    IntegrityError,
-    Job,
-    JobRepository,
-    Segment,
-    Video,
-    VideoRepository,
-)
-from chalicelib.migrations import (
+from chalicelib.adapters.database import Database, DatabaseUnavailable, IntegrityError
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.migrations import (
     LATEST_VERSION,
     MIGRATIONS,
     Migration,
@@ -34,6 +26,8 @@ from chalicelib.migrations import (
     ensure_current,
     upgrade,
 )
+from chalicelib.adapters.repositories import VideoRepository
+from chalicelib.domain.records import Job, Segment, Video
 
 MYSQL_URL_VARIABLE = "HANDPIPE_TEST_MYSQL_URL"
 DEFAULT_MYSQL_URL = "mysql+pymysql://root:@127.0.0.1:3306"

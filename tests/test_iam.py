@@ -22,10 +22,10 @@ from handpipe_worker.models import ModelCache
 from moto.core import enable_iam_authentication
 
 import app as chalice_app
+from chalicelib.adapters.migrations import upgrade
 from chalicelib.config import Settings
-from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, use_runtime
-from chalicelib.storage import ObjectStore, StorageUnavailable
+from chalicelib.shared.storage import ObjectStore, StorageUnavailable
 from handpipe.deploy import chalice_policy, load_template
 from handpipe.localaws import LambdaContext, aws_clients, provision
 from tests.conftest import REPO, data_path

@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import app as chalice_app
-from chalicelib import exports, insight_routes
-from chalicelib.auth import PUBLIC_PATHS
-from chalicelib.insights import GESTURES, analyze
 from chalicelib.runtime import Runtime, runtime, use_runtime
+from chalicelib.shared import exports
+from chalicelib.shared.insights import GESTURES, analyze
+from chalicelib.web import insight_routes
+from chalicelib.web.auth import PUBLIC_PATHS
 from handpipe.client import ApiError, Client, MissingDependency
 from tests.conftest import IN_CI, data_path
 from tests.test_api import API_KEY, OTHER_KEY, Env, register
@@ -191,7 +192,7 @@ def test_csv_jsonl_and_parquet_exports_of_a_processed_clip(env: Env) -> None:
     assert all(isinstance(row["frame_index"], int) and isinstance(row["x0"], float) for row in rows)
     check_export_rows(rows, frames, insights, job)
 
-    # parquet is written by the API too (chalicelib.parquet), typed, not gzipped again
+    # parquet is written by the API too (chalicelib.shared.parquet), typed, not gzipped again
     status, answer = env.call("GET", f"/jobs/{job['id']}/export?format=parquet")
     assert status == 200 and answer["format"] == "parquet" and answer["rows"] == 86, answer
     assert answer["columns"] == exports.COLUMNS
@@ -327,7 +328,7 @@ def test_the_viewer_is_one_self_contained_page_that_holds_no_data(env: Env) -> N
 
 
 def test_script_json_cannot_close_the_script_element() -> None:
-    from chalicelib.insight_services import _script_json
+    from chalicelib.service.derived import _script_json
 
     text = _script_json({"title": "</script><script>alert(1)</script> & <!--"})
     assert "<" not in text and ">" not in text and "&" not in text
@@ -552,7 +553,7 @@ def test_the_viewer_draws_hands_in_sync_with_the_video_in_chromium(tmp_path: Pat
 
 
 def test_the_api_description_follows_the_code() -> None:
-    from chalicelib.openapi import load_openapi
+    from chalicelib.web.openapi import load_openapi
 
     doc = load_openapi()
     schemas = doc["components"]["schemas"]

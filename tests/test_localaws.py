@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from chalicelib.contracts import queue_names
+from chalicelib.shared.contracts import queue_names
 from handpipe.localaws import (
     LambdaContext,
     MotoServer,
