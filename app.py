@@ -1,9 +1,8 @@
 """handpipe's API and queue consumers. Routes only parse the request, call a service function from
-chalicelib.services with the container's dependencies, and map errors to JSON responses."""
+chalicelib.service with the container's dependencies, and map errors to JSON responses."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Callable
@@ -12,18 +11,23 @@ from typing import Any
 from chalice import Chalice, Rate, Response
 from chalice.app import Request, SQSEvent
 
-from chalicelib import services
-from chalicelib.auth import NO_BODY, PUBLIC_PATHS, Caller, authenticate, route_protection
+from chalicelib.adapters.migrations import LATEST_VERSION, upgrade
 from chalicelib.config import NotConfigured, auth_mode, sqs_queue_names
-from chalicelib.contracts import JobRequested, SegmentEvent
-from chalicelib.db import DatabaseUnavailable
-from chalicelib.errors import InvalidInput, ServiceError, Unavailable
-from chalicelib.insight_routes import insight_routes
-from chalicelib.migrations import LATEST_VERSION, SchemaOutOfDate, upgrade
-from chalicelib.openapi import load_openapi
-from chalicelib.queues import BatchAcknowledger, QueueUnavailable
 from chalicelib.runtime import runtime
-from chalicelib.storage import ObjectMissing, StorageUnavailable
+from chalicelib.service import health as health_service
+from chalicelib.service import jobs as job_service
+from chalicelib.service import videos as video_service
+from chalicelib.service.errors import InvalidInput, ServiceError
+from chalicelib.service.jobs import PartCache, job_frames, job_result
+from chalicelib.service.orchestration import plan_job, record_event, sweep
+from chalicelib.service.views import job_view, video_view
+from chalicelib.shared.contracts import JobRequested, SegmentEvent
+from chalicelib.shared.queues import BatchAcknowledger
+from chalicelib.web.auth import NO_BODY, PUBLIC_PATHS, Caller, request_caller, route_protection
+from chalicelib.web.errors import error_response, map_errors, not_configured
+from chalicelib.web.insight_routes import insight_routes
+from chalicelib.web.openapi import load_openapi
+from chalicelib.web.parsing import MAX_FRAMES_PAGE, MAX_PAGE, parse_limit, parse_ms, single_query_value
 
 app = Chalice(app_name="handpipe")
 app.log.setLevel(logging.INFO)
@@ -31,12 +35,7 @@ app.log.setLevel(logging.INFO)
 QUEUES = sqs_queue_names()
 PROTECTED = route_protection(auth_mode())
 MAX_BODY_BYTES = 64 * 1024
-_PARTS = services.PartCache()
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    response_headers: dict[str, str | list[str]] = {**(headers or {})}
-    return Response(body={"code": code, "message": message}, status_code=status, headers=response_headers)
+_PARTS = PartCache()
 
 
 def current_request() -> Request:
@@ -47,37 +46,7 @@ def current_request() -> Request:
     return request
 
 
-def api(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Maps service errors to JSON responses; an unavailable dependency is a 503 with Retry-After."""
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return view(*args, **kwargs)
-        except Unavailable as error:
-            return _error(503, error.code, error.message, {"Retry-After": str(error.retry_after_s)})
-        except ServiceError as error:
-            return _error(error.status, error.code, error.message)
-        except ObjectMissing as error:
-            # Every read of a stored object can find it gone; that is the object's state, not a fault.
-            gone = services.gone(error)
-            return _error(gone.status, gone.code, gone.message)
-        except (DatabaseUnavailable, StorageUnavailable, QueueUnavailable) as error:
-            app.log.error("dependency unavailable: %s", error)
-            what = {DatabaseUnavailable: "database", StorageUnavailable: "storage", QueueUnavailable: "queue"}
-            return _error(
-                503, "unavailable", f"the {what[type(error)]} is unavailable; retry shortly", {"Retry-After": "5"}
-            )
-        except NotConfigured as error:
-            app.log.error("%s", error)
-            return _error(503, "not_configured", "the service is not configured; see its logs", {"Retry-After": "60"})
-        except SchemaOutOfDate as error:
-            app.log.error("%s", error)
-            return _error(
-                503, "schema_out_of_date", "the service is being upgraded; retry shortly", {"Retry-After": "30"}
-            )
-
-    return wrapper
+api = map_errors  # service errors to JSON responses (chalicelib.web.errors)
 
 
 def json_body() -> dict[str, Any]:
@@ -103,9 +72,7 @@ def json_body() -> dict[str, Any]:
 
 def caller() -> Caller:
     """Who sent the current request; raises Unauthorized or Forbidden (mapped to 401/403)."""
-    request = current_request()
-    settings = runtime().settings
-    return authenticate(settings.auth, request.headers, request.context, settings.api_keys, settings.scope_callers)
+    return request_caller(current_request(), runtime().settings)
 
 
 @app.middleware("http")
@@ -116,10 +83,9 @@ def require_credentials(event: Any, get_response: Callable[[Any], Response]) -> 
         try:
             caller()
         except ServiceError as error:
-            return _error(error.status, error.code, error.message)
+            return error_response(error.status, error.code, error.message)
         except NotConfigured as error:
-            app.log.error("%s", error)
-            return _error(503, "not_configured", "the service is not configured; see its logs", {"Retry-After": "60"})
+            return not_configured(error)
     response: Response = get_response(event)
     return response
 
@@ -129,7 +95,7 @@ def owner() -> str | None:
 
 
 def query(name: str) -> str | None:
-    return services.single_query_value(current_request().query_params, name)
+    return single_query_value(current_request().query_params, name)
 
 
 JSON_ONLY = ["application/json"]
@@ -142,10 +108,10 @@ JSON_ONLY = ["application/json"]
 @api
 def list_videos() -> dict[str, Any]:
     who, rt = owner(), runtime()
-    return services.list_videos(
+    return video_service.list_videos(
         rt.videos,
         status=query("status"),
-        limit=services.parse_limit(query("limit"), 20, services.MAX_PAGE),
+        limit=parse_limit(query("limit"), 20, MAX_PAGE),
         next_token=query("next_token"),
         owner=who,
     )
@@ -155,7 +121,7 @@ def list_videos() -> dict[str, Any]:
 @api
 def register_video() -> Response:
     who, rt = owner(), runtime()
-    view = services.register_video(rt.videos, rt.store, rt.settings, json_body(), owner=who)
+    view = video_service.register_video(rt.videos, rt.store, rt.settings, json_body(), owner=who)
     return Response(body=view, status_code=201)
 
 
@@ -163,21 +129,21 @@ def register_video() -> Response:
 @api
 def get_video(video_id: str) -> dict[str, Any]:
     who = owner()
-    return services.video_view(services.get_video(runtime().videos, video_id, owner=who))
+    return video_view(video_service.get_video(runtime().videos, video_id, owner=who))
 
 
 @app.route("/videos/{video_id}/upload-url", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
 @api
 def new_upload_url(video_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
-    return services.new_upload_url(rt.videos, rt.store, rt.settings, video_id, json_body(), owner=who)
+    return video_service.new_upload_url(rt.videos, rt.store, rt.settings, video_id, json_body(), owner=who)
 
 
 @app.route("/videos/{video_id}", methods=["DELETE"], content_types=NO_BODY, **PROTECTED)
 @api
 def delete_video(video_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
-    return services.delete_video(rt.videos, rt.jobs, rt.store, video_id, owner=who)
+    return video_service.delete_video(rt.videos, rt.jobs, rt.store, video_id, owner=who)
 
 
 # --------------------------------------------------------------------------------------------- jobs
@@ -187,7 +153,7 @@ def delete_video(video_id: str) -> dict[str, Any]:
 @api
 def create_job(video_id: str) -> Response:
     who, rt = owner(), runtime()
-    view, created = services.create_job(
+    view, created = job_service.create_job(
         rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.settings, video_id, json_body(), owner=who
     )
     return Response(body=view, status_code=202 if created else 200)
@@ -197,11 +163,11 @@ def create_job(video_id: str) -> Response:
 @api
 def list_jobs(video_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
-    return services.list_jobs(
+    return job_service.list_jobs(
         rt.videos,
         rt.jobs,
         video_id,
-        limit=services.parse_limit(query("limit"), 20, services.MAX_PAGE),
+        limit=parse_limit(query("limit"), 20, MAX_PAGE),
         next_token=query("next_token"),
         owner=who,
     )
@@ -211,29 +177,29 @@ def list_jobs(video_id: str) -> dict[str, Any]:
 @api
 def get_job(job_id: str) -> dict[str, Any]:
     who = owner()
-    return services.job_view(services.get_job(runtime().jobs, job_id, owner=who))
+    return job_view(job_service.get_job(runtime().jobs, job_id, owner=who))
 
 
 @app.route("/jobs/{job_id}/result", methods=["GET"], content_types=NO_BODY, **PROTECTED)
 @api
 def get_result(job_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
-    return services.job_result(rt.jobs, rt.store, rt.settings, job_id, owner=who)
+    return job_result(rt.jobs, rt.store, rt.settings, job_id, owner=who)
 
 
 @app.route("/jobs/{job_id}/frames", methods=["GET"], content_types=NO_BODY, **PROTECTED)
 @api
 def get_frames(job_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
-    return services.job_frames(
+    return job_frames(
         rt.jobs,
         rt.store,
         _PARTS,
         job_id,
         owner=who,
-        start_ms=services.parse_ms(query("start_ms"), "start_ms"),
-        end_ms=services.parse_ms(query("end_ms"), "end_ms"),
-        max_results=services.parse_limit(query("max_results"), 100, services.MAX_FRAMES_PAGE, "max_results"),
+        start_ms=parse_ms(query("start_ms"), "start_ms"),
+        end_ms=parse_ms(query("end_ms"), "end_ms"),
+        max_results=parse_limit(query("max_results"), 100, MAX_FRAMES_PAGE, "max_results"),
         next_token=query("next_token"),
     )
 
@@ -249,9 +215,8 @@ def health() -> Response:
     try:
         rt = runtime()
     except NotConfigured as error:
-        app.log.error("%s", error)
-        return _error(503, "not_configured", "the service is not configured; see its logs", {"Retry-After": "60"})
-    healthy, checks = services.health(
+        return not_configured(error)
+    healthy, checks = health_service.health(
         {
             "database": lambda: rt.db.ping(),
             "bucket": rt.store.check,
@@ -284,7 +249,7 @@ def migrate(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def sweep_stuck_jobs(event: Any) -> None:
     """Every five minutes: resend lost work, merge, dispatch waiting jobs, fail what cannot recover."""
     rt = runtime()
-    report = services.sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
+    report = sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
     if report.failed or report.resent or report.requested or report.finished:
         app.log.warning("sweep: %s", report)
 
@@ -317,7 +282,7 @@ def plan_jobs(event: SQSEvent) -> None:
     rt = runtime()
 
     def handle(body: str) -> str:
-        return services.plan_job(rt.videos, rt.jobs, rt.work_queue, rt.settings, JobRequested.from_json(body))
+        return plan_job(rt.videos, rt.jobs, rt.work_queue, rt.settings, JobRequested.from_json(body))
 
     _consume(event, "job request", handle)
 
@@ -328,8 +293,6 @@ def record_events(event: SQSEvent) -> None:
     rt = runtime()
 
     def handle(body: str) -> str:
-        return services.record_event(
-            rt.videos, rt.jobs, rt.store, rt.work_queue, rt.settings, SegmentEvent.from_json(body)
-        )
+        return record_event(rt.videos, rt.jobs, rt.store, rt.work_queue, rt.settings, SegmentEvent.from_json(body))
 
     _consume(event, "worker event", handle)

@@ -32,7 +32,7 @@ FIRST_FRAME = """
 import time
 start = time.perf_counter()
 from handpipe_worker.engine import process_video
-from chalicelib.contracts import ProcessOptions
+from chalicelib.shared.contracts import ProcessOptions
 imported = time.perf_counter()
 result = process_video({clip!r}, ProcessOptions(end_ms=40))
 done = time.perf_counter()

@@ -1,6 +1,6 @@
 """How long the API takes to turn a job into an export, which bounds HANDPIPE_EXPORT_INLINE_MAX_ROWS: API
 Gateway gives a request 29 s. Synthetic hands (random landmarks rounded to 5 decimals, as results are) go
-through chalicelib.insights.analyze and each writer; the baseline is the CSV writer at gzip's default level
+through chalicelib.shared.insights.analyze and each writer; the baseline is the CSV writer at gzip's default level
 9, which the exports used before level 6 (exports.GZIP_LEVEL).
 
     .venv/bin/python bench/exports.py [--rows 30000] [--rounds 3]
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import print_result  # noqa: E402
 
-from chalicelib import exports  # noqa: E402
-from chalicelib.insights import analyze  # noqa: E402
+from chalicelib.shared import exports  # noqa: E402
+from chalicelib.shared.insights import analyze  # noqa: E402
 
 
 def synthetic_result(rows: int, seed: int = 7) -> dict[str, Any]:

@@ -16,13 +16,17 @@ from typing import Any
 
 from common import exit_status, print_result
 
-from chalicelib import services
+from chalicelib.adapters.database import Database
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.migrations import upgrade
+from chalicelib.adapters.repositories import VideoRepository
 from chalicelib.config import Settings
-from chalicelib.contracts import SEGMENT_FAILED, SEGMENT_SUCCEEDED, JobRequested, SegmentEvent, WorkItem
-from chalicelib.db import Database, JobRepository, VideoRepository
-from chalicelib.migrations import upgrade
-from chalicelib.queues import MessageQueue
-from chalicelib.storage import ObjectStore
+from chalicelib.service.jobs import create_job
+from chalicelib.service.orchestration import plan_job, record_event
+from chalicelib.service.videos import incoming_prefix, register_video
+from chalicelib.shared.contracts import SEGMENT_FAILED, SEGMENT_SUCCEEDED, JobRequested, SegmentEvent, WorkItem
+from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.storage import ObjectStore
 
 
 class ListQueue:
@@ -80,12 +84,12 @@ def run(
         started: set[str] = set()
 
         def submit(owner: str) -> None:
-            key = f"{services.incoming_prefix(owner)}{uuid.uuid4().hex}.mp4"
+            key = f"{incoming_prefix(owner)}{uuid.uuid4().hex}.mp4"
             s3.put_object(Bucket=bucket, Key=key, Body=b"a video", ContentType="video/mp4")
-            video = services.register_video(videos, store, settings, {"s3_key": key}, owner=owner)
+            video = register_video(videos, store, settings, {"s3_key": key}, owner=owner)
             body = {"options": {"end_ms": segments * 1000}}  # a known end: planned without a probe
-            job, _ = services.create_job(videos, jobs, store, jobs_queue, settings, video["id"], body, owner=owner)
-            services.plan_job(videos, jobs, work_queue, settings, JobRequested.from_json(jobs_sqs.bodies.popleft()))
+            job, _ = create_job(videos, jobs, store, jobs_queue, settings, video["id"], body, owner=owner)
+            plan_job(videos, jobs, work_queue, settings, JobRequested.from_json(jobs_sqs.bodies.popleft()))
             planned_at[job["id"]], owner_of[job["id"]] = outcome.completions, owner
 
         def note_dispatched() -> None:
@@ -123,7 +127,7 @@ def run(
             )
             outcome.completions += 1
             began = time.perf_counter()
-            services.record_event(videos, jobs, store, work_queue, settings, event)
+            record_event(videos, jobs, store, work_queue, settings, event)
             outcome.dispatch_ms.append((time.perf_counter() - began) * 1000)
             note_dispatched()
         db.close()

@@ -51,7 +51,7 @@ from common import (
 # spawned calibration processes too, which inherit sys.path).
 from worker import DEFAULT_VIDEO, calibrate, compare_frames
 
-from chalicelib.contracts import ContractError, ProcessOptions
+from chalicelib.shared.contracts import ContractError, ProcessOptions
 from handpipe.client import Client
 from handpipe.local.stack import LocalStack
 

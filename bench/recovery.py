@@ -43,7 +43,7 @@ from common import REPO, data_dir, print_result  # noqa: E402
 
 sys.path.insert(0, str(REPO))  # chalicelib and app.py sit at the project root
 
-from chalicelib.contracts import WORK_ITEM  # noqa: E402
+from chalicelib.shared.contracts import WORK_ITEM  # noqa: E402
 
 JOB_TIMEOUT_S = 900
 
@@ -119,9 +119,9 @@ class App:
     """moto, the database, the app's consumers and a sweeper, in this process."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        from chalicelib.adapters.database import Database
+        from chalicelib.adapters.migrations import upgrade
         from chalicelib.config import Settings
-        from chalicelib.db import Database
-        from chalicelib.migrations import upgrade
         from chalicelib.runtime import Runtime, use_runtime
         from handpipe.local.aws import MotoServer, aws_clients, provision
         from handpipe.local.pollers import QueuePoller
@@ -168,21 +168,22 @@ class App:
         self._sweeper.start()
 
     def _sweep(self, every_s: float) -> None:
-        from chalicelib import services
+        from chalicelib.service.orchestration import sweep
 
         rt = self.runtime
         while not self._stop.wait(every_s):
-            report = services.sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
+            report = sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
             self.sweeps.append((time.monotonic(), report))
 
     def submit(self, video: Path) -> str:
-        from chalicelib import services
+        from chalicelib.service.jobs import create_job
+        from chalicelib.service.videos import register_video
 
         key = f"incoming/{time.time_ns()}-{video.name}"
         self.s3.upload_file(str(video), self.resources.bucket, key)
         rt = self.runtime
-        registered = services.register_video(rt.videos, rt.store, rt.settings, {"s3_key": key})
-        view, _ = services.create_job(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.settings, registered["id"], {})
+        registered = register_video(rt.videos, rt.store, rt.settings, {"s3_key": key})
+        view, _ = create_job(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.settings, registered["id"], {})
         return str(view["id"])
 
     def job(self, job_id: str) -> Any:

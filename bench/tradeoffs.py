@@ -53,7 +53,7 @@ from common import cell, data_dir, log, machine_busy_s, print_header, print_resu
 from handpipe_worker.engine import probe, process_video
 from handpipe_worker.models import ModelCache
 
-from chalicelib.contracts import ProcessOptions
+from chalicelib.shared.contracts import ProcessOptions
 
 CLIPS = {
     "portrait": "videos/one_hand_wave_portrait.mp4",
@@ -251,7 +251,7 @@ def resolution_cost(source: Path, models: ModelCache, rounds: int, workdir: Path
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 - a bench's sequence of trials, read top to bottom
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", nargs="+", choices=sorted(CLIPS), default=list(CLIPS))
     parser.add_argument("--rounds", type=int, default=2, help="runs per option set; the fastest is kept")

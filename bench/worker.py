@@ -6,7 +6,7 @@
 Contenders, all in one run:
   naive      cv2.VideoCapture.read -> cvtColor BGR2RGB -> mediapipe.Image -> detect_for_video, one process
   engine     handpipe_worker.engine.process_video, one process
-  engine xN  process_video on N equal time ranges in a spawn pool, merged with chalicelib.results.merge_parts
+  engine xN  process_video on N equal time ranges in a spawn pool, merged with chalicelib.shared.results.merge_parts
 plus a pure-Python CPU calibration (1 process vs N at once) to tell what speed-up the machine can give, and
 the cold-start cost (import mediapipe + create the landmarker) measured in a fresh interpreter.
 
@@ -36,8 +36,8 @@ from common import data_dir, exit_status, log, print_header, print_result, timed
 from handpipe_worker.engine import probe, process_video
 from handpipe_worker.models import ModelCache, assemble_bundled
 
-from chalicelib.contracts import ContractError, ProcessOptions
-from chalicelib.results import merge_parts
+from chalicelib.shared.contracts import ContractError, ProcessOptions
+from chalicelib.shared.results import merge_parts
 
 DEFAULT_VIDEO = "videos/one_hand_wave_portrait.mp4"
 WARMUP_FRAMES = 10

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-from .auth import AUTH_MODES, parse_api_keys
-from .contracts import queue_names
-from .db import TLS_MODES
+from chalicelib.adapters.database import TLS_MODES
+from chalicelib.shared.contracts import queue_names
+from chalicelib.web.auth import AUTH_MODES, parse_api_keys
 
 QUEUE_PREFIX_VARIABLE = "HANDPIPE_QUEUE_PREFIX"
 
@@ -36,6 +37,29 @@ def _local_key(key: str | None) -> str | None:
     return f"{key}=local" if key else None
 
 
+# The integer settings and the variables that set them; 0 means "the default" except for these.
+_NUMBER_VARIABLES = {
+    "upload_url_expires_s": "HANDPIPE_UPLOAD_URL_EXPIRES_S",
+    "download_url_expires_s": "HANDPIPE_DOWNLOAD_URL_EXPIRES_S",
+    "max_upload_bytes": "HANDPIPE_MAX_UPLOAD_BYTES",
+    "warmup_ms": "HANDPIPE_WARMUP_MS",
+    "max_active_jobs_per_video": "HANDPIPE_MAX_ACTIVE_JOBS_PER_VIDEO",
+    "max_in_flight_per_job": "HANDPIPE_MAX_IN_FLIGHT_PER_JOB",
+    "max_in_flight": "HANDPIPE_MAX_IN_FLIGHT",
+    "max_duration_ms": "HANDPIPE_MAX_DURATION_MS",
+    "max_pixels": "HANDPIPE_MAX_PIXELS",
+    "max_segments_per_job": "HANDPIPE_MAX_SEGMENTS_PER_JOB",
+    "max_frames_per_job": "HANDPIPE_MAX_FRAMES_PER_JOB",
+    "stuck_after_s": "HANDPIPE_STUCK_AFTER_S",
+    "work_visibility_s": "HANDPIPE_WORK_VISIBILITY_S",
+    "work_max_receives": "HANDPIPE_WORK_MAX_RECEIVES",
+    "max_dispatches": "HANDPIPE_MAX_DISPATCHES",
+    "silence_margin_s": "HANDPIPE_SILENCE_MARGIN_S",
+    "export_inline_max_rows": "HANDPIPE_EXPORT_INLINE_MAX_ROWS",
+}
+_ZERO_ALLOWED = {"warmup_ms", "silence_margin_s", "export_inline_max_rows"}
+
+
 class NotConfigured(RuntimeError):
     """The stage's environment lacks a setting the app needs; the text names it."""
 
@@ -47,7 +71,7 @@ class Settings:
     work_queue_url: str
     db_url: str | None = None
     db_secret_arn: str | None = None
-    db_tls: str = "preferred"  # MySQL: preferred | required | verify | disabled (chalicelib.db.TLS_MODES)
+    db_tls: str = "preferred"  # MySQL: preferred | required | verify | disabled (adapters.database.TLS_MODES)
     db_ca_file: str | None = None  # with verify: the CA bundle to check the server's certificate against
     upload_url_expires_s: int = 900
     download_url_expires_s: int = 3600
@@ -100,36 +124,26 @@ class Settings:
                 "(in .chalice/config.json for the stage, or run `handpipe up` for a local stack)"
             )
 
-        def number(name: str, default: int | None) -> int | None:
-            value = env.get(name)
-            return int(value) if value else default
+        defaults: dict[str, Any] = {f.name: f.default for f in fields(cls)}  # each default written once: on the field
 
+        def number(name: str) -> Any:
+            """The field's integer variable; unset, empty or (for most) 0 gives the field's default."""
+            value = env.get(_NUMBER_VARIABLES[name])
+            number = int(value) if value else defaults[name]
+            return number if number or name in _ZERO_ALLOWED else defaults[name]
+
+        segment_ms = env.get("HANDPIPE_SEGMENT_MS")
         return cls(
             bucket=env["HANDPIPE_BUCKET"],
             jobs_queue_url=env["HANDPIPE_JOBS_QUEUE_URL"],
             work_queue_url=env["HANDPIPE_WORK_QUEUE_URL"],
             db_url=env.get("HANDPIPE_DB_URL") or None,
             db_secret_arn=env.get("HANDPIPE_DB_SECRET_ARN") or None,
-            db_tls=env.get("HANDPIPE_DB_TLS") or "preferred",
+            db_tls=env.get("HANDPIPE_DB_TLS") or defaults["db_tls"],
             db_ca_file=env.get("HANDPIPE_DB_CA_FILE") or None,
-            upload_url_expires_s=number("HANDPIPE_UPLOAD_URL_EXPIRES_S", 900) or 900,
-            download_url_expires_s=number("HANDPIPE_DOWNLOAD_URL_EXPIRES_S", 3600) or 3600,
-            max_upload_bytes=number("HANDPIPE_MAX_UPLOAD_BYTES", 2 * 1024**3) or 2 * 1024**3,
-            segment_ms=(None if env.get("HANDPIPE_SEGMENT_MS") == "0" else number("HANDPIPE_SEGMENT_MS", 20_000)),
-            warmup_ms=number("HANDPIPE_WARMUP_MS", 2000) or 0,
-            max_active_jobs_per_video=number("HANDPIPE_MAX_ACTIVE_JOBS_PER_VIDEO", 3) or 3,
-            max_in_flight_per_job=number("HANDPIPE_MAX_IN_FLIGHT_PER_JOB", 50) or 50,
-            max_in_flight=number("HANDPIPE_MAX_IN_FLIGHT", 200) or 200,
-            max_duration_ms=number("HANDPIPE_MAX_DURATION_MS", 4 * 3600 * 1000) or 4 * 3600 * 1000,
-            max_pixels=number("HANDPIPE_MAX_PIXELS", 3840 * 2160) or 3840 * 2160,
-            max_segments_per_job=number("HANDPIPE_MAX_SEGMENTS_PER_JOB", 1000) or 1000,
-            max_frames_per_job=number("HANDPIPE_MAX_FRAMES_PER_JOB", 1_000_000) or 1_000_000,
-            stuck_after_s=number("HANDPIPE_STUCK_AFTER_S", 3600) or 3600,
-            work_visibility_s=number("HANDPIPE_WORK_VISIBILITY_S", 120) or 120,
-            work_max_receives=number("HANDPIPE_WORK_MAX_RECEIVES", 3) or 3,
-            max_dispatches=number("HANDPIPE_MAX_DISPATCHES", 2) or 2,
-            silence_margin_s=number("HANDPIPE_SILENCE_MARGIN_S", 60) or 0,
-            export_inline_max_rows=number("HANDPIPE_EXPORT_INLINE_MAX_ROWS", 30_000) or 0,
+            # "0": one segment per job, no probe
+            segment_ms=None if segment_ms == "0" else int(segment_ms) if segment_ms else defaults["segment_ms"],
+            **{name: number(name) for name in _NUMBER_VARIABLES},
             auth=auth_mode(env),
             # Local stacks and `chalice local`: keys listed here; the key a local client uses counts too.
             api_keys=parse_api_keys(env.get("HANDPIPE_API_KEYS") or _local_key(env.get("HANDPIPE_API_KEY"))),

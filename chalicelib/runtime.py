@@ -8,11 +8,13 @@ import threading
 from functools import cached_property
 from typing import Any
 
-from .config import Settings
-from .db import Database, JobRepository, VideoRepository
-from .migrations import ensure_current
-from .queues import MessageQueue
-from .storage import ObjectStore
+from chalicelib.adapters.database import Database
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.migrations import ensure_current
+from chalicelib.adapters.repositories import VideoRepository
+from chalicelib.config import Settings
+from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.storage import ObjectStore
 
 
 def s3_config() -> Any:

@@ -277,7 +277,7 @@ class Client:
         return {**info, "path": str(out)}
 
     def insights(self, job_id: str) -> dict[str, Any]:
-        """Gesture ranges, per-frame gestures, hand tracks and motion of a finished job (chalicelib.insights)."""
+        """Gesture ranges, per-frame gestures, hand tracks and motion of a finished job (chalicelib.shared.insights)."""
         result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/insights")
         return result
 

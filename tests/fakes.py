@@ -11,22 +11,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from chalicelib.db import (
+from chalicelib.adapters.database import IntegrityError, epoch_ms
+from chalicelib.domain.records import Job, JobFields, JobRefused, Segment, Video
+from chalicelib.shared.states import (
     ACTIVE_JOB_STATUSES,
     SEGMENT_FAILED,
     SEGMENT_PENDING,
     SEGMENT_STATUSES,
     SEGMENT_SUCCEEDED,
     VIDEO_DELETING,
-    IntegrityError,
-    Job,
-    JobFields,
-    JobRefused,
-    Segment,
-    Video,
-    epoch_ms,
 )
-from chalicelib.storage import ObjectMissing
+from chalicelib.shared.storage import ObjectMissing
 
 T0 = 1_700_000_000_000
 
@@ -80,7 +75,7 @@ def _check_limit(limit: int) -> None:
 
 
 class FakeVideoRepository:
-    """chalicelib.db.VideoRepository's methods the services call, over Tables."""
+    """chalicelib.adapters.repositories.VideoRepository's methods the services call, over Tables."""
 
     def __init__(self, tables: Tables, clock: Callable[[], int] = epoch_ms) -> None:
         self.tables = tables
@@ -148,7 +143,7 @@ class FakeVideoRepository:
 
 
 class FakeJobRepository:
-    """chalicelib.db.JobRepository's methods the services call, over Tables."""
+    """chalicelib.adapters.job_repository.JobRepository's methods the services call, over Tables."""
 
     def __init__(self, tables: Tables, clock: Callable[[], int] = epoch_ms) -> None:
         self.tables = tables
@@ -385,7 +380,7 @@ class FakeJobRepository:
 
 
 class FakeObjectStore:
-    """chalicelib.storage.ObjectStore's calls the services make, over a dict of key -> bytes or result."""
+    """chalicelib.shared.storage.ObjectStore's calls the services make, over a dict of key -> bytes or result."""
 
     def __init__(self, bucket: str = "fake-bucket") -> None:
         self.bucket = bucket
@@ -431,7 +426,7 @@ class QueueDown(Exception):
 
 
 class FakeMessageQueue:
-    """chalicelib.queues.MessageQueue: the messages sent, in order; `down` makes every send fail."""
+    """chalicelib.shared.queues.MessageQueue: the messages sent, in order; `down` makes every send fail."""
 
     def __init__(self) -> None:
         self.sent: list[Any] = []

@@ -18,8 +18,8 @@ def add_commands(commands: Any) -> None:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from chalicelib.db import Database, redacted_url
-    from chalicelib.migrations import LATEST_VERSION, current_version, upgrade
+    from chalicelib.adapters.database import Database, redacted_url
+    from chalicelib.adapters.migrations import LATEST_VERSION, current_version, upgrade
 
     url = args.db_url or os.environ.get("HANDPIPE_DB_URL") or f"sqlite:///{Path('.handpipe/handpipe.db').resolve()}"
     if url.startswith("sqlite:///"):

@@ -25,8 +25,8 @@ def cmd_process(args: argparse.Namespace) -> int:
     from handpipe_worker.engine import VideoDecodeError, process_video
     from handpipe_worker.models import ModelError
 
-    from chalicelib.contracts import ContractError, ProcessOptions
-    from chalicelib.results import to_gzip
+    from chalicelib.shared.contracts import ContractError, ProcessOptions
+    from chalicelib.shared.results import to_gzip
 
     video = Path(args.video)
     try:
@@ -50,7 +50,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(result))
     if not result["decode"]["complete"]:
         print(f"warning: {result['decode']['error']}", file=sys.stderr)
-    from chalicelib.insights import analyze
+    from chalicelib.shared.insights import analyze
 
     print(format_summary(result["summary"], result["video"], result["stats"], str(out), analyze(result)))
     return 0

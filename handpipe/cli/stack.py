@@ -59,7 +59,7 @@ def _start_stack(args: argparse.Namespace, port: int, moto_port: int = 0, quiet:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from chalicelib.db import redacted_url
+    from chalicelib.adapters.database import redacted_url
 
     stack = _start_stack(args, args.port, args.moto_port)
     info = stack.info

@@ -38,7 +38,7 @@ class Teardown:
         self.account = account
         self.say = say
 
-    def run(self, options: DestroyOptions) -> DestroyResult:
+    def run(self, options: DestroyOptions) -> DestroyResult:  # noqa: C901 - the teardown steps in order, each skippable
         stage = options.stage
         project = options.project_dir.resolve()
         stack_name = main_stack_name(stage)

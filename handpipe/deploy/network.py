@@ -38,7 +38,7 @@ class Network:
         self.say(f"  no --subnet-ids: using the default VPC {vpc}: {', '.join(s['SubnetId'] for s in chosen)}")
         return [s["SubnetId"] for s in chosen]
 
-    def check(self, subnet_ids: Sequence[str], endpoints: bool) -> tuple[str, list[str]]:
+    def check(self, subnet_ids: Sequence[str], endpoints: bool) -> tuple[str, list[str]]:  # noqa: C901 - one check per network requirement, each its own message
         """The subnets' VPC and route tables, after checking they can hold a database and the endpoints."""
         try:
             subnets = self._ec2.describe_subnets(SubnetIds=list(subnet_ids))["Subnets"]

@@ -15,7 +15,7 @@ from .plan import DEFAULT_WORKER_TIMEOUT_S, MAIN_TEMPLATE, DeployOptions, visibi
 from .stacks import Stacks
 
 
-def main_parameters(
+def main_parameters(  # noqa: C901 - one branch per optional template parameter
     options: DeployOptions,
     previous: Mapping[str, str],
     project: Path,

@@ -17,7 +17,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from chalicelib.contracts import queue_names
+from chalicelib.shared.contracts import queue_names
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

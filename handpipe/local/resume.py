@@ -8,12 +8,14 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from chalicelib import services
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.repositories import VideoRepository
 from chalicelib.config import Settings
-from chalicelib.contracts import JobRequested, RenderRequest, picture_key
-from chalicelib.db import Job, JobRepository, VideoRepository
-from chalicelib.queues import MessageQueue
-from chalicelib.storage import ObjectStore
+from chalicelib.domain.records import Job
+from chalicelib.service.orchestration import dispatch, finish_if_complete
+from chalicelib.shared.contracts import JobRequested, RenderRequest, picture_key
+from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.storage import ObjectStore
 
 logger = logging.getLogger("handpipe.local.resume")
 
@@ -44,7 +46,7 @@ def _jobs(jobs: JobRepository, status: str) -> Iterator[Job]:
         after = ids[-1]
 
 
-def resume(
+def resume(  # noqa: C901 - one pass per job state
     videos: VideoRepository,
     jobs: JobRepository,
     store: ObjectStore,
@@ -64,14 +66,14 @@ def resume(
             for segment in jobs.segments(job.id):
                 if segment.status == "PENDING" and segment.dispatched_at is not None:
                     jobs.release_claim(job.id, segment.segment_index)  # its work item went with the queue
-            outcome = services.finish_if_complete(videos, jobs, store, job.id, work_queue, settings)
+            outcome = finish_if_complete(videos, jobs, store, job.id, work_queue, settings)
             if outcome == "succeeded":
                 done.merged.append(job.id)
                 continue
             video = videos.get(job.video_id)
             if video is not None:
                 # Within the caps; the rest go out as capacity frees, as they always do.
-                services.dispatch(jobs, work_queue, settings, job, video)
+                dispatch(jobs, work_queue, settings, job, video)
                 done.redispatched.append(job.id)
         except Exception:
             logger.exception("could not resume job %s; the sweeper will fail it if it stays stuck", job.id)

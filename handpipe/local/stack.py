@@ -21,11 +21,11 @@ from typing import Any
 
 from chalice.local import ChaliceRequestHandler, ThreadedHTTPServer
 
-from chalicelib.auth import parse_api_keys
+from chalicelib.adapters.database import Database
+from chalicelib.adapters.migrations import upgrade
 from chalicelib.config import QUEUE_PREFIX_VARIABLE, Settings
-from chalicelib.db import Database
-from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, runtime, use_runtime
+from chalicelib.web.auth import parse_api_keys
 
 from .aws import MotoServer, aws_clients, provision
 from .pollers import LambdaContext, QueuePoller, drain, stop_all

@@ -1,4 +1,4 @@
-"""Schemathesis fuzzes every operation of chalicelib/openapi.json against a live local stack: with the stack's API
+"""Schemathesis fuzzes every operation of chalicelib/web/openapi.json against a live local stack: with the stack's API
 key (no 5xx, every answer documented and matching its schema) and without it (every protected one answers 401)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from chalicelib.openapi import OPENAPI_PATH
+from chalicelib.web.openapi import OPENAPI_PATH
 from handpipe.client import Client
 from handpipe.local.stack import LocalStack
 
@@ -163,7 +163,7 @@ def _make_real(case: schemathesis.Case, live: Live) -> None:
 
 
 def test_the_running_api_serves_the_document_that_is_fuzzed(live: Live) -> None:
-    """The fuzzing reads chalicelib/openapi.json; GET /openapi.json serves the same, so nothing differs."""
+    """The fuzzing reads chalicelib/web/openapi.json; GET /openapi.json serves the same, so nothing differs."""
     with urllib.request.urlopen(f"{live.api_url}/openapi.json", timeout=30) as response:
         assert json.loads(response.read()) == DOC
 

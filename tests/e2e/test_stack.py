@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from handpipe_worker.engine import process_video
 
-from chalicelib.contracts import ProcessOptions
+from chalicelib.shared.contracts import ProcessOptions
 from handpipe import cli
 from handpipe.client import ApiError, Client
 from handpipe.local.stack import LocalStack

@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 
-from chalicelib import services
+from chalicelib.adapters.database import Database, IntegrityError
+from chalicelib.adapters.migrations import LATEST_VERSION, MIGRATIONS
 from chalicelib.config import Settings
-from chalicelib.db import Database, IntegrityError
-from chalicelib.migrations import LATEST_VERSION, MIGRATIONS
 from chalicelib.runtime import Runtime, runtime, use_runtime
+from chalicelib.service import orchestration as orchestration_module
+from chalicelib.service.common import new_id, now_ms
+from chalicelib.service.orchestration import SweepReport
+from chalicelib.service.videos import incoming_prefix
 from handpipe.local.pollers import LambdaContext
 from tests.support.api import OTHER, OTHER_KEY, Env, register
 from tests.support.paths import data_path
@@ -189,8 +192,8 @@ def test_a_caller_registers_keys_only_under_its_own_incoming_prefix(env: Env) ->
     assert status == 201, theirs
     assert env.call("POST", "/videos", {"s3_key": "incoming/tester/mine.mp4"})[0] == 201
     # The owner's own prefix is percent-encoded, so "a/b" cannot reach into "a"'s folder or back.
-    assert services.incoming_prefix("arn:aws:iam::1:user/a") == "incoming/arn%3Aaws%3Aiam%3A%3A1%3Auser%2Fa/"
-    assert not services.incoming_prefix("team/b").startswith(services.incoming_prefix("team"))
+    assert incoming_prefix("arn:aws:iam::1:user/a") == "incoming/arn%3Aaws%3Aiam%3A%3A1%3Auser%2Fa/"
+    assert not incoming_prefix("team/b").startswith(incoming_prefix("team"))
 
 
 def test_one_video_per_key_a_second_registration_is_a_conflict(env: Env) -> None:
@@ -204,7 +207,7 @@ def test_one_video_per_key_a_second_registration_is_a_conflict(env: Env) -> None
     video = runtime().videos.get(first[1]["id"])
     assert video is not None
     with pytest.raises(IntegrityError):
-        runtime().videos.add(replace(video, id=services.new_id("vid")))
+        runtime().videos.add(replace(video, id=new_id("vid")))
 
 
 def test_deleting_a_video_registered_by_key_removes_exactly_that_key(env: Env) -> None:
@@ -438,15 +441,17 @@ def test_sweeper_fails_jobs_stuck_past_the_deadline(env: Env) -> None:
     assert env.take("jobs") == []
     rt = runtime()
 
-    def sweep(now: int) -> services.SweepReport:
-        return services.sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings, now=now)
+    def sweep(now: int) -> SweepReport:
+        return orchestration_module.sweep(
+            rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings, now=now
+        )
 
     # Past the silence limit the request is sent again (planning is idempotent) ...
-    soon = services.now_ms() + (rt.settings.segment_silence_s + 1) * 1000
+    soon = now_ms() + (rt.settings.segment_silence_s + 1) * 1000
     assert sweep(soon).requested == [queued["id"]]
     assert [json.loads(body)["job_id"] for body in env.take("jobs")] == [queued["id"]]
     # ... and past the deadline a job still QUEUED fails with the reason.
-    later = services.now_ms() + 2 * 3600 * 1000
+    later = now_ms() + 2 * 3600 * 1000
     assert sweep(later).failed == [queued["id"]]
     failed = env.call("GET", f"/jobs/{queued['id']}")[1]
     assert (

@@ -13,15 +13,9 @@ from urllib.parse import urlsplit
 import pymysql
 import pytest
 
-from chalicelib.db import (
-    Database,
-    DatabaseUnavailable,
-    IntegrityError,
-    JobRepository,
-    Video,
-    VideoRepository,
-)
-from chalicelib.migrations import (
+from chalicelib.adapters.database import Database, DatabaseUnavailable, IntegrityError
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.migrations import (
     LATEST_VERSION,
     MIGRATIONS,
     Migration,
@@ -30,6 +24,8 @@ from chalicelib.migrations import (
     ensure_current,
     upgrade,
 )
+from chalicelib.adapters.repositories import VideoRepository
+from chalicelib.domain.records import Video
 from tests.support.databases import (
     T0,
     Clock,

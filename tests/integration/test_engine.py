@@ -16,8 +16,8 @@ import pytest
 from handpipe_worker.engine import VideoDecodeError, probe, process_video
 from handpipe_worker.models import ModelCache, ModelError, assemble_bundled
 
-from chalicelib.contracts import ProcessOptions
-from chalicelib.results import MergeError, merge_parts
+from chalicelib.shared.contracts import ProcessOptions
+from chalicelib.shared.results import MergeError, merge_parts
 from tests.support.footage import write_video
 from tests.support.paths import REPO, data_path
 

@@ -10,8 +10,11 @@ from typing import Any, cast
 
 import pytest
 
-from chalicelib.db import Database, IntegrityError, Job, JobRefused, JobRepository, VideoRepository
-from chalicelib.migrations import upgrade
+from chalicelib.adapters.database import Database, IntegrityError
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.migrations import upgrade
+from chalicelib.adapters.repositories import VideoRepository
+from chalicelib.domain.records import Job, JobRefused
 from tests.fakes import T0, Clock, FakeJobRepository, FakeVideoRepository, Tables
 from tests.support.databases import make_job, make_segments, make_video
 

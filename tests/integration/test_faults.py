@@ -20,14 +20,21 @@ from typing import Any
 import pytest
 from handpipe_worker.heartbeat import Heartbeat
 
-from chalicelib import services
+from chalicelib.adapters.database import Database
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.repositories import VideoRepository
 from chalicelib.config import Settings
-from chalicelib.contracts import SEGMENT_FAILED, SEGMENT_PROGRESS, SegmentEvent, WorkItem, video_key
-from chalicelib.db import Database, Job, JobRepository, Video, VideoRepository
-from chalicelib.errors import Conflict, NotFound
-from chalicelib.queues import MessageQueue
+from chalicelib.domain.records import Job, Video
 from chalicelib.runtime import runtime
-from chalicelib.storage import ObjectStore
+from chalicelib.service import jobs as jobs_module
+from chalicelib.service import orchestration as orchestration_module
+from chalicelib.service.common import new_id, now_ms
+from chalicelib.service.errors import Conflict, NotFound
+from chalicelib.service.orchestration import SweepReport, dispatch, plan_job, record_event
+from chalicelib.service.videos import delete_video
+from chalicelib.shared.contracts import SEGMENT_FAILED, SEGMENT_PROGRESS, SegmentEvent, WorkItem, video_key
+from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.storage import ObjectStore
 from handpipe.local.aws import aws_clients, provision, queue_arn
 from handpipe.local.resume import resume
 from tests.support.api import Env, register
@@ -70,10 +77,10 @@ class World:
                 self.sqs.delete_message(QueueUrl=self.urls[role], ReceiptHandle=message["ReceiptHandle"])
 
     def video(self, duration_ms: int = 30_000) -> Video:
-        video_id = services.new_id("vid")
+        video_id = new_id("vid")
         key = video_key(video_id, "clip.mp4")
         self.s3.put_object(Bucket=self.settings.bucket, Key=key, Body=b"not decoded in these tests")
-        now = services.now_ms()
+        now = now_ms()
         video = Video(
             id=video_id,
             title="clip",
@@ -90,7 +97,7 @@ class World:
         return video
 
     def create_job(self, video: Video, body: dict[str, Any] | None = None) -> str:
-        view, created = services.create_job(
+        view, created = jobs_module.create_job(
             self.videos, self.jobs, self.store, self.jobs_queue, self.settings, video.id, body or {}
         )
         assert created
@@ -100,9 +107,9 @@ class World:
         """A job planned into segments, as the "jobs" consumer plans it."""
         job_id = self.create_job(video)
         [request] = [b for b in self.take("jobs") if json.loads(b)["job_id"] == job_id]
-        from chalicelib.contracts import JobRequested
+        from chalicelib.shared.contracts import JobRequested
 
-        services.plan_job(self.videos, self.jobs, self.work_queue, self.settings, JobRequested.from_json(request))
+        plan_job(self.videos, self.jobs, self.work_queue, self.settings, JobRequested.from_json(request))
         return self.job(job_id)
 
     def job(self, job_id: str) -> Job:
@@ -111,10 +118,10 @@ class World:
         return job
 
     def event(self, event: SegmentEvent) -> str:
-        return services.record_event(self.videos, self.jobs, self.store, self.work_queue, self.settings, event)
+        return record_event(self.videos, self.jobs, self.store, self.work_queue, self.settings, event)
 
-    def sweep(self, now: int | None = None) -> services.SweepReport:
-        return services.sweep(
+    def sweep(self, now: int | None = None) -> SweepReport:
+        return orchestration_module.sweep(
             self.videos, self.jobs, self.store, self.jobs_queue, self.work_queue, self.settings, now=now
         )
 
@@ -200,7 +207,7 @@ def test_concurrent_dispatchers_never_exceed_the_caps(world: World, store: Store
         try:
             video = container.videos.get(job.video_id)
             assert video is not None
-            services.dispatch(container.jobs, container.work_queue, settings, job, video)
+            dispatch(container.jobs, container.work_queue, settings, job, video)
         except BaseException as error:
             errors.append(error)
 
@@ -234,7 +241,7 @@ def test_the_sweeper_never_fails_a_job_waiting_for_capacity(world: World) -> Non
     busy = world.start(world.video())
     waiting = world.start(world.video())
     world.take("work")
-    report = world.sweep(now=services.now_ms() + 3 * HOUR_MS)
+    report = world.sweep(now=now_ms() + 3 * HOUR_MS)
     assert report.failed == [] and waiting.id not in report.resent
     assert world.job(waiting.id).status == "IN_PROGRESS" and world.job(busy.id).status == "IN_PROGRESS"
     assert sorted(report.resent) == [busy.id, busy.id]
@@ -244,7 +251,7 @@ def test_a_dropped_work_item_is_sent_again_and_a_segment_lost_too_often_fails_it
     job = world.start(world.video(duration_ms=5_000))
     [item] = items(world.take("work"))  # and dropped: no worker will ever see it
     assert world.sweep().resent == []  # not yet silent for long
-    later = services.now_ms() + (world.settings.segment_silence_s + 1) * 1000
+    later = now_ms() + (world.settings.segment_silence_s + 1) * 1000
     report = world.sweep(now=later)
     assert report.resent == [job.id] and report.dispatched == 1
     [again] = items(world.take("work"))
@@ -328,7 +335,7 @@ def _race_once(world: World, create: World, delete: World, delay_s: float) -> st
         gate.wait()
         time.sleep(delay_s)
         try:
-            services.delete_video(delete.videos, delete.jobs, delete.store, video.id)
+            delete_video(delete.videos, delete.jobs, delete.store, video.id)
             deleted.append(True)
         except Conflict:
             deleted.append(False)
@@ -354,7 +361,7 @@ def _race_once(world: World, create: World, delete: World, delay_s: float) -> st
         assert deleted == [True]
         assert world.videos.get(video.id) is None
         with pytest.raises(NotFound):  # a second DELETE of a deleted video
-            services.delete_video(world.videos, world.jobs, world.store, video.id)
+            delete_video(world.videos, world.jobs, world.store, video.id)
         return "deleted"
 
 
@@ -373,9 +380,9 @@ def test_a_video_being_deleted_takes_no_job_and_a_deleted_one_is_404(world: Worl
     with pytest.raises(Conflict, match="being deleted"):
         world.create_job(video)
     # A deletion cut short (objects gone, rows not) is finished by the next DELETE.
-    assert services.delete_video(world.videos, world.jobs, world.store, video.id)["deleted"] == video.id
+    assert delete_video(world.videos, world.jobs, world.store, video.id)["deleted"] == video.id
     with pytest.raises(NotFound):
-        services.delete_video(world.videos, world.jobs, world.store, video.id)
+        delete_video(world.videos, world.jobs, world.store, video.id)
     busy = world.video()
     world.create_job(busy)
     assert world.videos.begin_delete(busy.id) == 1
@@ -388,9 +395,9 @@ def test_a_video_being_deleted_takes_no_job_and_a_deleted_one_is_404(world: Worl
 # ---------------------------------------------------------------------------------------------
 
 
-def _sweep_at(now: int) -> services.SweepReport:
+def _sweep_at(now: int) -> SweepReport:
     rt = runtime()
-    return services.sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings, now=now)
+    return orchestration_module.sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings, now=now)
 
 
 def test_a_dead_lettered_work_item_is_sent_again_and_the_job_succeeds(env: Env) -> None:
@@ -406,7 +413,7 @@ def test_a_dead_lettered_work_item_is_sent_again_and_the_job_succeeds(env: Env) 
     dead = env.sqs.receive_message(QueueUrl=env.dlqs["work"], WaitTimeSeconds=1).get("Messages", [])
     assert len(dead) == 1 and env.take("work") == []
     assert env.call("GET", f"/jobs/{job['id']}")[1]["status"] == "IN_PROGRESS"
-    report = _sweep_at(services.now_ms() + (runtime().settings.segment_silence_s + 1) * 1000)
+    report = _sweep_at(now_ms() + (runtime().settings.segment_silence_s + 1) * 1000)
     assert report.resent == [job["id"]] and report.dispatched == 1
     while env.run_worker():
         env.deliver("events", env.take("events"))
@@ -425,7 +432,7 @@ def test_a_lost_merge_is_done_by_the_sweeper(env: Env) -> None:
     rt = runtime()
     rt.jobs.complete_segment(job["id"], success.segment, frames_processed=success.frames_processed, frames_with_hands=0)
     assert env.call("GET", f"/jobs/{job['id']}")[1]["status"] == "IN_PROGRESS"
-    report = _sweep_at(services.now_ms() + (rt.settings.segment_silence_s + 1) * 1000)
+    report = _sweep_at(now_ms() + (rt.settings.segment_silence_s + 1) * 1000)
     assert report.finished == [job["id"]]
     assert env.call("GET", f"/jobs/{job['id']}")[1]["status"] == "SUCCEEDED"
 
@@ -564,12 +571,12 @@ def test_a_worker_killed_mid_item_is_noticed_in_seconds_and_its_item_completes(
     the heartbeat's 3 s, and the next worker finishes it."""
     from handpipe_worker.handler import Worker, WorkerSettings
 
-    from chalicelib.contracts import ProcessOptions, part_key
+    from chalicelib.shared.contracts import ProcessOptions, part_key
 
     s3, sqs, work, events, bucket = queues
     s3.upload_file(str(data_path("videos/no_hands_road.mp4")), bucket, "videos/road.mp4")
-    job_id = services.new_id("job")
-    video_id = services.new_id("vid")
+    job_id = new_id("job")
+    video_id = new_id("vid")
     item = WorkItem(
         job_id=job_id,
         video_id=video_id,

@@ -19,8 +19,8 @@ from handpipe_worker.handler import Worker, WorkerSettings
 from handpipe_worker.models import ModelCache
 from handpipe_worker.pictures import annotated_video
 
-from chalicelib.contracts import ProbeRequest, ProcessOptions, WorkItem, frame_index_key, part_key
-from chalicelib.results import MergeError, merge_parts
+from chalicelib.shared.contracts import ProbeRequest, ProcessOptions, WorkItem, frame_index_key, part_key
+from chalicelib.shared.results import MergeError, merge_parts
 from handpipe.client import Client
 from handpipe.local.pollers import LambdaContext
 from handpipe.local.stack import LocalStack

@@ -33,8 +33,8 @@ from handpipe_worker.models import (
 )
 from handpipe_worker.pictures import EXTRA_COLOURS_RGB, gesture_colour, timeline_png
 
-from chalicelib.contracts import ProcessOptions
-from chalicelib.insights import CANNED_GESTURES, GESTURES, analyze, recognizer_label
+from chalicelib.shared.contracts import ProcessOptions
+from chalicelib.shared.insights import CANNED_GESTURES, GESTURES, analyze, recognizer_label
 from tests.support.api import Env
 from tests.support.footage import write_video
 from tests.support.gesture_model import LABELS, build_gesture_recognizer_task
@@ -195,7 +195,7 @@ def test_the_timeline_draws_and_lists_the_recognizers_labels(recognized: dict[st
 
 
 def test_the_viewer_colours_a_custom_label_as_the_pictures_do() -> None:
-    page = (REPO / "chalicelib" / "viewer.html").read_text()
+    page = (REPO / "chalicelib" / "web" / "viewer.html").read_text()
     listed = re.search(r"const EXTRA_COLOURS = \[(.*?)\];", page)
     assert listed is not None and tuple(re.findall(r'"(#[0-9a-f]{6})"', listed.group(1))) == EXTRA_COLOURS_RGB
     assert "hash = (hash * 31 + ch.codePointAt(0)) >>> 0" in page  # the hash gesture_colour computes

@@ -22,10 +22,10 @@ from handpipe_worker.models import ModelCache
 from moto.core import enable_iam_authentication
 
 import app as chalice_app
+from chalicelib.adapters.migrations import upgrade
 from chalicelib.config import Settings
-from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, use_runtime
-from chalicelib.storage import ObjectStore, StorageUnavailable
+from chalicelib.shared.storage import ObjectStore, StorageUnavailable
 from handpipe.deploy.chalice_config import chalice_policy
 from handpipe.deploy.stacks import load_template
 from handpipe.local.aws import aws_clients, provision

@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import app as chalice_app
-from chalicelib import exports, insight_routes
-from chalicelib.insights import GESTURES, analyze
 from chalicelib.runtime import Runtime, runtime, use_runtime
+from chalicelib.shared import exports
+from chalicelib.shared.insights import GESTURES, analyze
+from chalicelib.web import insight_routes
 from handpipe.client import ApiError, Client, MissingDependency
 from tests.support.api import API_KEY, OTHER_KEY, Env, register
 
@@ -120,7 +121,7 @@ def test_csv_jsonl_and_parquet_exports_of_a_processed_clip(env: Env) -> None:
     assert all(isinstance(row["frame_index"], int) and isinstance(row["x0"], float) for row in rows)
     check_export_rows(rows, frames, insights, job)
 
-    # parquet is written by the API too (chalicelib.parquet), typed, not gzipped again
+    # parquet is written by the API too (chalicelib.shared.parquet), typed, not gzipped again
     status, answer = env.call("GET", f"/jobs/{job['id']}/export?format=parquet")
     assert status == 200 and answer["format"] == "parquet" and answer["rows"] == 86, answer
     assert answer["columns"] == exports.COLUMNS

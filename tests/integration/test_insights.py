@@ -20,8 +20,8 @@ from handpipe_worker.engine import process_video
 from handpipe_worker.models import ModelCache
 from handpipe_worker.pictures import HAND_CONNECTIONS, annotated_video, contact_sheet, draw_hands, timeline_png
 
-from chalicelib.contracts import ProcessOptions
-from chalicelib.insights import (
+from chalicelib.shared.contracts import ProcessOptions
+from chalicelib.shared.insights import (
     GESTURES,
     analyze,
     assign_tracks,
@@ -253,7 +253,7 @@ def test_insights_need_no_numpy() -> None:
         "import json, sys\n"
         "sys.modules['numpy'] = None\n"
         "sys.modules['cv2'] = None\n"
-        "from chalicelib.insights import analyze\n"
+        "from chalicelib.shared.insights import analyze\n"
         "print(json.dumps(analyze(json.load(sys.stdin))['gestures']['ranges']))\n"
     )
     done = subprocess.run(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from chalicelib.contracts import queue_names
+from chalicelib.shared.contracts import queue_names
 from handpipe.local.aws import MotoServer, Resources, aws_clients, provision
 from handpipe.local.pollers import LambdaContext, QueuePoller, drain, stop_all
 

@@ -11,12 +11,17 @@ from typing import Any
 from handpipe_worker.engine import process_video
 from handpipe_worker.models import ModelCache
 
-from chalicelib import services
+from chalicelib.adapters.database import Database
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.repositories import VideoRepository
 from chalicelib.config import Settings
-from chalicelib.contracts import SEGMENT_SUCCEEDED, ProcessOptions, SegmentEvent, part_key
-from chalicelib.db import Database, Job, JobRepository, Segment, Video, VideoRepository
-from chalicelib.queues import MessageQueue
-from chalicelib.storage import ObjectStore
+from chalicelib.domain.records import Job, Segment, Video
+from chalicelib.service.common import new_id, now_ms
+from chalicelib.service.orchestration import record_event
+from chalicelib.shared.contracts import SEGMENT_SUCCEEDED, ProcessOptions, SegmentEvent, part_key
+from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.results import merge_parts
+from chalicelib.shared.storage import ObjectStore
 from handpipe.local.aws import aws_clients
 from tests.support.paths import data_path
 
@@ -41,14 +46,14 @@ def test_parts_that_cannot_merge_fail_the_job_once(db: Database, moto_endpoint: 
     objects, work = ObjectStore(s3, bucket), MessageQueue(sqs, work_url)
     settings = Settings(bucket=bucket, jobs_queue_url="unused", work_queue_url=work_url)
     videos, jobs = VideoRepository(database), JobRepository(database)
-    now = services.now_ms()
+    now = now_ms()
     video = Video(
-        id=services.new_id("vid"), title="t", filename="a.mkv", content_type="video/x-matroska",
+        id=new_id("vid"), title="t", filename="a.mkv", content_type="video/x-matroska",
         s3_key="videos/x/a.mkv", status="PROCESSING", created_at=now, updated_at=now,
     )  # fmt: skip
     videos.add(video)
     job, _ = jobs.create(
-        Job(id=services.new_id("job"), video_id=video.id, status="QUEUED", options={}, created_at=now, updated_at=now)
+        Job(id=new_id("job"), video_id=video.id, status="QUEUED", options={}, created_at=now, updated_at=now)
     )
     segments = [
         Segment(job_id=job.id, segment_index=i, part_key=part_key(video.id, job.id, i), updated_at=now,
@@ -66,13 +71,13 @@ def test_parts_that_cannot_merge_fail_the_job_once(db: Database, moto_endpoint: 
         SegmentEvent(type=SEGMENT_SUCCEEDED, job_id=job.id, video_id=video.id, segment=i, part_key=s.part_key)
         for i, s in enumerate(segments)
     ]
-    outcomes = [services.record_event(videos, jobs, objects, work, settings, e) for e in events]
+    outcomes = [record_event(videos, jobs, objects, work, settings, e) for e in events]
     assert outcomes == ["waiting for parts", "failed"]
     failed = jobs.get(job.id)
     assert failed is not None and failed.status == "FAILED" and failed.error_code == "merge_error"
     assert "segments 0 and 1" in (failed.error or "") and "gap" in (failed.error or "")
     # the same event again (SQS redelivers): nothing changes, nothing is retried
-    assert services.record_event(videos, jobs, objects, work, settings, events[1]) == "already finished"
+    assert record_event(videos, jobs, objects, work, settings, events[1]) == "already finished"
     assert jobs.get(job.id) == failed
     assert objects.head(f"results/{video.id}/{job.id}/result.json.gz") is None
 
@@ -81,6 +86,6 @@ def test_the_same_parts_unbroken_merge_into_the_single_pass() -> None:
     """The control: the parts above, left as the engine wrote them, merge into a single pass."""
     first, second = parts()
     whole = process_video(data_path(CLIP), ProcessOptions(), models=ModelCache())
-    merged = services.merge_parts([second, first])
+    merged = merge_parts([second, first])
     assert [f["index"] for f in merged["frames"]] == [f["index"] for f in whole["frames"]]
     assert [f["timestamp_ms"] for f in merged["frames"]] == [f["timestamp_ms"] for f in whole["frames"]]

@@ -1,4 +1,4 @@
-"""chalicelib/openapi.json, the API's OpenAPI 3.1 description, is kept true: it is valid, it has one
+"""chalicelib/web/openapi.json, the API's OpenAPI 3.1 description, is kept true: it is valid, it has one
 operation per Chalice route (same path and query parameters), its copies of the result format match
 docs/result.schema.json, its job options accept what ProcessOptions accepts, and every answer the
 routes give in a full flow and in the error cases has a declared status and matches its schema."""
@@ -22,12 +22,12 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 import app as chalice_app
+from chalicelib.adapters.database import Database
 from chalicelib.config import Settings
-from chalicelib.contracts import ContractError, ProcessOptions
-from chalicelib.db import Database
-from chalicelib.openapi import OPENAPI_PATH, load_openapi
 from chalicelib.runtime import Runtime, use_runtime
-from chalicelib.services import JOB_STATUSES, VIDEO_STATUSES
+from chalicelib.shared.contracts import ContractError, ProcessOptions
+from chalicelib.shared.states import JOB_STATUSES, VIDEO_STATUSES
+from chalicelib.web.openapi import OPENAPI_PATH, load_openapi
 from tests.support.api import API_KEY, Env
 from tests.support.paths import data_path
 

@@ -10,12 +10,15 @@ from typing import Any
 
 from handpipe_worker.engine import process_video
 
+from chalicelib.adapters.database import Database
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.migrations import upgrade
+from chalicelib.adapters.repositories import VideoRepository
 from chalicelib.config import Settings
-from chalicelib.contracts import ProcessOptions, part_key, picture_key, result_key
-from chalicelib.db import Database, Job, JobRepository, Segment, Video, VideoRepository
-from chalicelib.migrations import upgrade
-from chalicelib.queues import MessageQueue
-from chalicelib.storage import ObjectStore
+from chalicelib.domain.records import Job, Segment, Video
+from chalicelib.shared.contracts import ProcessOptions, part_key, picture_key, result_key
+from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.storage import ObjectStore
 from handpipe.local.aws import aws_clients, provision
 from handpipe.local.resume import resume
 from tests.support.paths import data_path

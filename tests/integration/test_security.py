@@ -23,12 +23,12 @@ import pytest
 from chalice.test import Client
 
 import app as chalice_app
+from chalicelib.adapters.database import Database, DatabaseUnavailable
+from chalicelib.adapters.migrations import upgrade
 from chalicelib.config import NotConfigured, Settings
-from chalicelib.contracts import SEGMENT_SUCCEEDED, SegmentEvent, WorkItem
-from chalicelib.db import Database, DatabaseUnavailable
-from chalicelib.insight_services import viewer_page
-from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, runtime, use_runtime
+from chalicelib.service.derived import viewer_page
+from chalicelib.shared.contracts import SEGMENT_SUCCEEDED, SegmentEvent, WorkItem
 from tests.support.api import OTHER, Env, register
 
 API_KEY = "security-key-0123456789abcdef"

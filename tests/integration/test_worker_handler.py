@@ -22,7 +22,7 @@ from botocore.config import Config
 from handpipe_worker.handler import Worker, WorkerSettings
 from handpipe_worker.models import ModelCache
 
-from chalicelib.contracts import (
+from chalicelib.shared.contracts import (
     ProbeRequest,
     ProcessOptions,
     RenderRequest,
@@ -31,7 +31,7 @@ from chalicelib.contracts import (
     frame_index_key,
     part_key,
 )
-from chalicelib.results import from_gzip
+from chalicelib.shared.results import from_gzip
 from handpipe.local.aws import aws_clients
 from handpipe.local.pollers import LambdaContext
 from tests.support.paths import REPO, data_path
@@ -365,8 +365,8 @@ def test_the_image_only_check_refuses_what_the_image_lacks(tmp_path: Path) -> No
 def test_render_request_draws_pictures_and_stores_insights(setup: Setup) -> None:
     from handpipe_worker.engine import process_video
 
-    from chalicelib.contracts import RenderRequest, insights_key, picture_key, result_key
-    from chalicelib.results import to_gzip
+    from chalicelib.shared.contracts import RenderRequest, insights_key, picture_key, result_key
+    from chalicelib.shared.results import to_gzip
 
     video_id, job_id = "vid_" + "1" * 32, "job_" + "1" * 32
     result = process_video(data_path("videos/asl_thanks_two_hands.mkv"), ProcessOptions(), models=MODELS)

@@ -17,9 +17,9 @@ from handpipe_worker.handler import Worker, WorkerSettings
 from handpipe_worker.models import ModelCache
 
 import app as chalice_app
+from chalicelib.adapters.database import Database
+from chalicelib.adapters.migrations import upgrade
 from chalicelib.config import Settings
-from chalicelib.db import Database
-from chalicelib.migrations import upgrade
 from chalicelib.runtime import Runtime, use_runtime
 from handpipe.local.aws import aws_clients, provision
 from handpipe.local.pollers import LambdaContext

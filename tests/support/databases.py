@@ -13,8 +13,11 @@ from urllib.parse import quote, unquote, urlsplit
 import pymysql
 import pytest
 
-from chalicelib.db import Database, Job, JobRepository, Segment, Video, VideoRepository
-from chalicelib.migrations import upgrade
+from chalicelib.adapters.database import Database
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.migrations import upgrade
+from chalicelib.adapters.repositories import VideoRepository
+from chalicelib.domain.records import Job, Segment, Video
 
 MYSQL_URL_VARIABLE = "HANDPIPE_TEST_MYSQL_URL"
 DEFAULT_MYSQL_URL = "mysql+pymysql://root:@127.0.0.1:3306"

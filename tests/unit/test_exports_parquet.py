@@ -1,4 +1,4 @@
-"""The standard-library Parquet writer (chalicelib/parquet.py) and the parquet export, read back with
+"""The standard-library Parquet writer (chalicelib/shared/parquet.py) and the parquet export, read back with
 pyarrow and pandas, which must see exactly the rows that were written."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from chalicelib import exports, parquet
+from chalicelib.shared import exports, parquet
 
 EXPECTED_ARROW_TYPES = {
     "job_id": pa.string(),

@@ -9,9 +9,9 @@ import io
 import json
 from typing import Any
 
-from chalicelib import exports
-from chalicelib.auth import PUBLIC_PATHS
-from chalicelib.insights import GESTURES, analyze
+from chalicelib.shared import exports
+from chalicelib.shared.insights import GESTURES, analyze
+from chalicelib.web.auth import PUBLIC_PATHS
 
 
 def synthetic_result() -> dict[str, Any]:
@@ -74,7 +74,7 @@ def test_rows_are_one_per_hand_per_frame_with_the_gesture_of_that_hand() -> None
 
 
 def test_script_json_cannot_close_the_script_element() -> None:
-    from chalicelib.insight_services import _script_json
+    from chalicelib.service.derived import _script_json
 
     text = _script_json({"title": "</script><script>alert(1)</script> & <!--"})
     assert "<" not in text and ">" not in text and "&" not in text
@@ -85,7 +85,7 @@ def test_script_json_cannot_close_the_script_element() -> None:
 
 
 def test_the_api_description_follows_the_code() -> None:
-    from chalicelib.openapi import load_openapi
+    from chalicelib.web.openapi import load_openapi
 
     doc = load_openapi()
     schemas = doc["components"]["schemas"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib import services
-from chalicelib.auth import Forbidden, authenticate
+from chalicelib.service.common import new_id
+from chalicelib.web.auth import Forbidden, authenticate
 
 
 def test_ids_made_within_a_millisecond_keep_the_order_they_were_made_in() -> None:
-    from chalicelib.contracts import is_valid_id
+    from chalicelib.shared.contracts import is_valid_id
 
-    ids = [services.new_id("vid") for _ in range(2000)]  # far more than one a millisecond
+    ids = [new_id("vid") for _ in range(2000)]  # far more than one a millisecond
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(is_valid_id(value, "vid") for value in ids)
 

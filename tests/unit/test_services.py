@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib import services
-from chalicelib.contracts import (
+from chalicelib.service.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
+from chalicelib.service.jobs import job_result
+from chalicelib.service.orchestration import finish_if_complete, plan_job, sweep
+from chalicelib.service.videos import delete_video, get_video, list_videos, register_video
+from chalicelib.service.views import job_view
+from chalicelib.shared.contracts import (
     SEGMENT_FAILED,
     SEGMENT_PROGRESS,
     JobRequested,
@@ -17,7 +21,6 @@ from chalicelib.contracts import (
     picture_key,
     result_key,
 )
-from chalicelib.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
 from tests.fakes import QueueDown
 from tests.unit.world import PROBED, World, make_part
 
@@ -46,13 +49,13 @@ def test_a_registered_video_gets_an_upload_url_for_its_own_key() -> None:
 def test_a_bad_registration_is_refused_with_the_reason(body: dict[str, object], error: type, fragment: str) -> None:
     world = World()
     with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        services.register_video(world.videos, world.objects, world.settings, body, "alice")
+        register_video(world.videos, world.objects, world.settings, body, "alice")
     assert world.tables.videos == {}
 
 
 def test_registering_by_key_only_under_the_callers_prefix_and_one_video_per_key() -> None:
     world = World()
-    register = lambda key, owner="alice": services.register_video(  # noqa: E731
+    register = lambda key, owner="alice": register_video(  # noqa: E731
         world.videos, world.objects, world.settings, {"s3_key": key}, owner
     )
     with pytest.raises(Forbidden, match="under incoming/alice/"):  # another owner's object
@@ -74,12 +77,12 @@ def test_callers_see_only_their_own_videos() -> None:
     world = World()
     mine = world.register("alice")
     theirs = world.register("bob")
-    assert services.get_video(world.videos, mine["id"], "alice").id == mine["id"]
+    assert get_video(world.videos, mine["id"], "alice").id == mine["id"]
     with pytest.raises(NotFound):
-        services.get_video(world.videos, mine["id"], "bob")
+        get_video(world.videos, mine["id"], "bob")
     with pytest.raises(NotFound):
-        services.get_video(world.videos, "vid_not-an-id", "alice")
-    listed = services.list_videos(world.videos, status=None, limit=10, next_token=None, owner="bob")
+        get_video(world.videos, "vid_not-an-id", "alice")
+    listed = list_videos(world.videos, status=None, limit=10, next_token=None, owner="bob")
     assert [v["id"] for v in listed["videos"]] == [theirs["id"]]
 
 
@@ -90,36 +93,34 @@ def test_videos_list_newest_first_by_pages_and_by_status() -> None:
     seen: list[str] = []
     token = None
     while True:
-        page = services.list_videos(world.videos, status=None, limit=2, next_token=token, owner="alice")
+        page = list_videos(world.videos, status=None, limit=2, next_token=token, owner="alice")
         seen += [v["id"] for v in page["videos"]]
         token = page["next_token"]
         if token is None:
             break
     assert seen == made[::-1]
-    failed = services.list_videos(world.videos, status="FAILED", limit=10, next_token=None, owner="alice")
+    failed = list_videos(world.videos, status="FAILED", limit=10, next_token=None, owner="alice")
     assert [v["id"] for v in failed["videos"]] == [made[1]]
     with pytest.raises(InvalidInput, match="status must be one of"):
-        services.list_videos(world.videos, status="GONE", limit=10, next_token=None)
+        list_videos(world.videos, status="GONE", limit=10, next_token=None)
     with pytest.raises(InvalidInput, match="next_token is not valid"):
-        services.list_videos(world.videos, status=None, limit=10, next_token="nonsense")
+        list_videos(world.videos, status=None, limit=10, next_token="nonsense")
 
 
 def test_delete_is_refused_while_a_job_runs_then_removes_exactly_what_the_video_owns() -> None:
     world = World()
     world.store.put_bytes("incoming/alice/a.mp4", b"x" * 10, "video/mp4")
     world.store.put_bytes("incoming/alice/a.mp4.bak", b"x" * 10, "video/mp4")
-    video = services.register_video(
-        world.videos, world.objects, world.settings, {"s3_key": "incoming/alice/a.mp4"}, "alice"
-    )
+    video = register_video(world.videos, world.objects, world.settings, {"s3_key": "incoming/alice/a.mp4"}, "alice")
     job, _ = world.trigger(video["id"])
     world.store.put_result(result_key(video["id"], job["id"]), {"frames": []})
     with pytest.raises(Conflict, match="queued or running"):
-        services.delete_video(world.videos, world.jobs, world.objects, video["id"], "alice")
+        delete_video(world.videos, world.jobs, world.objects, video["id"], "alice")
     assert world.video(video["id"]).status == "UPLOADED"  # a refused delete leaves the video as it was
     world.fake_jobs.transition(job["id"], from_statuses=("QUEUED",), to_status="FAILED")
     with pytest.raises(NotFound):
-        services.delete_video(world.videos, world.jobs, world.objects, video["id"], "bob")
-    done = services.delete_video(world.videos, world.jobs, world.objects, video["id"], "alice")
+        delete_video(world.videos, world.jobs, world.objects, video["id"], "bob")
+    done = delete_video(world.videos, world.jobs, world.objects, video["id"], "alice")
     assert done == {"deleted": video["id"], "objects_removed": 2}
     assert set(world.store.objects) == {"incoming/alice/a.mp4.bak"}
     assert world.tables.videos == {} and world.tables.jobs == {}
@@ -247,7 +248,7 @@ def test_plans_over_the_limits_fail_their_job_with_every_reason() -> None:
 def test_requests_for_jobs_gone_or_finished_change_nothing() -> None:
     world = World()
     assert (
-        services.plan_job(
+        plan_job(
             world.videos, world.jobs, world.work_q, world.settings, JobRequested("job_" + "0" * 32, "vid_" + "0" * 32)
         )
         == "ignored"
@@ -278,7 +279,7 @@ def test_progress_counts_frames_and_a_single_segment_learns_its_total() -> None:
     assert world.event(progress) == "progress"
     job = world.job(view["id"])
     assert (job.frames_done, job.frames_total) == (40, 400)
-    assert services.job_view(job)["progress"]["percent"] == 10.0
+    assert job_view(job)["progress"]["percent"] == 10.0
     world.event(
         SegmentEvent(type=SEGMENT_PROGRESS, job_id=view["id"], video_id=video["id"], segment=0, frames_processed=20)
     )
@@ -307,10 +308,10 @@ def test_the_last_part_in_merges_the_job_and_asks_for_its_pictures() -> None:
     assert world.succeed(third) == "already finished"
     # the result answers with signed URLs, pictures null until a worker has drawn them
     world.store.put_bytes(picture_key(job.video_id, job.id, "timeline"), b"png", "image/png")
-    answer = services.job_result(world.jobs, world.objects, world.settings, job.id, "alice")
+    answer = job_result(world.jobs, world.objects, world.settings, job.id, "alice")
     assert answer["pictures"]["timeline"] and answer["pictures"]["contact_sheet"] is None
     with pytest.raises(NotFound):
-        services.job_result(world.jobs, world.objects, world.settings, job.id, "bob")
+        job_result(world.jobs, world.objects, world.settings, job.id, "bob")
 
 
 def test_a_failed_segment_fails_its_job_and_its_slots_go_to_a_waiting_job() -> None:
@@ -347,7 +348,7 @@ def test_parts_that_do_not_form_one_video_fail_the_job_with_a_merge_error() -> N
     short = make_part(WorkItem(**{**vars(last), "options": last.options.with_range(45_000, None)}))
     world.store.put_result(last.part_key, short)  # starts 5 s after the segment before it ends
     world.fake_jobs.complete_segment(job.id, last.segment, frames_processed=1, frames_with_hands=0)
-    outcome = services.finish_if_complete(world.videos, world.jobs, world.objects, job.id, world.work_q, world.settings)
+    outcome = finish_if_complete(world.videos, world.jobs, world.objects, job.id, world.work_q, world.settings)
     assert outcome == "failed"
     failed = world.job(job.id)
     assert failed.status == "FAILED" and failed.error_code == "merge_error"
@@ -365,7 +366,7 @@ def test_freed_capacity_goes_round_robin_across_owners() -> None:
     for item in [i for i in world.fake_jobs.segments(hog.id) if i.dispatched_at is not None]:
         world.fake_jobs.complete_segment(hog.id, item.segment_index, frames_processed=1, frames_with_hands=0)
     assert (
-        services.sweep(
+        sweep(
             world.videos, world.jobs, world.objects, world.jobs_q, world.work_q, world.settings, now=world.clock.now
         ).dispatched
         == 2

@@ -6,13 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from chalicelib import services
+from chalicelib.adapters.job_repository import JobRepository
+from chalicelib.adapters.repositories import VideoRepository
 from chalicelib.config import Settings
-from chalicelib.contracts import SEGMENT_SUCCEEDED, VIDEO_PROBED, JobRequested, SegmentEvent, WorkItem
-from chalicelib.db import Job, JobRepository, Video, VideoRepository
-from chalicelib.queues import MessageQueue
-from chalicelib.results import build_result
-from chalicelib.storage import ObjectStore
+from chalicelib.domain.records import Job, Video
+from chalicelib.service import orchestration as orchestration_module
+from chalicelib.service.common import now_ms
+from chalicelib.service.jobs import create_job
+from chalicelib.service.orchestration import SweepReport, plan_job, record_event
+from chalicelib.service.videos import register_video
+from chalicelib.shared.contracts import SEGMENT_SUCCEEDED, VIDEO_PROBED, JobRequested, SegmentEvent, WorkItem
+from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.results import build_result
+from chalicelib.shared.storage import ObjectStore
 from tests.fakes import Clock, FakeJobRepository, FakeMessageQueue, FakeObjectStore, FakeVideoRepository, Tables
 
 SETTINGS = Settings(bucket="fake-bucket", jobs_queue_url="fake://jobs", work_queue_url="fake://work")
@@ -23,7 +29,7 @@ PROBED = {"duration_ms": 50_000, "fps": 25.0, "width": 640, "height": 480}
 class World:
     settings: Settings = SETTINGS
     tables: Tables = field(default_factory=Tables)
-    clock: Clock = field(default_factory=lambda: Clock(services.now_ms()))
+    clock: Clock = field(default_factory=lambda: Clock(now_ms()))
     store: FakeObjectStore = field(default_factory=FakeObjectStore)
     jobs_queue: FakeMessageQueue = field(default_factory=FakeMessageQueue)
     work_queue: FakeMessageQueue = field(default_factory=FakeMessageQueue)
@@ -60,7 +66,7 @@ class World:
     # -- the API's use cases ----------------------------------------------------------------------
 
     def register(self, owner: str | None = "alice", filename: str = "take.mp4", size: int = 1000) -> dict[str, Any]:
-        return services.register_video(
+        return register_video(
             self.videos, self.objects, self.settings, {"filename": filename, "size_bytes": size}, owner
         )
 
@@ -71,9 +77,7 @@ class World:
         return view
 
     def trigger(self, video_id: str, owner: str | None = "alice", **body: Any) -> tuple[dict[str, Any], bool]:
-        return services.create_job(
-            self.videos, self.jobs, self.objects, self.jobs_q, self.settings, video_id, body, owner
-        )
+        return create_job(self.videos, self.jobs, self.objects, self.jobs_q, self.settings, video_id, body, owner)
 
     def job(self, job_id: str) -> Job:
         job = self.fake_jobs.get(job_id)
@@ -90,10 +94,10 @@ class World:
     def plan(self, job_id: str) -> str:
         job = self.job(job_id)
         message = JobRequested(job_id=job.id, video_id=job.video_id)
-        return services.plan_job(self.videos, self.jobs, self.work_q, self.settings, message)
+        return plan_job(self.videos, self.jobs, self.work_q, self.settings, message)
 
     def event(self, event: SegmentEvent) -> str:
-        return services.record_event(self.videos, self.jobs, self.objects, self.work_q, self.settings, event)
+        return record_event(self.videos, self.jobs, self.objects, self.work_q, self.settings, event)
 
     def probed(self, job_id: str, video: dict[str, Any] | None = None) -> str:
         job = self.job(job_id)
@@ -101,8 +105,10 @@ class World:
             SegmentEvent(type=VIDEO_PROBED, job_id=job.id, video_id=job.video_id, segment=-1, video=video or PROBED)
         )
 
-    def sweep(self, now: int) -> services.SweepReport:
-        return services.sweep(self.videos, self.jobs, self.objects, self.jobs_q, self.work_q, self.settings, now=now)
+    def sweep(self, now: int) -> SweepReport:
+        return orchestration_module.sweep(
+            self.videos, self.jobs, self.objects, self.jobs_q, self.work_q, self.settings, now=now
+        )
 
     def work_items(self) -> list[WorkItem]:
         return [m for m in self.work_queue.take() if isinstance(m, WorkItem)]

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from chalicelib.contracts import ProcessOptions
-from chalicelib.results import build_result, finish_stats
+from chalicelib.shared.contracts import ProcessOptions
+from chalicelib.shared.results import build_result, expected_frames, finish_stats
 
 from .models import GESTURE_RECOGNIZER, ModelBundle, ModelCache
 from .video import FrameIndex, VideoDecodeError, VideoFile, VideoInfo, VideoSource
@@ -200,7 +200,7 @@ def _hands(detection: Any, gestures: bool = False) -> list[dict[str, Any]]:
     return hands
 
 
-def process_video(
+def process_video(  # noqa: C901 - the frame loop keeps decode, warm-up, sampling and range in one hot path
     source: VideoSource,
     options: ProcessOptions | None = None,
     *,
@@ -328,10 +328,7 @@ def _expected_frames(
             return count
         span = (index.duration_ms if end_ms == math.inf else min(end_ms, index.duration_ms)) - start_ms
         return max(1, min(count, math.ceil(max(0.0, span) / 1000.0 * sample_fps)))
-    if info.duration_ms is None or info.fps <= 0:
-        return None
-    span = max(0.0, min(end_ms, info.duration_ms) - start_ms) / 1000.0
-    return max(1, round(span * min(info.fps, sample_fps or info.fps)))
+    return expected_frames(info.duration_ms, info.fps, start_ms, None if end_ms == math.inf else end_ms, sample_fps)
 
 
 def _decode_status(

@@ -4,7 +4,6 @@ part to S3 and reports on the "events" queue. It never touches the DB."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -14,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib.contracts import (
+from chalicelib.shared.contracts import (
     PROBE_REQUEST,
     RENDER_REQUEST,
     SEGMENT_FAILED,
@@ -29,13 +28,11 @@ from chalicelib.contracts import (
     WorkItem,
     decode_body,
     frame_index_key,
-    insights_key,
     picture_key,
-    results_prefix,
     work_message_type,
 )
-from chalicelib.queues import MessageQueue
-from chalicelib.storage import ObjectMissing, ObjectStore, RangedReader, StorageUnavailable
+from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.storage import ObjectMissing, ObjectStore, RangedReader, StorageUnavailable
 
 from .engine import StoppedEarly, VideoDecodeError, process_video
 from .heartbeat import Heartbeat
@@ -214,22 +211,18 @@ class Worker:
         """Store the job's insights and exports and draw its pictures next to its result; returns the keys.
         The API writes a small job's export itself when asked, but a large one takes longer than an API
         request may, so every export is written here once the job has succeeded."""
-        from chalicelib import exports
-        from chalicelib.insights import analyze
+        from chalicelib.shared.artifacts import write_artifacts
+        from chalicelib.shared.insights import analyze
 
         from .pictures import annotated_video, contact_sheet, timeline_png
 
         store = ObjectStore(self.s3, request.bucket)
         result = store.get_result(request.result_key)
         insights = analyze(result)
-        written = [insights_key(request.video_id, request.job_id)]
-        store.put_bytes(written[0], json.dumps(insights).encode(), "application/json")
-        prefix = results_prefix(request.video_id, request.job_id)
-        for fmt in exports.FORMATS:
-            key, _ = exports.write_export(
-                store, prefix, fmt, result, insights, job_id=request.job_id, video_id=request.video_id
-            )
-            written.append(key)
+        artifacts = write_artifacts(
+            store, video_id=request.video_id, job_id=request.job_id, result=result, insights=insights
+        )
+        written = artifacts.keys()
         timeline = picture_key(request.video_id, request.job_id, "timeline")
         store.put_bytes(timeline, timeline_png(result, insights), "image/png")
         written.append(timeline)

@@ -12,7 +12,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib.queues import queue_url_from_arn
+from chalicelib.shared.queues import queue_url_from_arn
 
 logger = logging.getLogger("handpipe.worker.heartbeat")
 

@@ -2,8 +2,8 @@
 annotated video. Frames are read (and the video written) with PyAV through video.py, so a drawing
 lands on the very frame the engine saw; OpenCV draws and encodes the PNGs (no matplotlib).
 
-Gesture labels come from `chalicelib.insights`; when no insights document is passed it is computed,
-which needs chalicelib/insights.py next to the other shared modules (the worker image copies only some
+Gesture labels come from `chalicelib.shared.insights`; when no insights document is passed it is computed,
+which needs chalicelib/shared/insights.py next to the other shared modules (the worker image copies only some
 of chalicelib, so add it there before rendering pictures in the worker)."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ GESTURE_COLOURS: dict[str, tuple[int, int, int]] = {
     "none": (170, 170, 170),
 }
 # For labels of a custom gesture classifier: picked by a stable hash of the label, so a label keeps its
-# colour across pictures and jobs; the same palette and hash as chalicelib/viewer.html's gestureColour.
+# colour across pictures and jobs; the same palette and hash as chalicelib/web/viewer.html's gestureColour.
 EXTRA_COLOURS_RGB = ("#e6194b", "#3cb44b", "#ffe119", "#0082c8", "#f58231", "#911eb4", "#46f0f0", "#f032e6")
 EXTRA_COLOURS: tuple[tuple[int, int, int], ...] = tuple(
     (int(rgb[5:7], 16), int(rgb[3:5], 16), int(rgb[1:3], 16)) for rgb in EXTRA_COLOURS_RGB
@@ -121,7 +121,7 @@ def gesture_colour(label: str) -> tuple[int, int, int]:
 def _insights_for(result: Mapping[str, Any], insights: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if insights is not None:
         return insights
-    from chalicelib.insights import analyze  # shared module; see the module docstring
+    from chalicelib.shared.insights import analyze  # shared module; see the module docstring
 
     return analyze(result)
 
@@ -257,7 +257,7 @@ def _nice_step(span_ms: float, max_ticks: int) -> float:
     return float(math.ceil(span_ms / max_ticks / 600000) * 600000)
 
 
-def timeline_png(result: Mapping[str, Any], insights: Mapping[str, Any], *, width: int = 1200) -> bytes:
+def timeline_png(result: Mapping[str, Any], insights: Mapping[str, Any], *, width: int = 1200) -> bytes:  # noqa: C901 - one drawing step per timeline element
     """A PNG time axis with one lane per hand track: light grey where the hand is on screen, coloured
     by gesture where a smoothed gesture range holds, and a legend of the gesture colours."""
     frames = result["frames"]

@@ -57,7 +57,7 @@ class ProcessOptions:
     annotated_video: bool = False  # jobs only: also render the video with the landmarks drawn
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None, *, allow_empty_range: bool = False) -> ProcessOptions:
+    def from_dict(cls, raw: Mapping[str, Any] | None, *, allow_empty_range: bool = False) -> ProcessOptions:  # noqa: C901 - one check per documented option, naming every problem found
         """Validate caller input; raise ContractError naming every problem found. With
         `allow_empty_range`, end_ms at or before start_ms is left for the caller to judge."""
         raw = dict(raw or {})

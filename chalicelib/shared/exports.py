@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from . import parquet
+from chalicelib.shared import parquet
 
 FORMATS = ("csv", "jsonl", "parquet")
 LANDMARKS = 21
@@ -71,7 +71,7 @@ def rows(
 ) -> Iterator[dict[str, Any]]:
     """One dict per hand per frame of a result (docs/results-format.md), keys in COLUMNS order: the ids,
     the frame's index and time, the hand's position in the frame, its handedness and score, the gesture
-    and its score from the insights document (chalicelib.insights.analyze of the same result), then
+    and its score from the insights document (chalicelib.shared.insights.analyze of the same result), then
     the 21 normalized landmarks (x0, y0, z0 ... x20, y20, z20) and the 21 world landmarks in metres
     (wx0 ... wz20). Frames without hands yield no row."""
     gestures = gestures_by_hand(insights)
@@ -124,7 +124,7 @@ def to_jsonl_gz(records: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
 
 def to_parquet(records: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
     """Parquet with the columns and types of PARQUET_SCHEMA (None is null, GZIP-compressed pages, see
-    chalicelib.parquet); returns the bytes and the row count."""
+    chalicelib.shared.parquet); returns the bytes and the row count."""
     return parquet.write(PARQUET_SCHEMA, records)
 
 

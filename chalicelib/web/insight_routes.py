@@ -1,19 +1,20 @@
 """Routes for exports, insights and the viewer, as a Chalice Blueprint that app.py registers. They parse
-the request, call chalicelib.insight_services with the container's dependencies, and map errors as app.py does."""
+the request, call chalicelib.service.derived with the container's dependencies, and map errors with
+chalicelib.web.errors, as app.py does (neither imports the other)."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 from chalice import Blueprint, Response
 
-from . import insight_services
-from .auth import NO_BODY, route_protection
-from .config import auth_mode
-from .runtime import runtime
-from .services import PartCache, single_query_value
+from chalicelib.config import auth_mode
+from chalicelib.runtime import runtime
+from chalicelib.service import derived as insight_services
+from chalicelib.service.jobs import PartCache
+from chalicelib.web.auth import NO_BODY, request_caller, route_protection
+from chalicelib.web.errors import map_errors
+from chalicelib.web.parsing import single_query_value
 
 insight_routes = Blueprint(__name__)
 
@@ -23,24 +24,12 @@ PROTECTED = route_protection(auth_mode())
 _RESULTS = PartCache(capacity=2)
 
 
-def api(view: Callable[..., Any]) -> Callable[..., Any]:
-    """app.api, the app's mapping of service errors to JSON responses, looked up on each call because
-    app.py imports this module."""
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from app import api as map_errors
-
-        return map_errors(view)(*args, **kwargs)
-
-    return wrapper
+api = map_errors  # the same mapping as app.py's routes
 
 
 def owner() -> str | None:
-    """app.owner(): who is calling (401/403 without valid credentials), looked up on each call."""
-    from app import owner as app_owner
-
-    return app_owner()
+    """Who is calling (401/403 without valid credentials)."""
+    return request_caller(insight_routes.current_request, runtime().settings).owner
 
 
 def query(name: str) -> str | None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import Forbidden, ServiceError
+from chalicelib.service.errors import Forbidden, ServiceError
 
 AUTH_MODES = ("api_key", "iam", "none")
 # Route templates anyone may call. The viewer page holds no data (it asks the API with the caller's key),
@@ -93,3 +93,9 @@ def route_protection(mode: str) -> dict[str, Any]:
 
         return {"authorizer": IAMAuthorizer()}
     return {}
+
+
+def request_caller(request: Any, settings: Any) -> Caller:
+    """Who sent `request` (a Chalice request) under `settings`; raises Unauthorized or Forbidden (401/403).
+    app.py's routes and the insight blueprint both ask here, so neither imports the other."""
+    return authenticate(settings.auth, request.headers, request.context, settings.api_keys, settings.scope_callers)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .db import Database, epoch_ms
+from chalicelib.adapters.database import Database, epoch_ms
 
 # utf8mb4 so titles may hold any character; a binary collation so ids, tokens and keys compare
 # exactly as SQLite compares them (case matters) and keyset pages sort the same in both.

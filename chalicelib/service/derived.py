@@ -1,5 +1,5 @@
 """Exports, insights and the viewer page for a finished job, as functions that take their repositories
-and store as parameters (like services.py); each derived object is written next to the result once."""
+and store as parameters (like the other services); each derived object is written next to the result once."""
 
 from __future__ import annotations
 
@@ -12,18 +12,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import exports
-from .config import Settings
-from .contracts import insights_key, picture_key, results_prefix
-from .db import Job, JobRepository, VideoRepository
-from .errors import Conflict, InvalidInput
-from .insights import analyze
-from .services import PartCache, check_id, get_job, get_video, gone
-from .storage import ObjectMissing, ObjectStore
+from chalicelib.config import Settings
+from chalicelib.domain.ports import JobRepository, VideoRepository
+from chalicelib.domain.records import Job
+from chalicelib.service import jobs as job_service
+from chalicelib.service.common import check_id, gone
+from chalicelib.service.errors import Conflict, InvalidInput
+from chalicelib.service.jobs import PartCache
+from chalicelib.service.videos import get_video
+from chalicelib.shared import exports
+from chalicelib.shared.artifacts import write_artifacts
+from chalicelib.shared.contracts import insights_key, picture_key, results_prefix
+from chalicelib.shared.insights import analyze
+from chalicelib.shared.storage import ObjectMissing, ObjectStore
 
 logger = logging.getLogger("handpipe.insights")
 
-VIEWER_PATH = Path(__file__).resolve().with_name("viewer.html")
+VIEWER_PATH = Path(__file__).resolve().parent.parent / "web" / "viewer.html"  # the page is web/; its filling is here
 
 
 class ExportPending(Conflict):
@@ -32,10 +37,7 @@ class ExportPending(Conflict):
 
 def finished_job(jobs: JobRepository, job_id: str, what: str, owner: str | None = None) -> Job:
     """The job, which must have SUCCEEDED (NotFound, or Conflict naming `what` is not ready yet)."""
-    job = get_job(jobs, job_id, owner)
-    if job.status != "SUCCEEDED" or job.result_key is None:
-        raise Conflict(f"job {job.id} is {job.status}; its {what} is ready when it has SUCCEEDED")
-    return job
+    return job_service.finished_job(jobs, job_id, f"its {what} is ready", owner)[0]
 
 
 def _merged_result(store: ObjectStore, results: PartCache, job: Job) -> dict[str, Any]:
@@ -45,15 +47,16 @@ def _merged_result(store: ObjectStore, results: PartCache, job: Job) -> dict[str
 
 def insights_for(store: ObjectStore, results: PartCache, job: Job) -> dict[str, Any]:
     """The insights document of a finished job: read from S3, or computed from the merged result
-    (chalicelib.insights.analyze) and stored at results/{video_id}/{job_id}/insights.json."""
+    (chalicelib.shared.insights.analyze) and stored at results/{video_id}/{job_id}/insights.json."""
     key = insights_key(job.video_id, job.id)
     try:
         cached: dict[str, Any] = json.loads(store.get_bytes(key))
         return cached
     except ObjectMissing:
         pass
-    document = analyze(_merged_result(store, results, job))
-    store.put_bytes(key, json.dumps(document, separators=(",", ":")).encode(), "application/json")
+    merged = _merged_result(store, results, job)
+    document = analyze(merged)
+    write_artifacts(store, video_id=job.video_id, job_id=job.id, result=merged, insights=document, formats=())
     logger.info("insights of job %s computed and stored at %s", job.id, key)
     return document
 
@@ -81,7 +84,7 @@ def job_export(
     fmt: str | None,
     owner: str | None = None,
 ) -> dict[str, Any]:
-    """GET /jobs/{id}/export: one row per hand per frame (chalicelib.exports.COLUMNS) as gzip CSV, gzip
+    """GET /jobs/{id}/export: one row per hand per frame (chalicelib.shared.exports.COLUMNS) as gzip CSV, gzip
     JSON Lines or Parquet, written once to results/{video_id}/{job_id}/export.csv.gz (.jsonl.gz, .parquet),
     and a download URL for it (an API Gateway response may not exceed 10 MB, so the rows never travel in
     the response)."""
@@ -99,7 +102,16 @@ def job_export(
             )
         result = _merged_result(store, results, job)
         insights = insights_for(store, results, job)
-        key, count = exports.write_export(store, prefix, fmt, result, insights, job_id=job.id, video_id=job.video_id)
+        written = write_artifacts(
+            store,
+            video_id=job.video_id,
+            job_id=job.id,
+            result=result,
+            insights=insights,
+            formats=[fmt],
+            with_insights=False,
+        )
+        key, count = written.exports[fmt]
         logger.info("export of job %s: %d rows at %s", job.id, count, key)
     return {
         "job_id": job.id,
@@ -122,7 +134,7 @@ def _script_json(value: Any) -> str:
 
 @functools.cache
 def _viewer_template() -> str:
-    """chalicelib/viewer.html, read once per container."""
+    """chalicelib/web/viewer.html, read once per container."""
     return VIEWER_PATH.read_text(encoding="utf-8")
 
 
@@ -163,7 +175,7 @@ def viewer_config(
 
 
 def viewer_page(store: ObjectStore, job_id: str) -> tuple[str, dict[str, str]]:
-    """GET /jobs/{id}/viewer: the self-contained page (chalicelib/viewer.html) with only the job id and a
+    """GET /jobs/{id}/viewer: the self-contained page (chalicelib/web/viewer.html) with only the job id and a
     nonce filled in, so anyone may load it (a browser cannot send a header when it opens a link); the
     page asks the API for everything else with the caller's key. Also the headers to send it with: a
     Content Security Policy that lets it load nothing but its own inline code, the API and the video."""

@@ -1,4 +1,4 @@
-"""The API's OpenAPI 3.1 description, chalicelib/openapi.json: it sits next to this module so that it
+"""The API's OpenAPI 3.1 description, chalicelib/web/openapi.json: it sits next to this module so that it
 ships with the Lambda. Read on first use and kept for the container's life."""
 
 from __future__ import annotations
