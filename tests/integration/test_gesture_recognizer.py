@@ -34,7 +34,8 @@ from handpipe_worker.models import (
 from handpipe_worker.pictures import EXTRA_COLOURS_RGB, gesture_colour, timeline_png
 
 from chalicelib.shared.contracts import ProcessOptions
-from chalicelib.shared.insights import CANNED_GESTURES, GESTURES, analyze, recognizer_label
+from chalicelib.shared.gestures import GESTURES
+from chalicelib.shared.insights import CANNED_GESTURES, analyze, recognizer_label
 from tests.support.api import Env
 from tests.support.footage import write_video
 from tests.support.gesture_model import LABELS, build_gesture_recognizer_task

@@ -22,7 +22,8 @@ import pytest
 import app as chalice_app
 from chalicelib.runtime import Runtime, runtime, use_runtime
 from chalicelib.shared import exports
-from chalicelib.shared.insights import GESTURES, analyze
+from chalicelib.shared.gestures import GESTURES
+from chalicelib.shared.insights import analyze
 from chalicelib.web import insight_routes
 from handpipe.client import ApiError, Client, MissingDependency
 from tests.support.api import API_KEY, OTHER_KEY, Env, register

@@ -21,15 +21,8 @@ from handpipe_worker.models import ModelCache
 from handpipe_worker.pictures import HAND_CONNECTIONS, annotated_video, contact_sheet, draw_hands, timeline_png
 
 from chalicelib.shared.contracts import ProcessOptions
-from chalicelib.shared.insights import (
-    GESTURES,
-    analyze,
-    assign_tracks,
-    classify_gesture,
-    gesture_ranges,
-    mode_filter,
-    motion_summary,
-)
+from chalicelib.shared.gestures import GESTURES, classify_gesture
+from chalicelib.shared.insights import analyze, assign_tracks, gesture_ranges, mode_filter, motion_summary
 from tests.support.footage import reference
 from tests.support.paths import REPO, data_path
 

@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 from chalicelib.shared import exports
-from chalicelib.shared.insights import GESTURES, analyze
+from chalicelib.shared.gestures import GESTURES
+from chalicelib.shared.insights import analyze
 from chalicelib.web.auth import PUBLIC_PATHS
 
 
