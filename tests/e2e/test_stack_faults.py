@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,14 +16,7 @@ from handpipe import cli
 from handpipe.client import ApiError, Client
 from handpipe.local.stack import LocalStack
 from tests.support.paths import REPO, data_path
-
-
-def _wait_for(condition: object, what: str, timeout_s: float = 300, poll_s: float = 0.1) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(poll_s)
+from tests.support.waiting import wait_for
 
 
 def test_a_dead_worker_process_fails_only_its_own_item(tmp_path: Path) -> None:
@@ -42,7 +34,7 @@ def test_a_dead_worker_process_fails_only_its_own_item(tmp_path: Path) -> None:
             states = [client.get_job(job["id"]) for job in jobs]
             return all(s["status"] == "IN_PROGRESS" and s["progress"]["frames_done"] > 0 for s in states)
 
-        _wait_for(both_running, "both jobs to be mid-item")
+        wait_for(both_running, "both jobs to be mid-item")
         pids = stack.worker_pool.worker_pids()
         assert len(pids) == 2, pids
         before = [client.get_job(job["id"])["progress"]["frames_done"] for job in jobs]
@@ -138,7 +130,7 @@ class _Up:
             except (ConnectionError, ApiError):
                 return False
 
-        _wait_for(answers, "handpipe up to answer", timeout_s=120, poll_s=0.2)
+        wait_for(answers, "handpipe up to answer", timeout_s=120, poll_s=0.2)
         key_lines = [line for line in self.log.read_text().splitlines() if line.startswith("API key")]
         client.api_key = key_lines[-1].split()[2]
         return client
@@ -204,14 +196,14 @@ def test_a_kill_9_of_handpipe_up_loses_nothing_it_accepted(tmp_path: Path) -> No
         export_bytes = _get(before["export"]["url"])
 
         second = client.submit(clip, title="cut off")
-        _wait_for(lambda: client.get_job(second["id"])["progress"]["frames_done"] > 0, "the second job to run")
+        wait_for(lambda: client.get_job(second["id"])["progress"]["frames_done"] > 0, "the second job to run")
         state = client.get_job(second["id"])
         assert state["status"] == "IN_PROGRESS" and state["progress"]["segments_done"] < 3, state
         workers = up.worker_pids()
         assert workers, "no worker process"
         up.kill()
         # Its worker processes end with it, rather than finish items into the next stack.
-        _wait_for(lambda: not any(_alive(pid) for pid in workers), "the orphaned workers to end", timeout_s=30)
+        wait_for(lambda: not any(_alive(pid) for pid in workers), "the orphaned workers to end", timeout_s=30)
 
         again = up.start()
         assert again.api_key == key  # kept in the data folder: what the user was told still works

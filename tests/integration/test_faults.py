@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +40,7 @@ from handpipe.local.resume import resume
 from tests.support.api import Env, register
 from tests.support.databases import Store
 from tests.support.paths import REPO, data_path
+from tests.support.waiting import wait_for
 
 HOUR_MS = 3600 * 1000
 
@@ -509,16 +510,6 @@ def test_one_bad_record_does_not_replay_or_dead_letter_its_batch_mates(env: Env)
 # ---------------------------------------------------------------------------------------------
 
 
-def _wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def queues(moto_endpoint: str) -> Iterator[tuple[Any, Any, str, str, str]]:
     s3, sqs = aws_clients(moto_endpoint)
@@ -541,10 +532,11 @@ def test_the_heartbeat_keeps_a_running_item_and_lets_a_dead_ones_go(queues: tupl
     with heartbeat.beating(record):
         assert heartbeat.visibility_for(work) == 4  # never longer than the queue's own
         # Well past the queue's visibility, the item is still ours.
-        _wait_for(lambda: heartbeat.beats >= 5, 30, "five beats")
+        wait_for(lambda: heartbeat.beats >= 5, "five beats", 30, poll_s=0.2)
         assert sqs.receive_message(QueueUrl=work, WaitTimeSeconds=0).get("Messages", []) == []
     # The beats have stopped, as they stop when a worker dies: the item comes back.
-    back = _wait_for(lambda: sqs.receive_message(QueueUrl=work, WaitTimeSeconds=1).get("Messages"), 30, "the item")
+    # each check long-polls for 1 s, so 30 checks are about 30 s
+    back = wait_for(lambda: sqs.receive_message(QueueUrl=work, WaitTimeSeconds=1).get("Messages"), "the item", 30, 1.0)
     assert back[0]["Body"] == "item"
 
 
@@ -601,7 +593,7 @@ def test_a_worker_killed_mid_item_is_noticed_in_seconds_and_its_item_completes(
             got = sqs.receive_message(QueueUrl=events, MaxNumberOfMessages=10, WaitTimeSeconds=1)
             return any(SEGMENT_PROGRESS in m["Body"] for m in got.get("Messages", []))
 
-        _wait_for(progressed, 120, "the worker's first progress event")  # it is mid-item
+        wait_for(progressed, "the worker's first progress event", 120, poll_s=0.2)  # it is mid-item
         assert process.poll() is None, "the worker finished before it could be killed"
         process.send_signal(signal.SIGKILL)
         process.wait(10)
@@ -610,10 +602,11 @@ def test_a_worker_killed_mid_item_is_noticed_in_seconds_and_its_item_completes(
             process.kill()
             process.wait(10)
     assert s3.list_objects_v2(Bucket=bucket, Prefix=item.part_key)["KeyCount"] == 0  # killed before the end
-    back = _wait_for(
+    back = wait_for(  # each check long-polls for 1 s: about 60 s in all
         lambda: sqs.receive_message(QueueUrl=work, WaitTimeSeconds=1, AttributeNames=["All"]).get("Messages"),
-        60,
         "the killed worker's item (the queue alone would hold it 600 s)",
+        60,
+        1.0,
     )
     assert back[0]["Attributes"]["ApproximateReceiveCount"] == "2"
     worker = Worker(s3, sqs, WorkerSettings(events_queue_url=events, visibility_s=3))
