@@ -29,7 +29,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from common import (
 from worker import DEFAULT_VIDEO, calibrate, compare_frames
 
 from chalicelib.shared.contracts import ContractError, ProcessOptions
+from handpipe.api_types import Job
 from handpipe.client import Client
 from handpipe.local.stack import LocalStack
 
@@ -76,7 +77,7 @@ class Run:
     run_ms: int | None  # the job's own started_at -> finished_at (server side)
     cpu_s: float | None  # this process (API, moto, pollers, merge) and the worker processes
     machine_s: float | None  # CPU the whole machine used meanwhile
-    job: dict[str, Any]
+    job: Mapping[str, Any]
     result: dict[str, Any]
     warmup_s: float
     notes: dict[str, Any] = field(default_factory=dict)
@@ -105,7 +106,7 @@ class Run:
         return max(0.0, self.machine_s - self.cpu_s) / self.wall_s
 
 
-def _wait_all(client: Client, job_ids: Sequence[str], timeout_s: float) -> list[dict[str, Any]]:
+def _wait_all(client: Client, job_ids: Sequence[str], timeout_s: float) -> list[Job]:
     return [client.wait(job_id, poll_s=POLL_S, timeout_s=timeout_s) for job_id in job_ids]
 
 

@@ -1,21 +1,61 @@
 """A small Python client for the handpipe REST API, local or deployed; the CLI is built on it and it
-is meant for notebooks too."""
+is meant for notebooks too. Standard library only: results are the API's JSON, typed (handpipe.api_types)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import io
+import itertools
 import json
 import mimetypes
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from .api_types import (
+    FINAL_JOB_STATUSES,
+    Deleted,
+    Export,
+    Frame,
+    FramePage,
+    Health,
+    Job,
+    JobPage,
+    Result,
+    Video,
+    VideoPage,
+)
+from .transport import (
+    ApiError,
+    HandpipeConnectionError,
+    HandpipeError,
+    HandpipeTimeout,
+    InvalidFile,
+    Progress,
+    RetryPolicy,
+    Transport,
+    file_body,
+)
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "FINAL_JOB_STATUSES",
+    "ApiError",
+    "Client",
+    "HandpipeConnectionError",
+    "HandpipeError",
+    "HandpipeTimeout",
+    "InvalidFile",
+    "MissingDependency",
+    "RetryPolicy",
+    "verify_webhook",
+]
 
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
+_TRANSFER_TIMEOUT_S = 300.0  # a presigned upload or download: large bodies over slow links
 
 
 class MissingDependency(ImportError):
@@ -31,164 +71,328 @@ def _optional(module: str, feature: str, install: str) -> Any:
         raise MissingDependency(f"{feature} needs {module}, which is not installed: pip install {install}") from None
 
 
-class ApiError(Exception):
-    """The API answered with an error; `status` is the HTTP status, `code` the error's code (e.g.
-    "not_found"; None when the answer carried none), the text is its message."""
+def verify_webhook(body: bytes | str, header: str | None, secret: str) -> bool:
+    """Whether a webhook event came from handpipe: `header` is its X-Handpipe-Signature, `body` the raw
+    bytes received (not re-serialised JSON), `secret` the webhook secret."""
+    from chalicelib.shared.signatures import verify_signature
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-        self.code = code
+    return verify_signature(body, header, secret)
+
+
+def check_file(path: str | Path) -> Path:
+    """The file to upload, or InvalidFile saying why it cannot be (before anything is registered)."""
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidFile(f"{file} does not exist" if not file.exists() else f"{file} is not a file")
+    if file.stat().st_size == 0:
+        raise InvalidFile(f"{file.name} is empty (0 bytes)")
+    return file
+
+
+def video_content_type(file: Path) -> str:
+    content_type = mimetypes.guess_type(file.name)[0] or "video/mp4"
+    return content_type if content_type.startswith("video/") else "video/" + file.suffix.lstrip(".").lower()
+
+
+def _epoch_ms_or_iso(value: dt.datetime | int | float | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(int(value))
 
 
 class Client:
-    def __init__(self, api_url: str, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+    """One caller of one API. `retry` bounds the retries of 429 and 503 answers (which honour
+    Retry-After) and of failed connections; `sleep` is what waits between them."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.api_url = api_url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self.transport = Transport(timeout_s, retry, sleep)
 
     # ----------------------------------------------------------------------------- transport
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+        """One API call: JSON body and answer; query parameters left out when None."""
+        return self._call(method, path, body, params)
+
+    def _call(
+        self, method: str, path: str, body: Mapping[str, Any] | None, params: Mapping[str, Any], retry_busy: bool = True
+    ) -> Any:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         url = f"{self.api_url}{path}" + (f"?{query}" if query else "")
-        data = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json"}
-        if data is not None:
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         if self.api_key:
             headers["x-api-key"] = self.api_key
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        _, _, raw = self.transport.send(
+            method, url, headers=headers, body=data, where=f"the handpipe API at {self.api_url}", retry_busy=retry_busy
+        )
+        return json.loads(raw or b"null")
+
+    def _fetch(self, url: str) -> bytes:
+        """A presigned S3 URL's object, in memory (the API key is not sent to S3)."""
+        timeout_s = max(self.timeout_s, _TRANSFER_TIMEOUT_S)
+        return self.transport.send("GET", url, where="the bucket", timeout_s=timeout_s)[2]
+
+    def _download(self, url: str, path: Path) -> Path:
+        """A presigned S3 URL's object streamed to `path` (through a temporary file, so a cut download
+        leaves no half file behind)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            raw = error.read()
-            code = None
-            try:
-                answer = json.loads(raw)
-                message, code = answer.get("message") or raw.decode(errors="replace"), answer.get("code")
-            except (ValueError, AttributeError):
-                message = raw.decode(errors="replace")[:500]
-            raise ApiError(error.code, message, code) from None
-        except urllib.error.URLError as error:
-            raise ConnectionError(
-                f"cannot reach the handpipe API at {self.api_url} ({error.reason}); "
-                "start a local stack with `handpipe up` or pass --api-url"
-            ) from None
+            with partial.open("wb") as sink:
+                self.transport.send(
+                    "GET", url, where="the bucket", timeout_s=max(self.timeout_s, _TRANSFER_TIMEOUT_S), sink=sink
+                )
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+    def health(self) -> Health:
+        """The API's check of its database, bucket and queues: `status` "ok", or "degraded" (a 503,
+        answered at once, not retried) with each check's state."""
+        try:
+            return cast(Health, self._call("GET", "/health", None, {}, retry_busy=False))
+        except ApiError as error:
+            if error.status == 503 and isinstance(error.body, dict) and "checks" in error.body:
+                return cast(Health, error.body)
+            raise
 
     # ----------------------------------------------------------------------------- videos
 
-    def health(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", "/health")
-        return result
+    def videos_page(self, status: str | None = None, limit: int = 20, next_token: str | None = None) -> VideoPage:
+        page = self.request("GET", "/videos", status=status and status.upper(), limit=limit, next_token=next_token)
+        return cast(VideoPage, page)
 
-    def list_videos(self, status: str | None = None, limit: int = 20) -> Iterator[dict[str, Any]]:
+    def list_videos(self, status: str | None = None, limit: int = 20) -> Iterator[Video]:
+        """Every video (of one status), newest first, fetched `limit` a page."""
         token = None
         while True:
-            page = self.request("GET", "/videos", status=status, limit=limit, next_token=token)
+            page = self.videos_page(status, limit, token)
             yield from page["videos"]
             token = page.get("next_token")
             if not token:
                 return
 
-    def register_video(self, path: str | Path, title: str | None = None) -> dict[str, Any]:
-        file = Path(path)
-        content_type = mimetypes.guess_type(file.name)[0] or "video/mp4"
-        if not content_type.startswith("video/"):
-            content_type = "video/" + file.suffix.lstrip(".").lower()
-        body = {
-            "title": title or file.stem,
-            "filename": file.name,
-            "content_type": content_type,
-            "size_bytes": file.stat().st_size,
-        }
-        result: dict[str, Any] = self.request("POST", "/videos", body)
-        return result
+    def register_video(
+        self,
+        path: str | Path | None = None,
+        title: str | None = None,
+        *,
+        s3_key: str | None = None,
+        content_type: str | None = None,
+    ) -> Video:
+        """Register a local file to upload (the answer's `upload` says how; see `upload`), or, with
+        `s3_key`, an object already in the bucket under the caller's incoming/OWNER/ prefix."""
+        if (path is None) == (s3_key is None):
+            raise ValueError("register_video takes a file's path or an s3_key, not both or neither")
+        body: dict[str, Any]
+        if s3_key is not None:
+            body = {"s3_key": s3_key}
+            if title:
+                body["title"] = title
+            if content_type:
+                body["content_type"] = content_type
+        else:
+            file = check_file(cast(str | Path, path))
+            body = {
+                "title": title or file.stem,
+                "filename": file.name,
+                "content_type": content_type or video_content_type(file),
+                "size_bytes": file.stat().st_size,
+            }
+        return cast(Video, self.request("POST", "/videos", body))
 
-    def upload(self, video: dict[str, Any], path: str | Path) -> None:
-        upload = video["upload"]
-        request = urllib.request.Request(
-            upload["url"], data=Path(path).read_bytes(), method=upload["method"], headers=upload["headers"]
+    def upload(self, video: Video, path: str | Path, *, progress: Progress | None = None) -> None:
+        """PUT the file to the video's presigned URL, streamed from disk; `progress(done, total)` hears
+        how far it has got. For a single-PUT upload (`upload.method` "PUT")."""
+        upload = video.get("upload")
+        if upload is None:
+            raise InvalidFile(f"video {video['id']} carries no upload instructions: ask for new ones (upload_again)")
+        if upload["method"] != "PUT":
+            raise InvalidFile(
+                f"video {video['id']} takes a {upload['method']} upload (over the stage's single-PUT size), "
+                "which a single PUT cannot send"
+            )
+        file = check_file(path)
+        declared = video.get("size_bytes")
+        if declared is not None and file.stat().st_size != declared:
+            raise InvalidFile(
+                f"{file} has {file.stat().st_size} bytes but video {video['id']} was registered with {declared}: "
+                "the upload URL is signed for that size"
+            )
+        headers = dict(upload.get("headers") or {})
+        headers["Content-Length"] = str(file.stat().st_size)
+        self.transport.send(
+            "PUT",
+            upload["url"],
+            where="the bucket's upload URL",
+            headers=headers,
+            body=file_body(file, progress),
+            timeout_s=max(self.timeout_s, _TRANSFER_TIMEOUT_S),
         )
-        try:
-            with urllib.request.urlopen(request, timeout=max(self.timeout_s, 300)):
-                pass
-        except urllib.error.HTTPError as error:
-            raise ApiError(error.code, f"upload refused: {error.read()[:300]!r}") from None
 
-    def new_upload_url(self, video_id: str) -> dict[str, Any]:
+    def new_upload_url(self, video_id: str) -> Video:
         """The video with fresh `upload` instructions, for one whose file is not in the bucket (its
         first URL expired unused, or the file was lost)."""
-        result: dict[str, Any] = self.request("POST", f"/videos/{video_id}/upload-url")
-        return result
+        return cast(Video, self.request("POST", f"/videos/{video_id}/upload-url", {}))
 
-    def upload_again(self, video_id: str, path: str | Path) -> dict[str, Any]:
+    def upload_again(self, video_id: str, path: str | Path, *, progress: Progress | None = None) -> Video:
         """Upload the file of a registered video whose file is not in the bucket; returns the video."""
+        check_file(path)
         video = self.new_upload_url(video_id)
-        self.upload(video, path)
+        self.upload(video, path, progress=progress)
         return video
 
-    def get_video(self, video_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/videos/{video_id}")
-        return result
+    def get_video(self, video_id: str) -> Video:
+        return cast(Video, self.request("GET", f"/videos/{video_id}"))
 
-    def delete_video(self, video_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("DELETE", f"/videos/{video_id}")
-        return result
+    def delete_video(self, video_id: str) -> Deleted:
+        return cast(Deleted, self.request("DELETE", f"/videos/{video_id}"))
 
     # ----------------------------------------------------------------------------- jobs
 
     def create_job(
         self,
         video_id: str,
-        options: dict[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
         client_token: str | None = None,
         tag: str | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"options": options or {}}
+        webhook_url: str | None = None,
+    ) -> Job:
+        """Start processing a video; `webhook_url` is POSTed the job's end (signed, see verify_webhook)."""
+        body: dict[str, Any] = {"options": dict(options or {})}
         if client_token:
             body["client_token"] = client_token
         if tag:
             body["tag"] = tag
-        result: dict[str, Any] = self.request("POST", f"/videos/{video_id}/jobs", body)
-        return result
+        if webhook_url:
+            body["notify"] = {"webhook_url": webhook_url}
+        return cast(Job, self.request("POST", f"/videos/{video_id}/jobs", body))
 
     def submit(
-        self, path: str | Path, options: dict[str, Any] | None = None, title: str | None = None
-    ) -> dict[str, Any]:
+        self,
+        path: str | Path,
+        options: Mapping[str, Any] | None = None,
+        title: str | None = None,
+        *,
+        tag: str | None = None,
+        progress: Progress | None = None,
+    ) -> Job:
         """Register, upload and trigger in one call; returns the job."""
         video = self.register_video(path, title)
-        self.upload(video, path)
-        return self.create_job(video["id"], options)
+        self.upload(video, path, progress=progress)
+        return self.create_job(video["id"], options, tag=tag)
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}")
-        return result
+    def get_job(self, job_id: str) -> Job:
+        return cast(Job, self.request("GET", f"/jobs/{job_id}"))
 
-    def wait(
+    def cancel_job(self, job_id: str) -> Job:
+        """Stop a job: no further segment starts, running ones stop at their next progress check, and
+        the job ends CANCELLED. A job that has already ended is an ApiError 409 naming its status."""
+        return cast(Job, self.request("POST", f"/jobs/{job_id}/cancel"))
+
+    def video_jobs_page(self, video_id: str, limit: int = 20, next_token: str | None = None) -> JobPage:
+        return cast(JobPage, self.request("GET", f"/videos/{video_id}/jobs", limit=limit, next_token=next_token))
+
+    def list_video_jobs(self, video_id: str, limit: int = 20) -> Iterator[Job]:
+        """One video's jobs, newest first, `limit` a page."""
+        token = None
+        while True:
+            page = self.video_jobs_page(video_id, limit, token)
+            yield from page["jobs"]
+            token = page.get("next_token")
+            if not token:
+                return
+
+    def jobs_page(
+        self,
+        *,
+        status: str | None = None,
+        tag: str | None = None,
+        video_id: str | None = None,
+        created_after: dt.datetime | int | float | str | None = None,
+        limit: int = 50,
+        next_token: str | None = None,
+    ) -> JobPage:
+        """One page of GET /jobs: the caller's jobs across videos, newest first."""
+        page = self.request(
+            "GET",
+            "/jobs",
+            status=status and status.upper(),
+            tag=tag,
+            video_id=video_id,
+            created_after=_epoch_ms_or_iso(created_after),
+            limit=limit,
+            next_token=next_token,
+        )
+        return cast(JobPage, page)
+
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        tag: str | None = None,
+        video_id: str | None = None,
+        created_after: dt.datetime | int | float | str | None = None,
+        limit: int | None = None,
+        page_size: int = 50,
+    ) -> Iterator[Job]:
+        """The caller's jobs, newest first, filtered by status (any case), tag, video and creation time
+        (a datetime, epoch milliseconds or ISO-8601 text); at most `limit` of them (None: all)."""
+
+        def pages() -> Iterator[Job]:
+            token = None
+            size = min(page_size, limit) if limit else page_size
+            while True:
+                page = self.jobs_page(
+                    status=status, tag=tag, video_id=video_id, created_after=created_after, limit=size, next_token=token
+                )
+                yield from page["jobs"]
+                token = page.get("next_token")
+                if not token:
+                    return
+
+        return itertools.islice(pages(), limit) if limit is not None else pages()
+
+    def wait_for_job(
         self,
         job_id: str,
-        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_progress: Callable[[Job], None] | None = None,
         timeout_s: float = 3600,
         poll_s: float = 1.0,
-    ) -> dict[str, Any]:
-        """Poll the job until it has SUCCEEDED or FAILED; returns its last state."""
+    ) -> Job:
+        """Poll the job until it has SUCCEEDED, FAILED or been CANCELLED; returns its last state.
+        HandpipeTimeout when `timeout_s` passes first (the job goes on)."""
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.get_job(job_id)
             if on_progress is not None:
                 on_progress(job)
-            if job["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            if job["status"] in FINAL_JOB_STATUSES:
                 return job
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout_s:.0f} s")
-            time.sleep(poll_s)
+            if time.monotonic() + poll_s > deadline:
+                raise HandpipeTimeout(f"job {job_id} is still {job['status']} after {timeout_s:g} s")
+            self.transport.sleep(poll_s)
 
-    def result(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/result")
-        return result
+    wait = wait_for_job  # the name the first releases had
+
+    def result(self, job_id: str) -> Result:
+        return cast(Result, self.request("GET", f"/jobs/{job_id}/result"))
 
     def download_pictures(self, job_id: str, folder: Path, wait_s: float = 0) -> list[Path]:
         """Save the pictures a worker drew for the job (drawn just after it succeeded, so this waits
@@ -196,40 +400,46 @@ class Client:
         deadline = time.monotonic() + wait_s
         pictures = self.result(job_id)["pictures"]
         while not pictures["contact_sheet"] and time.monotonic() < deadline:
-            time.sleep(1)
+            self.transport.sleep(1)
             pictures = self.result(job_id)["pictures"]
-        folder.mkdir(parents=True, exist_ok=True)
         saved = []
         for name, url in pictures.items():
             if url:
                 suffix = ".mp4" if name == "annotated_video" else ".png"
-                path = folder / f"{job_id}-{name}{suffix}"
-                with urllib.request.urlopen(url, timeout=max(self.timeout_s, 300)) as response:
-                    path.write_bytes(response.read())
-                saved.append(path)
+                saved.append(self._download(url, Path(folder) / f"{job_id}-{name}{suffix}"))
         return saved
 
     def download_result(self, job_id: str) -> dict[str, Any]:
         """The full result document (docs/results-format.md)."""
-        url = self.result(job_id)["result"]["url"]
-        with urllib.request.urlopen(url, timeout=max(self.timeout_s, 300)) as response:
-            data = response.read()
+        data = self._fetch(self.result(job_id)["result"]["url"])
         document: dict[str, Any] = json.loads(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
         return document
 
+    def frames_page(
+        self,
+        job_id: str,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        max_results: int = 100,
+        next_token: str | None = None,
+    ) -> FramePage:
+        page = self.request(
+            "GET",
+            f"/jobs/{job_id}/frames",
+            start_ms=start_ms,
+            end_ms=end_ms,
+            max_results=max_results,
+            next_token=next_token,
+        )
+        return cast(FramePage, page)
+
     def frames(
         self, job_id: str, start_ms: int | None = None, end_ms: int | None = None, page_size: int = 500
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[Frame]:
+        """The job's frames in [start_ms, end_ms), in time order, fetched `page_size` a page."""
         token = None
         while True:
-            page = self.request(
-                "GET",
-                f"/jobs/{job_id}/frames",
-                start_ms=start_ms,
-                end_ms=end_ms,
-                max_results=page_size,
-                next_token=token,
-            )
+            page = self.frames_page(job_id, start_ms, end_ms, page_size, token)
             yield from page["frames"]
             token = page.get("next_token")
             if not token:
@@ -237,16 +447,7 @@ class Client:
 
     # ----------------------------------------------------------------------------- exports and insights
 
-    def _fetch(self, url: str) -> bytes:
-        """A presigned S3 URL's object (the API key is not sent to S3)."""
-        try:
-            with urllib.request.urlopen(url, timeout=max(self.timeout_s, 300)) as response:
-                data: bytes = response.read()
-        except urllib.error.HTTPError as error:
-            raise ApiError(error.code, f"download refused: {error.read()[:300]!r}") from None
-        return data
-
-    def export(self, job_id: str, format: str = "csv", wait_s: float = 600, poll_s: float = 5) -> dict[str, Any]:
+    def export(self, job_id: str, format: str = "csv", wait_s: float = 600, poll_s: float = 5) -> Export:
         """The job's landmarks as one row per hand per frame, made once on the API's side: `format`
         csv, jsonl or parquet; returns {format, columns, rows, key, url (a presigned download of the gzip
         file, or of the Parquet file), expires_in_s}. A large job's export is written by a worker just
@@ -255,14 +456,13 @@ class Client:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/export", format=format)
-                return result
+                return cast(Export, self.request("GET", f"/jobs/{job_id}/export", format=format))
             except ApiError as error:
                 if error.code != "export_pending" or time.monotonic() + poll_s > deadline:
                     raise
-            time.sleep(poll_s)
+            self.transport.sleep(poll_s)
 
-    def download_export(self, job_id: str, path: str | Path, format: str = "csv") -> dict[str, Any]:
+    def download_export(self, job_id: str, path: str | Path, format: str = "csv") -> Export:
         """Save the export to `path`: csv or jsonl (gzip-compressed when `path` ends in .gz), or parquet
         as the API wrote it (compressed inside). Returns the export's description (format, columns, rows)
         with `path`."""
@@ -271,9 +471,11 @@ class Client:
         if fmt not in EXPORT_FORMATS:
             raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
         info = self.export(job_id, fmt)
-        data = self._fetch(info["url"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data if fmt == "parquet" or out.name.endswith(".gz") else gzip.decompress(data))
+        if fmt == "parquet" or out.name.endswith(".gz"):
+            self._download(info["url"], out)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(gzip.decompress(self._fetch(info["url"])))
         return {**info, "path": str(out)}
 
     def insights(self, job_id: str) -> dict[str, Any]:

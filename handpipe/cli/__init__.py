@@ -1,5 +1,6 @@
 """The `handpipe` command: run the engine on a file, run the local stack, run the demo, and talk to
-the API (local or deployed). This module wires the command groups (one module each) to argparse."""
+the API (local or deployed). This module wires the command groups (one module each) to argparse and
+turns every failure into one line on stderr, `handpipe: error: ...`, and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -8,23 +9,60 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
-from . import api, db, deploy, process, stack
+from . import api, db, deploy, jobs, process, stack, submit
 from .errors import CliError
-from .options import DEFAULT_API_URL
+from .options import DEFAULT_API_URL, resolve_api_args
 
-__all__ = ["CliError", "build_parser", "main"]
+__all__ = ["DEFAULT_API_URL", "CliError", "Parser", "build_parser", "main"]
+
+PREFIX = "handpipe: error: "
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error that says where the help is, instead of the usage block."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see `{self.prog} --help`)", 2)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("handpipe")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="handpipe", description="Hand landmarks from video with MediaPipe.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the stack does")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(
+        prog="handpipe",
+        description="Hand landmarks from video with MediaPipe: the engine on a file, a local stack, and a client "
+        "for the handpipe API (local or deployed).",
+        epilog="examples:\n"
+        "  handpipe demo                          # the whole pipeline on a sample clip\n"
+        "  handpipe up                            # the local stack on http://127.0.0.1:8000\n"
+        "  handpipe submit clip.mp4 --wait        # upload, process, print the summary\n"
+        "  handpipe submit recordings/ --tag day1 # a folder as one batch\n"
+        "  handpipe jobs --tag day1               # find its jobs again\n"
+        "\n`handpipe COMMAND --help` describes each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"handpipe {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the stack does; show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     # The order here is the order `handpipe --help` lists the commands in.
     process.add_commands(commands)
     db.add_commands(commands)
     stack.add_commands(commands)
+    submit.add_commands(commands)
     api.add_commands(commands)
+    jobs.add_commands(commands)
     deploy.add_commands(commands)
     return parser
 
@@ -40,32 +78,53 @@ def quiet_native_logs() -> None:
     sys.stderr = os.fdopen(real_stderr, "w", buffering=1)
 
 
+def fail(message: str, status: int = 1) -> int:
+    print(PREFIX + " ".join(message.split()), file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.verbose and args.command in ("process", "demo") and argv is None:
-        quiet_native_logs()
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if hasattr(args, "api_url"):
-        args.api_url_given = args.api_url is not None
-        args.api_url = args.api_url or os.environ.get("HANDPIPE_API_URL") or DEFAULT_API_URL
-    run: Callable[[argparse.Namespace], int] = args.run
+    given = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in given or "--verbose" in given
     try:
+        args = build_parser().parse_args(argv)
+        if not args.verbose and args.command in ("process", "demo") and argv is None:
+            quiet_native_logs()
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
+        if hasattr(args, "api_url"):
+            resolve_api_args(args)
+        run: Callable[[argparse.Namespace], int] = args.run
         return run(args)
     except CliError as error:
-        print(f"handpipe: {error}", file=sys.stderr)
-        return error.status
-    except ConnectionError as error:
-        print(f"handpipe: {error}", file=sys.stderr)
-        return 1
+        return fail(str(error), error.status)
     except KeyboardInterrupt:
-        return 130
+        return fail("interrupted", 130)
     except Exception as error:
-        from ..client import ApiError
+        return _unexpected(error, verbose)
 
-        if isinstance(error, ApiError):
-            print(f"handpipe: {error}", file=sys.stderr)
-            return 1
-        raise
+
+def _unexpected(error: Exception, verbose: bool) -> int:
+    """The client's errors, said for a person at a terminal; anything else in one line (the traceback
+    only with -v, for a bug report)."""
+    from ..client import ApiError, HandpipeConnectionError, HandpipeError
+
+    if isinstance(error, ApiError):
+        if error.status == 401:
+            return fail(f"{error.message} (HTTP 401): pass --api-key KEY or set HANDPIPE_API_KEY")
+        if error.status == 403:
+            return fail(f"{error.message} (HTTP 403): check --api-key or HANDPIPE_API_KEY")
+        if error.status in (429, 503):
+            return fail(f"{error.message} (HTTP {error.status}, still after retrying): try again in a while")
+        return fail(f"{error.message} (HTTP {error.status})")
+    if isinstance(error, HandpipeConnectionError):
+        return fail(
+            f"{error}: is the API running? Start a local stack with `handpipe up`, or point --api-url "
+            "(or HANDPIPE_API_URL) at one"
+        )
+    if isinstance(error, HandpipeError):
+        return fail(str(error))
+    if verbose:
+        raise error
+    return fail(f"unexpected {type(error).__name__}: {error} (run again with -v for the details)")

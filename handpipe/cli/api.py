@@ -1,80 +1,157 @@
-"""The commands that talk to a running API, local or deployed: videos, submit, upload, status, result
-and export, and the upload-wait-summarize sequence `handpipe demo` shares."""
+"""The commands that read videos and results from a running API, local or deployed: videos, upload,
+status, result, export and health, and the upload-wait-summarize sequence `submit` and `handpipe demo` share."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from .errors import CliError
-from .options import add_api_args, add_process_options, client, process_options
-from .report import ProgressBar, format_summary
+from .errors import CliError, command
+from .options import add_api_args, add_json_arg, client, output_path, upper
+from .report import ProgressBar, format_summary, table, when
+
+VIDEO_STATUSES = ("REGISTERED", "UPLOADED", "PROCESSING", "PROCESSED", "FAILED", "DELETING")
 
 
 def add_commands(commands: Any) -> None:
-    videos = commands.add_parser("videos", help="list videos")
-    videos.add_argument("--status")
+    videos = command(
+        commands,
+        "videos",
+        "list your videos, each with its latest job",
+        "Your videos, newest first, as a table: id, status, when registered, the latest job's id and status, "
+        "and the title.",
+        ["handpipe videos", "handpipe videos --status failed", "handpipe videos --json | jq '.[].id'"],
+    )
+    videos.add_argument("--status", type=upper, choices=VIDEO_STATUSES, help="only videos in this status (any case)")
+    videos.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
+    add_json_arg(videos)
     add_api_args(videos)
     videos.set_defaults(run=cmd_videos)
 
-    submit = commands.add_parser("submit", help="upload a video and start a job")
-    submit.add_argument("video")
-    submit.add_argument("--wait", action="store_true", help="wait for the job and print its summary")
-    submit.add_argument("--out", help="with --wait: where to save the full result")
-    add_api_args(submit)
-    add_process_options(submit)
-    submit.set_defaults(run=cmd_submit)
-
-    upload = commands.add_parser(
-        "upload", help="upload a registered video's file again (its upload URL expired, or the file is gone)"
+    upload = command(
+        commands,
+        "upload",
+        "upload a registered video's file again (its upload URL expired, or the file is gone)",
+        "Ask for a fresh upload URL for a registered video whose file is not in the bucket, and upload the file "
+        "to it. The URL is signed for the size registered, so it must be the same file.",
+        ["handpipe upload vid_0123... clip.mp4"],
     )
     upload.add_argument("video_id")
     upload.add_argument("file", help="the same file: the URL is signed for its size and type")
     add_api_args(upload)
     upload.set_defaults(run=cmd_upload)
 
-    status = commands.add_parser("status", help="a job's state and progress")
+    status = command(
+        commands,
+        "status",
+        "a job's state and progress",
+        "One line with the job's status, progress and video (and its error, if it failed); --json prints the "
+        "whole job.",
+        ["handpipe status job_0123...", "handpipe status job_0123... --json | jq .progress"],
+    )
     status.add_argument("job")
-    status.add_argument("--json", action="store_true", help="print the whole job")
+    add_json_arg(status)
     add_api_args(status)
     status.set_defaults(run=cmd_status)
 
-    result = commands.add_parser("result", help="download a job's result and print its summary")
+    result = command(
+        commands,
+        "result",
+        "download a job's result and print its summary",
+        "Save a finished job's full result (landmarks of every frame, docs/results-format.md) and print its "
+        "summary; without --out it goes to .handpipe/results/JOB.json.",
+        ["handpipe result job_0123...", "handpipe result job_0123... --out hands.json --pictures pictures/"],
+    )
     result.add_argument("job")
-    result.add_argument("--out", help="where to save it (default JOB.json)")
+    result.add_argument("--out", help="where to save it (default .handpipe/results/JOB.json)")
     result.add_argument("--pictures", metavar="DIR", help="also save the job's contact sheet, timeline (and video)")
+    add_json_arg(result)
     add_api_args(result)
     result.set_defaults(run=cmd_result)
 
-    export = commands.add_parser("export", help="save a job's landmarks as a table: one row per hand per frame")
+    export = command(
+        commands,
+        "export",
+        "save a job's landmarks as a table: one row per hand per frame",
+        "Save a finished job's landmarks as CSV, JSON Lines or Parquet, one row per hand per frame (columns in "
+        "the README); without --out it goes to .handpipe/exports/JOB.FORMAT.",
+        ["handpipe export job_0123... --out hands.csv", "handpipe export job_0123... --format parquet"],
+    )
     export.add_argument("job")
     export.add_argument(
-        "--format", choices=["csv", "jsonl", "parquet"], default="csv", help="csv (default), jsonl or parquet"
+        "--format",
+        type=str.lower,
+        choices=["csv", "jsonl", "parquet"],
+        default="csv",
+        help="csv (default), jsonl or parquet",
     )
-    export.add_argument("--out", help="default JOB.FORMAT; a name ending in .gz keeps csv or jsonl compressed")
+    export.add_argument(
+        "--out", help="default .handpipe/exports/JOB.FORMAT; a name ending in .gz keeps csv or jsonl compressed"
+    )
     add_api_args(export)
     export.set_defaults(run=cmd_export)
 
+    health = command(
+        commands,
+        "health",
+        "whether the API and what it depends on answer",
+        "The API's own check of its database, bucket and queues; exit status 1 when any is failing.",
+        ["handpipe health", "handpipe health --api-url https://abc.execute-api.eu-west-1.amazonaws.com/api"],
+    )
+    add_json_arg(health)
+    add_api_args(health)
+    health.set_defaults(run=cmd_health)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
 
 def submit_and_report(
-    client: Any, video: Path, options: dict[str, Any], wait: bool, out: str | None, viewer: bool = True
+    client: Any,
+    video: Path,
+    options: dict[str, Any],
+    wait: bool,
+    out: str | None,
+    viewer: bool = True,
+    *,
+    tag: str | None = None,
+    title: str | None = None,
+    webhook_url: str | None = None,
+    timeout_s: float = 3600,
 ) -> int:
-    from ..client import ApiError
+    """Register, upload (with a progress bar) and start one job; with `wait`, report its end."""
+    from .submit import upload_video
 
+    registered = client.register_video(video, title)
+    print(f"registered {video.name} as video {registered['id']}; uploading {video.stat().st_size / 1e6:.1f} MB")
+    bar = ProgressBar("uploading")
     try:
-        registered = client.register_video(video)
-        print(f"registered {video.name} as video {registered['id']}; uploading {video.stat().st_size / 1e6:.1f} MB")
-        client.upload(registered, video)
-        job = client.create_job(registered["id"], options)
-    except ApiError as error:
-        raise CliError(f"the API refused: {error.message}") from None
-    print(f"job {job['id']} {job['status']}")
+        upload_video(client, registered, video, progress=lambda done, total: bar.update(done, total, "bytes"))
+    finally:
+        bar.close()
+    job = client.create_job(registered["id"], options, tag=tag, webhook_url=webhook_url)
+    print(f"job {job['id']} {job['status']}" + (f" (tag {tag})" if tag else ""))
     if not wait:
+        print(f"follow it with: handpipe wait {job['id']}")
         return 0
+    return report_job(client, wait_with_bar(client, job["id"], timeout_s), out, viewer)
+
+
+def wait_with_bar(client: Any, job_id: str, timeout_s: float = 3600) -> dict[str, Any]:
     bar = ProgressBar("processing")
 
     def show(state: dict[str, Any]) -> None:
@@ -82,21 +159,24 @@ def submit_and_report(
         bar.update(progress["frames_done"], progress["frames_total"])
 
     try:
-        job = client.wait(job["id"], on_progress=show, poll_s=0.5)
+        job: dict[str, Any] = client.wait_for_job(job_id, on_progress=show, timeout_s=timeout_s, poll_s=0.5)
     finally:
         bar.close()
-    return _report_job(client, job, out, viewer)
+    return job
 
 
-def _report_job(client: Any, job: dict[str, Any], out: str | None, viewer: bool = True) -> int:
-    if job["status"] == "FAILED":
+def report_job(client: Any, job: dict[str, Any], out: str | None, viewer: bool = True) -> int:
+    """A finished job: its summary and the saved result (exit 0), or why it did not succeed (exit 1)."""
+    if job["status"] != "SUCCEEDED":
         error = job.get("error") or {}
-        print(f"job {job['id']} FAILED: {error.get('message')} ({error.get('code')})", file=sys.stderr)
+        reason = f": {error.get('message')} ({error.get('code')})" if error else ""
+        print(f"handpipe: error: job {job['id']} {job['status']}{reason}", file=sys.stderr)
         return 1
     result = client.result(job["id"])
     summary = dict(result["summary"])
     stats = summary.pop("stats", None)
-    path = Path(out or f"{job['id']}.json")
+    path = output_path(out, "results", f"{job['id']}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(client.download_result(job["id"])))
     where = f"{path} (full landmarks; in S3 at {result['result']['key']})"
     print(f"job {job['id']} SUCCEEDED")
@@ -107,40 +187,69 @@ def _report_job(client: Any, job: dict[str, Any], out: str | None, viewer: bool 
 
 
 def cmd_videos(args: argparse.Namespace) -> int:
-    rows = list(client(args).list_videos(status=args.status))
+    api = client(args)
+    rows: list[dict[str, Any]] = []
+    for video in api.list_videos(status=args.status, limit=min(args.limit, 100)):
+        latest = next(iter(api.list_video_jobs(video["id"], limit=1)), None)
+        rows.append({**video, "latest_job": latest and {"id": latest["id"], "status": latest["status"]}})
+        if len(rows) >= args.limit:
+            break
+    if args.json:
+        print_json(rows)
+        return 0
     if not rows:
-        print("no videos")
-    for video in rows:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(video["created_at"] / 1000))
-        print(f"{video['id']}  {video['status']:<10}  {created}  {video['title']}")
+        print("no videos" + (f" with status {args.status}" if args.status else ""))
+        return 0
+    header = ["VIDEO", "STATUS", "REGISTERED", "LATEST JOB", "JOB STATUS", "TITLE"]
+    print(
+        table(
+            header,
+            [
+                [
+                    v["id"],
+                    v["status"],
+                    when(v["created_at"]),
+                    (v["latest_job"] or {}).get("id"),
+                    (v["latest_job"] or {}).get("status"),
+                    v["title"],
+                ]
+                for v in rows
+            ],
+        )
+    )
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    video = Path(args.video)
-    if not video.is_file():
-        raise CliError(f"{video} does not exist")
-    return submit_and_report(client(args), video, process_options(args), wait=args.wait, out=args.out)
-
-
 def cmd_upload(args: argparse.Namespace) -> int:
-    video = Path(args.file)
-    if not video.is_file():
-        raise CliError(f"{video} does not exist")
-    uploaded = client(args).upload_again(args.video_id, video)
-    print(f"{uploaded['id']}  uploaded {video} ({uploaded['size_bytes']} bytes); start a job on it with the API")
+    from ..client import check_file
+
+    video = check_file(args.file)
+    api = client(args)
+    fresh = api.new_upload_url(args.video_id)
+    bar = ProgressBar("uploading")
+    from .submit import upload_video
+
+    try:
+        upload_video(api, fresh, video, progress=lambda done, total: bar.update(done, total, "bytes"))
+    finally:
+        bar.close()
+    print(f"{fresh['id']}  uploaded {video} ({fresh['size_bytes']} bytes); start a job on it with the API")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     job = client(args).get_job(args.job)
+    if args.json:
+        print_json(job)
+        return 0
     progress = job["progress"]
     percent = "" if progress["percent"] is None else f" {progress['percent']:.0f}%"
-    print(f"{job['id']}  {job['status']}{percent}  video {job['video_id']}")
+    print(
+        f"{job['id']}  {job['status']}{percent}  video {job['video_id']}"
+        + (f"  tag {job['tag']}" if job["tag"] else "")
+    )
     if job.get("error"):
-        print(f"error: {job['error']['message']}")
-    if args.json:
-        print(json.dumps(job, indent=2))
+        print(f"error: {job['error']['message']} ({job['error']['code']})")
     return 0
 
 
@@ -149,7 +258,14 @@ def cmd_result(args: argparse.Namespace) -> int:
     job = api.get_job(args.job)
     if job["status"] != "SUCCEEDED":
         raise CliError(f"job {args.job} is {job['status']}; results exist once it has SUCCEEDED")
-    status = _report_job(api, job, args.out)
+    if args.json:
+        result = dict(api.result(args.job))
+        path = output_path(args.out, "results", f"{args.job}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(api.download_result(args.job)))
+        print_json({**result, "path": str(path)})
+        return 0
+    status = report_job(api, job, args.out)
     if args.pictures:
         saved = api.download_pictures(args.job, Path(args.pictures), wait_s=60)
         if not saved:
@@ -160,12 +276,23 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..client import ApiError
-
-    out = Path(args.out or f"{args.job}.{args.format}")
-    try:
-        saved = client(args).download_export(args.job, out, args.format)
-    except ApiError as error:
-        raise CliError(f"the API refused: {error.message}") from None
+    out = output_path(args.out, "exports", f"{args.job}.{args.format}")
+    saved = client(args).download_export(args.job, out, args.format)
     print(f"{out}: {saved['rows']} rows (one per hand per frame), {len(saved['columns'])} columns, {args.format}")
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    api = client(args, key_required=False)
+    answer = api.health()
+    healthy = answer["status"] == "ok"
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"{api.api_url}: {answer['status']}")
+        for name, state in answer["checks"].items():
+            print(f"  {name:<11} {state}")
+    if not healthy:
+        failing = ", ".join(name for name, state in answer["checks"].items() if state != "ok")
+        print(f"handpipe: error: the API is degraded: {failing} failing (its log says why)", file=sys.stderr)
+    return 0 if healthy else 1

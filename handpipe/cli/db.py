@@ -7,11 +7,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import CliError
+from .errors import CliError, command
 
 
 def add_commands(commands: Any) -> None:
-    db = commands.add_parser("db", help="database schema")
+    db = command(
+        commands,
+        "db",
+        "database schema: upgrade it, or tell its version",
+        "Apply the schema migrations to a database (`upgrade`), or tell which version it is at (`status`). The "
+        "app never migrates by itself.",
+        ["handpipe db status", "handpipe db upgrade --db-url mysql+pymysql://user:pw@host/handpipe"],
+    )
     db.add_argument("db_command", choices=["upgrade", "status"])
     db.add_argument("--db-url", help="default $HANDPIPE_DB_URL or sqlite:///.handpipe/handpipe.db")
     db.set_defaults(run=cmd_db)

@@ -52,6 +52,8 @@ def add_commands(subparsers: Any) -> None:
         description="Build and push the worker image, create or update the CloudFormation stacks, write the "
         "Chalice stage config and IAM policy, run `chalice deploy` and the migrations. Re-run it to update; "
         "options left out keep the stage's current settings. See docs/deploy.md.",
+        epilog="examples:\n  handpipe deploy --stage dev\n"
+        "  handpipe deploy --stage prod --worker-concurrency 50 --skip-build",
     )
     _common_arguments(deploy)
     image = deploy.add_argument_group("worker")
@@ -129,6 +131,7 @@ def add_commands(subparsers: Any) -> None:
         help="remove a stage from AWS (chalice delete, then the stacks)",
         description="Run `chalice delete`, then delete the stage's stacks. The bucket and the database are "
         "deleted too unless --keep-data is given.",
+        epilog="examples:\n  handpipe destroy --stage dev\n  handpipe destroy --stage prod --keep-data",
     )
     _common_arguments(destroy)
     destroy.add_argument("--keep-data", action="store_true", help="keep the bucket and the database (and its secret)")

@@ -8,16 +8,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import CliError
-from .options import add_process_options, process_options
+from .errors import CliError, command
+from .options import add_process_options, output_path, process_options
 from .report import ProgressBar, format_summary
 
 
 def add_commands(commands: Any) -> None:
-    process = commands.add_parser("process", help="run the engine on a local video file")
+    process = command(
+        commands,
+        "process",
+        "run the engine on a local video file (no stack, no AWS)",
+        "Run MediaPipe's hand landmarker over a video on this machine, as a worker would, and print what it "
+        "found; the full result goes to --out, or to .handpipe/results/NAME.hands.json.",
+        [
+            "handpipe process clip.mp4",
+            "handpipe process clip.mp4 --model lite --sample-fps 10 --out hands.json.gz",
+            "handpipe process clip.mp4 --model-uri ~/models/gesture_recognizer.task",
+        ],
+    )
     process.add_argument("video")
-    process.add_argument("--out", help="result file (.json, or .json.gz); default VIDEO.hands.json")
-    add_process_options(process)
+    process.add_argument("--out", help="result file (.json, or .json.gz); default .handpipe/results/NAME.hands.json")
+    add_process_options(process, jobs=False)
     process.set_defaults(run=cmd_process)
 
 
@@ -29,11 +40,15 @@ def cmd_process(args: argparse.Namespace) -> int:
     from chalicelib.shared.results import to_gzip
 
     video = Path(args.video)
+    if not video.is_file():
+        raise CliError(f"{video} does not exist" if not video.exists() else f"{video} is not a file", 2)
+    if video.stat().st_size == 0:
+        raise CliError(f"{video.name} is empty (0 bytes)", 2)
     try:
-        options = ProcessOptions.from_dict(process_options(args))
+        options = ProcessOptions.from_dict(process_options(args, jobs=False))
     except ContractError as error:
         raise CliError(f"invalid options: {error}", 2) from None
-    out = Path(args.out) if args.out else Path(video.stem + ".hands.json")
+    out = output_path(args.out, "results", video.stem + ".hands.json")
     bar = ProgressBar(f"{video.name}")
     try:
         result = process_video(video, options, progress=bar.update)

@@ -1,10 +1,11 @@
-"""What the command line shows people: a progress bar for long work and a short, readable summary
-of a result."""
+"""What the command line shows people: a progress bar for long work, tables of videos and jobs, and a
+short, readable summary of a result."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 
@@ -21,16 +22,21 @@ class ProgressBar:
         self._drawn = False
 
     def update(self, done: int, total: int | None, unit: str = "frames") -> None:
+        """`unit` "bytes" shows megabytes."""
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = done / elapsed
+        shown_done, shown_total, shown_rate = (str(done), str(total), f"{rate:5.1f}")
+        if unit == "bytes":
+            unit = "MB"
+            shown_done, shown_total, shown_rate = f"{done / 1e6:.1f}", f"{(total or 0) / 1e6:.1f}", f"{rate / 1e6:5.1f}"
         if total:
             fraction = min(1.0, done / total)
             filled = int(fraction * self.width)
             bar = "#" * filled + "." * (self.width - filled)
-            text = f"{self.label} [{bar}] {fraction * 100:5.1f}% {done}/{total} {unit} {rate:5.1f}/s"
+            text = f"{self.label} [{bar}] {fraction * 100:5.1f}% {shown_done}/{shown_total} {unit} {shown_rate}/s"
             tenth = int(fraction * 10)
         else:
-            text = f"{self.label} {done} {unit} {rate:5.1f}/s"
+            text = f"{self.label} {shown_done} {unit} {shown_rate}/s"
             tenth = done // 100
         if self.tty:
             self.stream.write("\r" + text.ljust(79))
@@ -44,6 +50,20 @@ class ProgressBar:
         if self.tty and self._drawn:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell, under a header; the last column is not padded."""
+    cells = [[str(c) for c in header]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[n]) for row in cells) for n in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[n]) if n < len(header) - 1 else cell for n, cell in enumerate(row)).rstrip()
+        for row in cells
+    )
+
+
+def when(epoch_ms: int | None) -> str:
+    return "-" if epoch_ms is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch_ms / 1000))
 
 
 def seconds(ms: float | None) -> str:

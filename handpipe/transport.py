@@ -1,0 +1,215 @@
+"""HTTP for the client, on the standard library: the error types a caller catches, bounded retries that
+honour the API's Retry-After on 429 and 503, and file bodies streamed from disk with progress, so a
+large upload never sits in memory."""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import IO, Any
+
+# Progress of one transfer: bytes done so far, bytes in all.
+Progress = Callable[[int, int], None]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+RETRY_STATUSES = frozenset({429, 503})
+_PROGRESS_STEP = 1 << 20  # report at most once a MiB (http.client reads a body 8 KiB at a time)
+
+
+class HandpipeError(Exception):
+    """Every error the client raises: catch this one to handle them all."""
+
+
+class ApiError(HandpipeError):
+    """The API (or the bucket, for a presigned URL) answered with an error: `status` is the HTTP status,
+    `code` the error's code (e.g. "not_found"; None when the answer carried none), `message` its text,
+    `retry_after_s` what a 429 or 503 asked for after the client's own retries ran out, `body` the
+    answer's JSON (None when it was not JSON)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.code = code
+        self.retry_after_s = retry_after_s
+        self.body = body
+
+
+class HandpipeConnectionError(HandpipeError, ConnectionError):
+    """No answer: the host refused the connection, reset it, could not be resolved, or did not answer in
+    time. One type for what urllib, http.client and the socket layer raise for these."""
+
+
+class HandpipeTimeout(HandpipeError, TimeoutError):
+    """A wait for a job ran out of time while the job was still going (the job goes on)."""
+
+
+class InvalidFile(HandpipeError, ValueError):
+    """A file the client was asked to send cannot be: it is missing, empty, or changed size."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard a request tries. 429 and 503 are retried up to `attempts` tries in all, waiting what
+    Retry-After says (capped at `max_wait_s`; `default_wait_s` doubling when it says nothing). A request
+    whose connection failed is tried again `connection_retries` times, if it is safe to repeat."""
+
+    attempts: int = 5
+    max_wait_s: float = 30.0
+    default_wait_s: float = 1.0
+    connection_retries: int = 2
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header's wait: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class ProgressReader:
+    """A file read in the blocks http.client asks for, telling `progress` how far it has got."""
+
+    def __init__(self, file: IO[bytes], total: int, progress: Progress | None) -> None:
+        self.file = file
+        self.total = total
+        self.progress = progress
+        self.done = 0
+        self._reported = 0
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.file.read(size)
+        self.done += len(block)
+        if self.progress is not None and (self.done - self._reported >= _PROGRESS_STEP or self.done >= self.total):
+            self._reported = self.done
+            self.progress(self.done, self.total)
+        return block
+
+
+def _describe(error: BaseException, where: str, timeout_s: float) -> str:
+    reason: Any = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, TimeoutError | socket.timeout):
+        return f"{where} did not answer within {timeout_s:g} s"
+    if isinstance(reason, ConnectionRefusedError):
+        return f"nothing answers at {where} (connection refused)"
+    if isinstance(reason, ConnectionResetError | http.client.RemoteDisconnected | ConnectionAbortedError):
+        return f"{where} closed the connection before answering ({reason})"
+    if isinstance(reason, socket.gaierror):
+        return f"cannot find the host of {where} ({reason.strerror or reason})"
+    return f"cannot reach {where} ({reason})"
+
+
+class Transport:
+    """Sends one request, with the retries of `retry`; `sleep` is injectable so tests see the waits."""
+
+    def __init__(
+        self, timeout_s: float, retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self.sleep = sleep
+
+    def send(  # noqa: C901 - one loop over the three outcomes (answer, error answer, no answer) and their retries
+        self,
+        method: str,
+        url: str,
+        *,
+        where: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | Callable[[], Any] | None = None,
+        timeout_s: float | None = None,
+        sink: IO[bytes] | None = None,
+        retry_busy: bool = True,
+    ) -> tuple[int, Message, bytes]:
+        """The answer's status, headers and body (empty when written to `sink`). `body` may be a function
+        that opens a fresh body for each try (a file). Error answers raise ApiError (429 and 503 after
+        the policy's retries, unless `retry_busy` is false); no answer raises HandpipeConnectionError."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        attempt, failed_connections = 1, 0
+        while True:
+            data = body() if callable(body) else body
+            request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    if sink is None:
+                        return response.status, response.headers, response.read()
+                    while block := response.read(_PROGRESS_STEP):
+                        sink.write(block)
+                    return response.status, response.headers, b""
+            except urllib.error.HTTPError as error:
+                raw = error.read()
+                wait = retry_after_seconds(error.headers.get("Retry-After"))
+                if retry_busy and error.code in RETRY_STATUSES and attempt < self.retry.attempts:
+                    fallback = self.retry.default_wait_s * 2 ** (attempt - 1)
+                    self.sleep(min(self.retry.max_wait_s, fallback if wait is None else wait))
+                    attempt += 1
+                    continue
+                raise error_from_answer(error.code, raw, wait) from None
+            except (OSError, http.client.HTTPException) as error:
+                if method in IDEMPOTENT_METHODS and failed_connections < self.retry.connection_retries:
+                    failed_connections += 1
+                    self.sleep(min(self.retry.max_wait_s, 0.5 * 2 ** (failed_connections - 1)))
+                    continue
+                raise HandpipeConnectionError(_describe(error, where, timeout)) from None
+            finally:
+                closer = getattr(data, "file", None)
+                if closer is not None:
+                    closer.close()
+
+
+def error_from_answer(status: int, raw: bytes, retry_after_s: float | None = None) -> ApiError:
+    """The API's `{"code", "message"}` error, or S3's XML one, as an ApiError."""
+    import json
+
+    code, answer = None, None
+    try:
+        answer = json.loads(raw)
+        message, code = str(answer.get("message") or raw.decode(errors="replace")[:500]), answer.get("code")
+    except (ValueError, AttributeError):
+        text = raw.decode(errors="replace")
+        message = _s3_message(text) or text[:500] or http.client.responses.get(status, "error")
+    return ApiError(status, message, code, retry_after_s, answer)
+
+
+def _s3_message(text: str) -> str | None:
+    """S3 answers errors in XML: `<Error><Code>..</Code><Message>..</Message></Error>`."""
+    import re
+
+    code = re.search(r"<Code>([^<]*)</Code>", text)
+    message = re.search(r"<Message>([^<]*)</Message>", text)
+    if not code and not message:
+        return None
+    return ": ".join(part.group(1) for part in (code, message) if part)
+
+
+def file_body(path: Path, progress: Progress | None) -> Callable[[], ProgressReader]:
+    """A body factory for Transport.send: the file opened anew (from its start) for each try."""
+    total = os.path.getsize(path)
+
+    def open_body() -> ProgressReader:
+        return ProgressReader(path.open("rb"), total, progress)
+
+    return open_body
