@@ -12,6 +12,7 @@ from typing import Any
 from .errors import CliError, command
 from .options import add_api_args, add_json_arg, client, output_path, upper
 from .report import ProgressBar, format_summary, table, when
+from .transfer import upload_video
 
 VIDEO_STATUSES = ("REGISTERED", "UPLOADED", "PROCESSING", "PROCESSED", "FAILED", "DELETING")
 
@@ -134,8 +135,6 @@ def submit_and_report(
     timeout_s: float = 3600,
 ) -> int:
     """Register, upload (with a progress bar) and start one job; with `wait`, report its end."""
-    from .submit import upload_video
-
     registered = client.register_video(video, title)
     print(f"registered {video.name} as video {registered['id']}; uploading {video.stat().st_size / 1e6:.1f} MB")
     bar = ProgressBar("uploading")
@@ -227,8 +226,6 @@ def cmd_upload(args: argparse.Namespace) -> int:
     api = client(args)
     fresh = api.new_upload_url(args.video_id)
     bar = ProgressBar("uploading")
-    from .submit import upload_video
-
     try:
         upload_video(api, fresh, video, progress=lambda done, total: bar.update(done, total, "bytes"))
     finally:

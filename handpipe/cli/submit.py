@@ -16,6 +16,7 @@ from .api import print_json, submit_and_report
 from .errors import CliError, command
 from .options import add_api_args, add_json_arg, add_process_options, client, process_options
 from .report import ProgressBar, table
+from .transfer import upload_video
 
 # What a folder's files must end in to be taken as videos (a file named on the command line is sent
 # whatever its name, and the API judges it).
@@ -56,11 +57,6 @@ def add_commands(commands: Any) -> None:
     add_api_args(submit)
     add_process_options(submit)
     submit.set_defaults(run=cmd_submit)
-
-
-def upload_video(api: Any, video: dict[str, Any], path: Path, progress: Any = None) -> None:
-    """The one place `submit` and `upload` send a file: streamed from disk, `progress(done, total)`."""
-    api.upload(video, path, progress=progress)
 
 
 def collect_videos(paths: list[str]) -> list[Path]:
