@@ -114,11 +114,11 @@ def _describe(error: BaseException, where: str, timeout_s: float) -> str:
     if isinstance(reason, TimeoutError | socket.timeout):
         return f"{where} did not answer within {timeout_s:g} s"
     if isinstance(reason, ConnectionRefusedError):
-        return f"nothing answers at {where} (connection refused)"
+        return f"cannot reach {where}: nothing answers there (connection refused)"
     if isinstance(reason, ConnectionResetError | http.client.RemoteDisconnected | ConnectionAbortedError):
         return f"{where} closed the connection before answering ({reason})"
     if isinstance(reason, socket.gaierror):
-        return f"cannot find the host of {where} ({reason.strerror or reason})"
+        return f"cannot reach {where}: its host name does not resolve ({reason.strerror or reason})"
     return f"cannot reach {where} ({reason})"
 
 

@@ -124,7 +124,7 @@ def add_stack_args(sub: argparse.ArgumentParser) -> None:
 def normalize_api_url(text: str) -> str:
     """An http(s) URL from what the user typed: `127.0.0.1:8000` and `localhost:8000` get http://, a
     bare host name https:// (API Gateway listens only there); anything else is a usage error."""
-    value = text.strip().rstrip("/")
+    value = text.strip()
     if "://" not in value:
         host = value.split("/")[0].split(":")[0].lower()
         local = host in ("localhost", "0.0.0.0", "::1") or host.startswith("127.")
@@ -136,7 +136,7 @@ def normalize_api_url(text: str) -> str:
         parsed = parsed._replace(netloc="")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise CliError(f"--api-url {text!r} is not an http(s) address: give one like {DEFAULT_API_URL}", 2)
-    return value
+    return value.rstrip("/")
 
 
 def resolve_api_args(args: argparse.Namespace) -> None:
