@@ -36,6 +36,7 @@ from .transport import (
     InvalidFile,
     Progress,
     RetryPolicy,
+    StorageError,
     Transport,
     file_body,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "InvalidFile",
     "MissingDependency",
     "RetryPolicy",
+    "StorageError",
     "verify_webhook",
 ]
 
@@ -145,7 +147,7 @@ class Client:
     def _fetch(self, url: str) -> bytes:
         """A presigned S3 URL's object, in memory (the API key is not sent to S3)."""
         timeout_s = max(self.timeout_s, _TRANSFER_TIMEOUT_S)
-        return self.transport.send("GET", url, where="the bucket", timeout_s=timeout_s)[2]
+        return self.transport.send("GET", url, where="the bucket", timeout_s=timeout_s, storage=True)[2]
 
     def _download(self, url: str, path: Path) -> Path:
         """A presigned S3 URL's object streamed to `path` (through a temporary file, so a cut download
@@ -155,7 +157,12 @@ class Client:
         try:
             with partial.open("wb") as sink:
                 self.transport.send(
-                    "GET", url, where="the bucket", timeout_s=max(self.timeout_s, _TRANSFER_TIMEOUT_S), sink=sink
+                    "GET",
+                    url,
+                    where="the bucket",
+                    timeout_s=max(self.timeout_s, _TRANSFER_TIMEOUT_S),
+                    sink=sink,
+                    storage=True,
                 )
             partial.replace(path)
         finally:
@@ -244,6 +251,7 @@ class Client:
             headers=headers,
             body=file_body(file, progress),
             timeout_s=max(self.timeout_s, _TRANSFER_TIMEOUT_S),
+            storage=True,
         )
 
     def new_upload_url(self, video_id: str) -> Video:

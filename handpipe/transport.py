@@ -51,6 +51,11 @@ class ApiError(HandpipeError):
         self.body = body
 
 
+class StorageError(ApiError):
+    """The bucket refused a presigned upload or download (an expired URL, a size other than the one
+    signed for): the API key has nothing to do with it."""
+
+
 class HandpipeConnectionError(HandpipeError, ConnectionError):
     """No answer: the host refused the connection, reset it, could not be resolved, or did not answer in
     time. One type for what urllib, http.client and the socket layer raise for these."""
@@ -143,10 +148,12 @@ class Transport:
         timeout_s: float | None = None,
         sink: IO[bytes] | None = None,
         retry_busy: bool = True,
+        storage: bool = False,
     ) -> tuple[int, Message, bytes]:
         """The answer's status, headers and body (empty when written to `sink`). `body` may be a function
         that opens a fresh body for each try (a file). Error answers raise ApiError (429 and 503 after
-        the policy's retries, unless `retry_busy` is false); no answer raises HandpipeConnectionError."""
+        the policy's retries, unless `retry_busy` is false), StorageError for a presigned URL (`storage`);
+        no answer raises HandpipeConnectionError."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         attempt, failed_connections = 1, 0
         while True:
@@ -167,7 +174,7 @@ class Transport:
                     self.sleep(min(self.retry.max_wait_s, fallback if wait is None else wait))
                     attempt += 1
                     continue
-                raise error_from_answer(error.code, raw, wait) from None
+                raise error_from_answer(error.code, raw, wait, StorageError if storage else ApiError) from None
             except (OSError, http.client.HTTPException) as error:
                 if method in IDEMPOTENT_METHODS and failed_connections < self.retry.connection_retries:
                     failed_connections += 1
@@ -180,7 +187,9 @@ class Transport:
                     closer.close()
 
 
-def error_from_answer(status: int, raw: bytes, retry_after_s: float | None = None) -> ApiError:
+def error_from_answer(
+    status: int, raw: bytes, retry_after_s: float | None = None, kind: type[ApiError] = ApiError
+) -> ApiError:
     """The API's `{"code", "message"}` error, or S3's XML one, as an ApiError."""
     import json
 
@@ -191,7 +200,7 @@ def error_from_answer(status: int, raw: bytes, retry_after_s: float | None = Non
     except (ValueError, AttributeError):
         text = raw.decode(errors="replace")
         message = _s3_message(text) or text[:500] or http.client.responses.get(status, "error")
-    return ApiError(status, message, code, retry_after_s, answer)
+    return kind(status, message, code, retry_after_s, answer)
 
 
 def _s3_message(text: str) -> str | None:

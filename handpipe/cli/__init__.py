@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 def _unexpected(error: Exception, verbose: bool) -> int:
     """The client's errors, said for a person at a terminal; anything else in one line (the traceback
     only with -v, for a bug report)."""
-    from ..client import ApiError, HandpipeConnectionError, HandpipeError
+    from ..client import ApiError, HandpipeConnectionError, HandpipeError, StorageError
 
+    if isinstance(error, StorageError):
+        return fail(f"the bucket refused the transfer: {error.message} (HTTP {error.status})")
     if isinstance(error, ApiError):
         if error.status == 401:
             return fail(f"{error.message} (HTTP 401): pass --api-key KEY or set HANDPIPE_API_KEY")

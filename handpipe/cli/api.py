@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..transport import HandpipeError
 from .errors import CliError, command
 from .options import add_api_args, add_json_arg, client, output_path, upper
 from .report import ProgressBar, format_summary, table, when
@@ -140,6 +141,8 @@ def submit_and_report(
     bar = ProgressBar("uploading")
     try:
         upload_video(client, registered, video, progress=lambda done, total: bar.update(done, total, "bytes"))
+    except HandpipeError as error:
+        raise CliError(f"{video.name} was not uploaded: {error}{remove_video(client, registered['id'])}") from None
     finally:
         bar.close()
     job = client.create_job(registered["id"], options, tag=tag, webhook_url=webhook_url)
@@ -148,6 +151,15 @@ def submit_and_report(
         print(f"follow it with: handpipe wait {job['id']}")
         return 0
     return report_job(client, wait_with_bar(client, job["id"], timeout_s), out, viewer)
+
+
+def remove_video(client: Any, video_id: str) -> str:
+    """A video whose upload failed is deleted again, so no REGISTERED video without a file stays; says so."""
+    try:
+        client.delete_video(video_id)
+    except HandpipeError as error:
+        return f" (and video {video_id} could not be removed: {error})"
+    return " (its registration was removed)"
 
 
 def wait_with_bar(client: Any, job_id: str, timeout_s: float = 3600) -> dict[str, Any]:

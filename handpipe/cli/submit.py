@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .api import print_json, submit_and_report
+from .api import print_json, remove_video, submit_and_report
 from .errors import CliError, command
 from .options import add_api_args, add_json_arg, add_process_options, client, process_options
 from .report import ProgressBar, table
@@ -182,7 +182,7 @@ class Batch:
         except HandpipeError as error:
             row.error = f"not sent: {error}"
             if video is not None:
-                row.error += self._remove(video["id"])
+                row.error += remove_video(self.api, video["id"])
             return row
         try:
             job = self.api.create_job(video["id"], self.options, tag=self.tag, webhook_url=self.webhook_url)
@@ -191,16 +191,6 @@ class Batch:
             return row
         row.job_id, row.status = job["id"], job["status"]
         return row
-
-    def _remove(self, video_id: str) -> str:
-        """A video whose upload failed is deleted again, so no REGISTERED video without a file stays."""
-        from ..client import HandpipeError
-
-        try:
-            self.api.delete_video(video_id)
-        except HandpipeError as error:
-            return f" (and video {video_id} could not be removed: {error})"
-        return " (its registration was removed)"
 
     def _wait(self, rows: list[Row], timeout_s: float) -> None:
         from ..client import HandpipeError, HandpipeTimeout

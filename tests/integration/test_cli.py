@@ -189,12 +189,21 @@ def test_a_failed_upload_removes_its_registration(in_tmp: Path, capsys: pytest.C
     server = Loopback(script)
     with server:
         two = [str(data_path(CLIP)), str(data_path(OTHER_CLIP))]
-        status, out, _ = run(capsys, "submit", *two, "--json", "--api-url", server.url, "--api-key", "k" * 20)
-        methods = [(s.method, s.path) for s in server.seen]
-    rows = json.loads(out)
-    assert status == 1 and [r["status"] for r in rows] == ["NOT SENT", "NOT SENT"]
-    assert rows[0]["error"] == ("not sent: HTTP 403: AccessDenied: Request has expired (its registration was removed)")
-    assert methods.count(("DELETE", f"/videos/{video_id}")) == 2
+        api = ["--api-url", server.url, "--api-key", "k" * 20]
+        status, out, _ = run(capsys, "submit", *two, "--json", *api)
+        rows = json.loads(out)
+        assert status == 1 and [r["status"] for r in rows] == ["NOT SENT", "NOT SENT"]
+        assert (
+            rows[0]["error"] == "not sent: HTTP 403: AccessDenied: Request has expired (its registration was removed)"
+        )
+        assert [(s.method, s.path) for s in server.seen].count(("DELETE", f"/videos/{video_id}")) == 2
+        server.seen.clear()
+        status, out, err = run(capsys, "submit", two[0], *api)
+        assert status == 1 and one_error_line(err) == (
+            f"handpipe: error: {Path(two[0]).name} was not uploaded: HTTP 403: AccessDenied: Request has expired "
+            "(its registration was removed)"
+        )
+        assert [s.method for s in server.seen] == ["POST", "PUT", "DELETE"]
 
 
 def jobs_api(jobs: list[dict[str, Any]]) -> tuple[Loopback, list[str]]:

@@ -21,6 +21,7 @@ from handpipe.client import (
     HandpipeTimeout,
     InvalidFile,
     RetryPolicy,
+    StorageError,
     verify_webhook,
 )
 from tests.support.http_api import HttpApi
@@ -122,6 +123,20 @@ def test_an_upload_sends_content_length_not_chunks(tmp_path: Path) -> None:
         (put,) = server.seen
     assert put.method == "PUT" and put.headers["content-length"] == "200000" and "transfer-encoding" not in put.headers
     assert put.body == clip.read_bytes()
+
+
+def test_a_refused_presigned_upload_is_a_storage_error_with_s3s_message(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"x" * 1000)
+    expired = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+    with Loopback(lambda seen: Reply(403, expired)) as server:
+        video = {"id": "vid_x", "size_bytes": 1000, "upload": {"method": "PUT", "url": server.url, "headers": {}}}
+        with pytest.raises(StorageError) as refused:
+            Client(server.url).upload(video, clip)  # type: ignore[arg-type]
+        video["size_bytes"] = 999
+        with pytest.raises(InvalidFile, match="has 1000 bytes but video vid_x was registered with 999"):
+            Client(server.url).upload(video, clip)  # type: ignore[arg-type]
+    assert refused.value.status == 403 and refused.value.message == "AccessDenied: Request has expired"
 
 
 # ------------------------------------------------------------------------------ retries and errors
