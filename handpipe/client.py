@@ -10,7 +10,6 @@ import itertools
 import json
 import mimetypes
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +29,7 @@ from .api_types import (
 )
 from .transport import (
     ApiError,
+    ApiSession,
     HandpipeConnectionError,
     HandpipeError,
     HandpipeTimeout,
@@ -37,7 +37,6 @@ from .transport import (
     Progress,
     RetryPolicy,
     StorageError,
-    Transport,
     file_body,
 )
 
@@ -57,7 +56,6 @@ __all__ = [
 ]
 
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
-_TRANSFER_TIMEOUT_S = 300.0  # a presigned upload or download: large bodies over slow links
 
 
 class MissingDependency(ImportError):
@@ -104,70 +102,10 @@ def _epoch_ms_or_iso(value: dt.datetime | int | float | str | None) -> str | Non
     return str(int(value))
 
 
-class Client:
-    """One caller of one API. `retry` bounds the retries of 429 and 503 answers (which honour
-    Retry-After) and of failed connections; `sleep` is what waits between them."""
-
-    def __init__(
-        self,
-        api_url: str,
-        api_key: str | None = None,
-        timeout_s: float = 30.0,
-        retry: RetryPolicy | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.api_url = api_url.rstrip("/")
-        self.api_key = api_key
-        self.timeout_s = timeout_s
-        self.transport = Transport(timeout_s, retry, sleep)
-
-    # ----------------------------------------------------------------------------- transport
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
-        """One API call: JSON body and answer; query parameters left out when None."""
-        return self._call(method, path, body, params)
-
-    def _call(
-        self, method: str, path: str, body: Mapping[str, Any] | None, params: Mapping[str, Any], retry_busy: bool = True
-    ) -> Any:
-        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        url = f"{self.api_url}{path}" + (f"?{query}" if query else "")
-        headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        if self.api_key:
-            headers["x-api-key"] = self.api_key
-        _, _, raw = self.transport.send(
-            method, url, headers=headers, body=data, where=f"the handpipe API at {self.api_url}", retry_busy=retry_busy
-        )
-        return json.loads(raw or b"null")
-
-    def _fetch(self, url: str) -> bytes:
-        """A presigned S3 URL's object, in memory (the API key is not sent to S3)."""
-        timeout_s = max(self.timeout_s, _TRANSFER_TIMEOUT_S)
-        return self.transport.send("GET", url, where="the bucket", timeout_s=timeout_s, storage=True)[2]
-
-    def _download(self, url: str, path: Path) -> Path:
-        """A presigned S3 URL's object streamed to `path` (through a temporary file, so a cut download
-        leaves no half file behind)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".part")
-        try:
-            with partial.open("wb") as sink:
-                self.transport.send(
-                    "GET",
-                    url,
-                    where="the bucket",
-                    timeout_s=max(self.timeout_s, _TRANSFER_TIMEOUT_S),
-                    sink=sink,
-                    storage=True,
-                )
-            partial.replace(path)
-        finally:
-            partial.unlink(missing_ok=True)
-        return path
+class Client(ApiSession):
+    """One caller of one API: Client(api_url, api_key, timeout_s=30, retry=RetryPolicy(), sleep=time.sleep).
+    `retry` bounds the retries of 429 and 503 answers (which honour Retry-After) and of failed
+    connections; `sleep` is what waits between them and between polls."""
 
     def health(self) -> Health:
         """The API's check of its database, bucket and queues: `status` "ok", or "degraded" (a 503,
@@ -250,7 +188,7 @@ class Client:
             where="the bucket's upload URL",
             headers=headers,
             body=file_body(file, progress),
-            timeout_s=max(self.timeout_s, _TRANSFER_TIMEOUT_S),
+            timeout_s=self.transfer_timeout_s,
             storage=True,
         )
 

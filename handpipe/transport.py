@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import json
 import os
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -187,12 +189,79 @@ class Transport:
                     closer.close()
 
 
+class ApiSession:
+    """The API's address and key with a Transport: JSON calls to the API, and transfers to and from
+    the bucket's presigned URLs (which never get the key). handpipe.client.Client adds the routes."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self.transport = Transport(timeout_s, retry, sleep)
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+        """One API call: JSON body and answer; query parameters left out when None."""
+        return self._call(method, path, body, params)
+
+    def _call(
+        self, method: str, path: str, body: Mapping[str, Any] | None, params: Mapping[str, Any], retry_busy: bool = True
+    ) -> Any:
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        url = f"{self.api_url}{path}" + (f"?{query}" if query else "")
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        _, _, raw = self.transport.send(
+            method, url, headers=headers, body=data, where=f"the handpipe API at {self.api_url}", retry_busy=retry_busy
+        )
+        return json.loads(raw or b"null")
+
+    def _fetch(self, url: str) -> bytes:
+        """A presigned S3 URL's object, in memory (the API key is not sent to S3)."""
+        timeout_s = self.transfer_timeout_s
+        return self.transport.send("GET", url, where="the bucket", timeout_s=timeout_s, storage=True)[2]
+
+    def _download(self, url: str, path: Path) -> Path:
+        """A presigned S3 URL's object streamed to `path` (through a temporary file, so a cut download
+        leaves no half file behind)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        try:
+            with partial.open("wb") as sink:
+                self.transport.send(
+                    "GET",
+                    url,
+                    where="the bucket",
+                    timeout_s=self.transfer_timeout_s,
+                    sink=sink,
+                    storage=True,
+                )
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+    @property
+    def transfer_timeout_s(self) -> float:
+        """A presigned upload or download: large bodies over slow links."""
+        return max(self.timeout_s, 300.0)
+
+
 def error_from_answer(
     status: int, raw: bytes, retry_after_s: float | None = None, kind: type[ApiError] = ApiError
 ) -> ApiError:
     """The API's `{"code", "message"}` error, or S3's XML one, as an ApiError."""
-    import json
-
     code, answer = None, None
     try:
         answer = json.loads(raw)
