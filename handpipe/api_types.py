@@ -138,3 +138,11 @@ class Export(TypedDict):
     url: str
     expires_in_s: int
     path: NotRequired[str]  # download_export: where the file was saved
+
+
+class WebhookSecret(TypedDict):
+    secret: str  # keys the HMAC of every webhook event's body (verify_webhook)
+    version: int
+    rotated_at: int | None
+    header: str
+    algorithm: str

@@ -26,6 +26,7 @@ from .api_types import (
     Result,
     Video,
     VideoPage,
+    WebhookSecret,
 )
 from .transport import (
     ApiError,
@@ -251,6 +252,14 @@ class Client(ApiSession):
         """Stop a job: no further segment starts, running ones stop at their next progress check, and
         the job ends CANCELLED. A job that has already ended is an ApiError 409 naming its status."""
         return cast(Job, self.request("POST", f"/jobs/{job_id}/cancel"))
+
+    def webhook_secret(self) -> WebhookSecret:
+        """The secret that signs the caller's webhook events (verify_webhook checks them with it)."""
+        return cast(WebhookSecret, self.request("GET", "/webhook-secret"))
+
+    def rotate_webhook_secret(self) -> WebhookSecret:
+        """A new secret, used for every event announced from now on; returns it."""
+        return cast(WebhookSecret, self.request("POST", "/webhook-secret/rotate"))
 
     def video_jobs_page(self, video_id: str, limit: int = 20, next_token: str | None = None) -> JobPage:
         return cast(JobPage, self.request("GET", f"/videos/{video_id}/jobs", limit=limit, next_token=next_token))

@@ -98,6 +98,19 @@ def add_commands(commands: Any) -> None:
     add_api_args(delete)
     delete.set_defaults(run=cmd_delete)
 
+    secret = command(
+        commands,
+        "webhook-secret",
+        "the secret that signs your webhook events, or a new one",
+        "Print the secret whose HMAC-SHA256 of each webhook event's raw body is its X-Handpipe-Signature "
+        "(handpipe.client.verify_webhook checks it); --rotate makes a new one, used for every event from now on.",
+        ["handpipe webhook-secret", "handpipe webhook-secret --rotate --json | jq -r .secret"],
+    )
+    secret.add_argument("--rotate", action="store_true", help="make a new secret (the old one stops signing)")
+    add_json_arg(secret)
+    add_api_args(secret)
+    secret.set_defaults(run=cmd_webhook_secret)
+
 
 def _positive(text: str) -> int:
     try:
@@ -209,4 +222,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
         print_json(deleted)
     else:
         print(f"deleted video {deleted['deleted']} ({deleted['objects_removed']} stored object(s) removed)")
+    return 0
+
+
+def cmd_webhook_secret(args: argparse.Namespace) -> int:
+    api = client(args)
+    secret = api.rotate_webhook_secret() if args.rotate else api.webhook_secret()
+    if args.json:
+        print_json(secret)
+    else:
+        print(f"secret     {secret['secret']}")
+        print(f"version    {secret['version']}" + (" (new)" if args.rotate else ""))
+        print(f"header     {secret['header']}: {secret['algorithm']}")
     return 0

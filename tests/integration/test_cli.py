@@ -243,3 +243,20 @@ def test_cancel_and_wait_against_the_cancel_route(in_tmp: Path, capsys: pytest.C
         assert one_error_line(err) == f"handpipe: error: job {running['id']} ended CANCELLED"
         status, out, err = run(capsys, "cancel", finished["id"], *api)
         assert status == 1 and out == "" and one_error_line(err).endswith("SUCCEEDED (HTTP 409)")
+
+
+def test_webhook_secret_prints_and_rotates(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def script(seen: Seen) -> Reply:
+        version = 2 if seen.path.endswith("/rotate") else 1
+        return Reply(
+            200, {"secret": f"s{version}", "version": version, "rotated_at": None, "header": "X", "algorithm": "a"}
+        )
+
+    with Loopback(script) as server:
+        api = ["--api-url", server.url, "--api-key", "k" * 20]
+        assert run(capsys, "webhook-secret", *api)[1].splitlines()[0] == "secret     s1"
+        assert json.loads(run(capsys, "webhook-secret", "--rotate", "--json", *api)[1])["secret"] == "s2"
+        assert [(s.method, s.path) for s in server.seen] == [
+            ("GET", "/webhook-secret"),
+            ("POST", "/webhook-secret/rotate"),
+        ]

@@ -309,6 +309,24 @@ def test_create_job_sends_tag_and_webhook_in_the_agreed_shape() -> None:
     }
 
 
+def test_the_webhook_secret_and_its_rotation() -> None:
+    versions = [1]
+
+    def script(seen: Seen) -> Reply:
+        if seen.method == "POST" and seen.path == "/webhook-secret/rotate":
+            versions.append(versions[-1] + 1)
+        elif not (seen.method == "GET" and seen.path == "/webhook-secret"):
+            return Reply(404, {"code": "not_found", "message": "no such route"})
+        view = {"secret": f"s{versions[-1]}", "version": versions[-1], "rotated_at": None}
+        return Reply(200, {**view, "header": "X-Handpipe-Signature", "algorithm": "sha256=<hex HMAC-SHA256>"})
+
+    with Loopback(script) as server:
+        client = Client(server.url, api_key="k" * 20)
+        assert client.webhook_secret()["version"] == 1
+        rotated = client.rotate_webhook_secret()
+        assert (rotated["secret"], rotated["version"]) == ("s2", 2) and server.seen[-1].body == b""
+
+
 def test_verify_webhook_checks_the_raw_body_against_the_secret() -> None:
     body = json.dumps({"type": "job.succeeded", "event_id": "evt_1", "job_id": "job_x", "time": time.time()}).encode()
     header = sign_body(body, "s3cret")

@@ -79,6 +79,7 @@ FAILURES = [
     (["cancel"], "the following arguments are required: job"),
     (["cancel", "job_x"], "pass --api-key KEY or set HANDPIPE_API_KEY"),
     (["delete", "vid_x"], "pass --api-key KEY or set HANDPIPE_API_KEY"),
+    (["webhook-secret", "--rotate"], "pass --api-key KEY or set HANDPIPE_API_KEY"),
     (["result", "job_x"], "pass --api-key KEY or set HANDPIPE_API_KEY"),
     (["export", "job_x", "--format", "xls", *KEY], "argument --format: invalid choice: 'xls'"),
     (["upload", "vid_x", "{missing}", *KEY], "missing.mp4 does not exist"),
@@ -161,5 +162,17 @@ def test_every_processing_option_has_a_flag() -> None:
 
 def test_read_commands_have_json() -> None:
     commands = _commands()
-    for name in ("videos", "jobs", "status", "wait", "result", "frames", "health", "cancel", "delete", "submit"):
+    for name in (
+        "videos",
+        "jobs",
+        "status",
+        "wait",
+        "result",
+        "frames",
+        "health",
+        "cancel",
+        "delete",
+        "submit",
+        "webhook-secret",
+    ):
         assert "--json" in {s for a in commands[name]._actions for s in a.option_strings}, name
