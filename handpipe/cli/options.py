@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 import urllib.parse
@@ -32,7 +33,13 @@ _OPTION_HELP: dict[str, str] = {
     "start_ms": "start of the time range to process",
     "end_ms": "end of the time range to process",
     "annotated_video": "also render the video with the landmarks drawn (default: no)",
+    "detection": "exact (default): the palm detector on every frame; adaptive: track the hands found and look "
+    "for new ones only every --detection-interval-ms (faster; docs/performance.md)",
+    "detection_interval_ms": "adaptive: look for new hands at least this often (default 300)",
+    "detection_scan_frames": "adaptive, no hand in view: look at every Nth frame (default 1)",
 }
+# Options whose values are a fixed set: the name of the tuple in chalicelib.shared.contracts that lists it.
+_CHOICES = {"model": "MODELS", "detection": "DETECTION_MODES"}
 _JOB_ONLY = {"annotated_video"}  # options `handpipe process` (the engine alone) has no use for
 
 
@@ -55,16 +62,17 @@ def _option_fields(jobs: bool) -> list[tuple[str, type, Any]]:
 def add_process_options(parser: argparse.ArgumentParser, jobs: bool = True) -> None:
     """A flag for every processing option (`--num-hands` for num_hands, ...), made from ProcessOptions'
     fields; left out, an option is not sent and the API's default holds."""
-    from chalicelib.shared.contracts import MODELS
+    from chalicelib.shared import contracts
 
     group = parser.add_argument_group("processing options")
     for name, kind, default in _option_fields(jobs):
         flag = "--" + name.replace("_", "-")
         text = _OPTION_HELP.get(name) or f"the job option {name} (default {default})"
+        choices = getattr(contracts, _CHOICES.get(name, ""), None)
         if kind is bool:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif name == "model":
-            group.add_argument(flag, dest=name, choices=MODELS, help=text)
+        elif choices:
+            group.add_argument(flag, dest=name, choices=choices, help=text)
         else:
             metavar = {int: "N", float: "X"}.get(kind, "VALUE")
             group.add_argument(flag, dest=name, type=kind, metavar=metavar, help=text)
@@ -93,9 +101,9 @@ def process_options(args: argparse.Namespace, jobs: bool = True) -> dict[str, An
 
 def _as_flags(message: str) -> str:
     """ProcessOptions names options as the API does (num_hands); the user typed flags (--num-hands)."""
-    for name, _, _ in _option_fields(True):
-        message = message.replace(name, "--" + name.replace("_", "-"))
-    return message
+    names = sorted((name for name, _, _ in _option_fields(True)), key=len, reverse=True)
+    pattern = re.compile(r"\b(" + "|".join(names) + r")\b")
+    return pattern.sub(lambda found: "--" + found[1].replace("_", "-"), message)
 
 
 def add_api_args(sub: argparse.ArgumentParser) -> None:

@@ -48,6 +48,10 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_port: str) -> 
 # (argv with {placeholders}, what the one line must say)
 FAILURES = [
     (["submit", "{clip}", "--num-hands", "9", *KEY], "invalid options: --num-hands must be between 1 and 4, got 9"),
+    (
+        ["submit", "{clip}", "--min-detection-confidence", "2", *KEY],
+        "--min-detection-confidence must be between 0 and 1, got 2.0",
+    ),
     (["submit", "{clip}", "--start-ms", "500", "--end-ms", "100", *KEY], "--end-ms (100) must be greater than"),
     (["submit", "{empty}", *KEY], "empty.mp4 is empty (0 bytes)"),
     (["submit", "{missing}", *KEY], "missing.mp4 does not exist"),
