@@ -260,3 +260,13 @@ def test_webhook_secret_prints_and_rotates(in_tmp: Path, capsys: pytest.CaptureF
             ("GET", "/webhook-secret"),
             ("POST", "/webhook-secret/rotate"),
         ]
+
+
+def test_process_writes_under_handpipe_unless_told(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "process", str(data_path(CLIP)), "--sample-fps", "10")
+    saved = Path(".handpipe/results/asl_thanks_two_hands.hands.json")
+    assert status == 0 and f"result     {saved}" in out
+    assert json.loads((in_tmp / saved).read_text())["summary"]["frames_processed"] > 0
+    assert sorted(p.name for p in in_tmp.iterdir()) == [".handpipe"]
+    assert run(capsys, "process", str(data_path(CLIP)), "--sample-fps", "10", "--out", "mine.json.gz")[0] == 0
+    assert (in_tmp / "mine.json.gz").read_bytes()[:2] == b"\x1f\x8b"
