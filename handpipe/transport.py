@@ -75,7 +75,8 @@ class InvalidFile(HandpipeError, ValueError):
 class RetryPolicy:
     """How hard a request tries. 429 and 503 are retried up to `attempts` tries in all, waiting what
     Retry-After says (capped at `max_wait_s`; `default_wait_s` doubling when it says nothing). A request
-    whose connection failed is tried again `connection_retries` times, if it is safe to repeat."""
+    whose connection failed is tried again `connection_retries` times, if it is safe to repeat (a read,
+    a PUT or a DELETE; any request the server refused to connect)."""
 
     attempts: int = 5
     max_wait_s: float = 30.0
@@ -114,6 +115,13 @@ class ProgressReader:
             self._reported = self.done
             self.progress(self.done, self.total)
         return block
+
+
+def _never_arrived(error: BaseException) -> bool:
+    """A refused connection carried no request, so even a POST may be sent again (a server restarting,
+    as `chalice local` does on every change, refuses for a moment)."""
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    return isinstance(reason, ConnectionRefusedError)
 
 
 def _describe(error: BaseException, where: str, timeout_s: float) -> str:
@@ -178,7 +186,8 @@ class Transport:
                     continue
                 raise error_from_answer(error.code, raw, wait, StorageError if storage else ApiError) from None
             except (OSError, http.client.HTTPException) as error:
-                if method in IDEMPOTENT_METHODS and failed_connections < self.retry.connection_retries:
+                repeatable = method in IDEMPOTENT_METHODS or _never_arrived(error)
+                if repeatable and failed_connections < self.retry.connection_retries:
                     failed_connections += 1
                     self.sleep(min(self.retry.max_wait_s, 0.5 * 2 ** (failed_connections - 1)))
                     continue

@@ -223,6 +223,27 @@ def test_a_reset_connection_is_retried_for_a_read_and_not_for_a_create() -> None
         assert len(server.seen) == 1
 
 
+def test_a_post_goes_through_an_api_that_restarts_under_it() -> None:
+    """`chalice local` restarts on every change: for a moment its port refuses connections. A refused
+    request never arrived, so the client sends it again, POST or not."""
+    gone = Loopback(lambda seen: HEALTHY)
+    port = gone.server.server_address[1]
+    gone.server.server_close()
+    restarted: list[Loopback] = []
+
+    def wait_and_restart(seconds: float) -> None:  # the API comes back while the client waits
+        restarted.append(Loopback(lambda seen: Reply(202, job_view(1, status="QUEUED")), port=port).__enter__())
+
+    client = Client(f"http://127.0.0.1:{port}", api_key="k" * 20, sleep=wait_and_restart)
+    try:
+        assert client.create_job("vid_x", {"num_hands": 1})["status"] == "QUEUED"
+        (server,) = restarted
+        assert [(s.method, s.path) for s in server.seen] == [("POST", "/videos/vid_x/jobs")]
+    finally:
+        for server in restarted:
+            server.__exit__()
+
+
 def test_every_kind_of_no_answer_is_one_exception_type() -> None:
     with scripted([Reply(action="reset")]) as server:
         client, _ = recording_client(server.url, connection_retries=2)
@@ -235,9 +256,11 @@ def test_every_kind_of_no_answer_is_one_exception_type() -> None:
             client.get_job("job_x")
     closed = Loopback(lambda seen: HEALTHY)  # bound, then closed: nothing listens on its port
     closed.server.server_close()
-    client = Client(closed.url, retry=RetryPolicy(connection_retries=0))
+    waits: list[float] = []
+    client = Client(closed.url, retry=RetryPolicy(connection_retries=2), sleep=waits.append)
     with pytest.raises(HandpipeConnectionError, match="connection refused") as refused:
-        client.health()
+        client.create_job("vid_x")  # refused: never arrived, so even a POST is tried again
+    assert waits == [0.5, 1.0]
     with pytest.raises(HandpipeConnectionError, match="its host name does not resolve"):
         Client("http://no-such-host.invalid", retry=RetryPolicy(connection_retries=0)).health()
     for error in (reset.value, slow.value, refused.value):

@@ -36,7 +36,7 @@ Script = Callable[[Seen], Reply]
 
 
 class Loopback:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, port: int = 0) -> None:
         self.script = script
         self.seen: list[Seen] = []
         self._release = threading.Event()
@@ -82,7 +82,7 @@ class Loopback:
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="loopback", daemon=True)
