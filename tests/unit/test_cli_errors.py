@@ -5,7 +5,10 @@ saying what to do, nothing on stdout, a non-zero exit and no traceback, before a
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 from handpipe.cli import build_parser, main
 from handpipe.cli.errors import CliError
 from handpipe.cli.options import SAMPLE_VIDEO, normalize_api_url
+from tests.support.paths import REPO
 
 KEY = ["--api-key", "key-0123456789abcdef"]
 
@@ -180,3 +184,16 @@ def test_read_commands_have_json() -> None:
         "webhook-secret",
     ):
         assert "--json" in {s for a in commands[name]._actions for s in a.option_strings}, name
+
+
+def test_the_installed_command_fails_the_same_way(files: dict[str, str]) -> None:
+    """Through `python -m handpipe.cli`, as the shell runs it: one line, exit 2, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "handpipe.cli", "submit", files["empty"], "--num-hands", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "handpipe: error: empty.mp4 is empty (0 bytes)\n"
