@@ -117,6 +117,34 @@ class ProgressReader:
         return block
 
 
+def _copy(response: Any, sink: IO[bytes]) -> None:
+    """The answer's body into `sink`, from its start (a retried download starts again). A sink that
+    cannot be written is the caller's problem, not the network's: HandpipeError, never retried."""
+    try:
+        sink.seek(0)
+        sink.truncate()
+    except OSError as error:
+        raise HandpipeError(f"cannot write the download: {error}") from None
+    written = 0
+    while block := response.read(_PROGRESS_STEP):
+        try:
+            sink.write(block)
+        except OSError as error:
+            raise HandpipeError(f"cannot write the download: {error}") from None
+        written += len(block)
+    expected = response.headers.get("Content-Length")
+    if expected is not None and expected.isdigit() and written != int(expected):
+        # read(amt) ends quietly at a connection closed early; a whole read() would have raised this
+        raise http.client.IncompleteRead(b"", int(expected) - written)
+
+
+def _error_body(error: urllib.error.HTTPError) -> bytes:
+    try:
+        return error.read()
+    except (OSError, http.client.HTTPException):  # the connection went while the error was read
+        return b""
+
+
 def _never_arrived(error: BaseException) -> bool:
     """A refused connection carried no request, so even a POST may be sent again (a server restarting,
     as `chalice local` does on every change, refuses for a moment)."""
@@ -132,6 +160,8 @@ def _describe(error: BaseException, where: str, timeout_s: float) -> str:
         return f"cannot reach {where}: nothing answers there (connection refused)"
     if isinstance(reason, ConnectionResetError | http.client.RemoteDisconnected | ConnectionAbortedError):
         return f"{where} closed the connection before answering ({reason})"
+    if isinstance(reason, http.client.IncompleteRead):
+        return f"{where} stopped sending before the end of its answer"
     if isinstance(reason, socket.gaierror):
         return f"cannot reach {where}: its host name does not resolve ({reason.strerror or reason})"
     return f"cannot reach {where} ({reason})"
@@ -173,11 +203,10 @@ class Transport:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     if sink is None:
                         return response.status, response.headers, response.read()
-                    while block := response.read(_PROGRESS_STEP):
-                        sink.write(block)
+                    _copy(response, sink)
                     return response.status, response.headers, b""
             except urllib.error.HTTPError as error:
-                raw = error.read()
+                raw = _error_body(error)
                 wait = retry_after_seconds(error.headers.get("Retry-After"))
                 if retry_busy and error.code in RETRY_STATUSES and attempt < self.retry.attempts:
                     fallback = self.retry.default_wait_s * 2 ** (attempt - 1)

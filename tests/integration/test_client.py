@@ -139,6 +139,25 @@ def test_a_refused_presigned_upload_is_a_storage_error_with_s3s_message(tmp_path
     assert refused.value.status == 403 and refused.value.message == "AccessDenied: Request has expired"
 
 
+def test_a_download_cut_short_is_fetched_again_whole(tmp_path: Path) -> None:
+    content = bytes(range(256)) * 4000
+    served: list[str] = []
+
+    def script(seen: Seen) -> Reply:
+        if seen.path.endswith("/export"):
+            return Reply(200, {"format": "parquet", "columns": [], "rows": 0, "url": f"{server.url}/file"})
+        served.append("short" if not served else "answer")
+        return Reply(200, content, action=served[-1])
+
+    server = Loopback(script)
+    with server:
+        saved = Client(server.url, api_key="k" * 20).download_export("job_x", tmp_path / "hands.parquet", "parquet")
+    assert served == ["short", "answer"] and (tmp_path / "hands.parquet").read_bytes() == content
+    assert saved["path"] == str(tmp_path / "hands.parquet") and sorted(p.name for p in tmp_path.iterdir()) == [
+        "hands.parquet"
+    ]
+
+
 # ------------------------------------------------------------------------------ retries and errors
 
 

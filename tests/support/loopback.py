@@ -29,7 +29,9 @@ class Reply:
     status: int = 200
     body: Any = None  # JSON-encoded unless bytes
     headers: dict[str, str] = field(default_factory=dict)
-    action: str = "answer"  # "reset": close the connection with a RST; "hang": read the request, never answer
+    # "reset": close the connection with a RST; "hang": read the request, never answer; "short": send
+    # the headers and half the body, then close
+    action: str = "answer"
 
 
 Script = Callable[[Seen], Reply]
@@ -78,6 +80,10 @@ class Loopback:
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.end_headers()
+                if reply.action == "short":
+                    self.wfile.write(raw[: len(raw) // 2])
+                    self.close_connection = True
+                    return
                 self.wfile.write(raw)
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
