@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import mimetypes
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -428,9 +429,13 @@ class Client(ApiSession):
         info = self.export(job_id, fmt)
         if fmt == "parquet" or out.name.endswith(".gz"):
             self._download(info["url"], out)
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(gzip.decompress(self._fetch(info["url"])))
+        else:  # gunzipped on the way to disk, a block at a time
+            packed = self._download(info["url"], out.with_name(out.name + ".gz.part"))
+            try:
+                with gzip.open(packed, "rb") as source, out.open("wb") as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
+            finally:
+                packed.unlink(missing_ok=True)
         return {**info, "path": str(out)}
 
     def insights(self, job_id: str) -> dict[str, Any]:
