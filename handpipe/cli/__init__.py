@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(error), error.status)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+    except BrokenPipeError:  # stdout closed early (`handpipe jobs | head -1`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as error:
         return _unexpected(error, verbose)
 

@@ -197,3 +197,21 @@ def test_the_installed_command_fails_the_same_way(files: dict[str, str]) -> None
     )
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == "handpipe: error: empty.mp4 is empty (0 bytes)\n"
+
+
+def test_a_reader_that_stops_early_gets_no_error_message(tmp_path: Path) -> None:
+    """`handpipe ... | head -1`: stdout closed before the command is done is no error of the user's."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "handpipe.cli", "db", "status", "--db-url", f"sqlite:///{tmp_path / 'h.db'}"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},  # each write reaches the pipe
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1 and done.stderr == ""
