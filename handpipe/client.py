@@ -110,10 +110,10 @@ class Client(ApiSession):
     connections; `sleep` is what waits between them and between polls."""
 
     def health(self) -> Health:
-        """The API's check of its database, bucket and queues: `status` "ok", or "degraded" (a 503,
-        answered at once, not retried) with each check's state."""
+        """The API's check of its database, bucket and queues: `status` "ok", or "degraded" (a 503)
+        with each check's state. A probe: never retried, so a caller polling it learns at once."""
         try:
-            return cast(Health, self._call("GET", "/health", None, {}, retry_busy=False))
+            return cast(Health, self._call("GET", "/health", None, {}, retries=False))
         except ApiError as error:
             if error.status == 503 and isinstance(error.body, dict) and "checks" in error.body:
                 return cast(Health, error.body)

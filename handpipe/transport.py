@@ -187,12 +187,12 @@ class Transport:
         body: bytes | Callable[[], Any] | None = None,
         timeout_s: float | None = None,
         sink: IO[bytes] | None = None,
-        retry_busy: bool = True,
+        retries: bool = True,
         storage: bool = False,
     ) -> tuple[int, Message, bytes]:
         """The answer's status, headers and body (empty when written to `sink`). `body` may be a function
         that opens a fresh body for each try (a file). Error answers raise ApiError (429 and 503 after
-        the policy's retries, unless `retry_busy` is false), StorageError for a presigned URL (`storage`);
+        the policy's retries; none at all when `retries` is false), StorageError for a presigned URL (`storage`);
         no answer raises HandpipeConnectionError."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         attempt, failed_connections = 1, 0
@@ -208,7 +208,7 @@ class Transport:
             except urllib.error.HTTPError as error:
                 raw = _error_body(error)
                 wait = retry_after_seconds(error.headers.get("Retry-After"))
-                if retry_busy and error.code in RETRY_STATUSES and attempt < self.retry.attempts:
+                if retries and error.code in RETRY_STATUSES and attempt < self.retry.attempts:
                     fallback = self.retry.default_wait_s * 2 ** (attempt - 1)
                     self.sleep(min(self.retry.max_wait_s, fallback if wait is None else wait))
                     attempt += 1
@@ -216,7 +216,7 @@ class Transport:
                 raise error_from_answer(error.code, raw, wait, StorageError if storage else ApiError) from None
             except (OSError, http.client.HTTPException) as error:
                 repeatable = method in IDEMPOTENT_METHODS or _never_arrived(error)
-                if repeatable and failed_connections < self.retry.connection_retries:
+                if retries and repeatable and failed_connections < self.retry.connection_retries:
                     failed_connections += 1
                     self.sleep(min(self.retry.max_wait_s, 0.5 * 2 ** (failed_connections - 1)))
                     continue
@@ -249,7 +249,7 @@ class ApiSession:
         return self._call(method, path, body, params)
 
     def _call(
-        self, method: str, path: str, body: Mapping[str, Any] | None, params: Mapping[str, Any], retry_busy: bool = True
+        self, method: str, path: str, body: Mapping[str, Any] | None, params: Mapping[str, Any], retries: bool = True
     ) -> Any:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         url = f"{self.api_url}{path}" + (f"?{query}" if query else "")
@@ -261,7 +261,7 @@ class ApiSession:
         if self.api_key:
             headers["x-api-key"] = self.api_key
         _, _, raw = self.transport.send(
-            method, url, headers=headers, body=data, where=f"the handpipe API at {self.api_url}", retry_busy=retry_busy
+            method, url, headers=headers, body=data, where=f"the handpipe API at {self.api_url}", retries=retries
         )
         return json.loads(raw or b"null")
 

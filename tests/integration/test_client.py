@@ -292,6 +292,12 @@ def test_health_reports_a_degraded_api_at_once() -> None:
         client, waits = recording_client(server.url)
         assert client.health() == degraded
     assert waits == [] and len(server.seen) == 1
+    closed = Loopback(lambda seen: HEALTHY)
+    closed.server.server_close()
+    client, waits = recording_client(closed.url)
+    with pytest.raises(HandpipeConnectionError):
+        client.health()  # a probe: whoever polls it learns at once that nothing answers
+    assert waits == []
 
 
 # ------------------------------------------------------------------------------ jobs across videos, cancel, wait
