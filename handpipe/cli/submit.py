@@ -78,8 +78,10 @@ def collect_videos(paths: list[str]) -> list[Path]:
             check_file(path)
     except InvalidFile as error:
         raise CliError(str(error), 2) from None
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return [Path(p) for p in unique]
+    unique: dict[Path, Path] = {}  # a file named twice (or also through its folder) is sent once, as first named
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def _check_webhook(url: str | None) -> None:
