@@ -258,10 +258,9 @@ def _on_segment_succeeded(ctx: _EventContext, job: Job, event: SegmentEvent) -> 
     )
     telemetry.job_event(
         "segment.succeeded",
-        "job %s segment %d done (%d of %d): %s frames",
+        "job %s segment %d of %d done: %s frames",
         job.id,
         event.segment,
-        event.segment + 1,
         job.segments_total,
         event.frames_processed,
         metric_name=telemetry.SEGMENTS_SUCCEEDED,
