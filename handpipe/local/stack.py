@@ -273,7 +273,7 @@ class LocalStack:
             self.stop()
             raise
 
-    def _start(self) -> StackInfo:  # noqa: C901 - the stack's parts, started in order
+    def _start(self) -> StackInfo:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The handlers' logs and metrics stay in standard logging here: no Powertools JSON, no EMF.
         use_telemetry(LocalTelemetry())
