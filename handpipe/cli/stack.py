@@ -22,9 +22,9 @@ def add_commands(commands: Any) -> None:
     up = commands.add_parser(
         "up",
         help="run the whole stack on this machine",
-        description="Run the whole stack on this machine: moto S3 and SQS, the database, the API and worker "
-        "processes. The console shows one line per job event; -v adds the request log and the handlers' and "
-        "MediaPipe's own lines.",
+        description="Run the whole stack on this machine: moto S3 and SQS, the database, the API and worker\n"
+        "processes. The console shows one line per job event; -v adds the request log and the handlers'\n"
+        "and MediaPipe's own lines.",
         epilog="examples:\n  handpipe up\n  handpipe up -v --port 8001 --moto-port 4567 --workers 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -42,7 +42,15 @@ def add_commands(commands: Any) -> None:
     add_stack_args(up)
     up.set_defaults(run=cmd_up)
 
-    demo = commands.add_parser("demo", help="process a video end to end through the API")
+    demo = commands.add_parser(
+        "demo",
+        help="process a video end to end through the API",
+        description="Process a video end to end through the API: upload it, run a job, wait, print the summary.\n"
+        "It uses the API at --api-url (or HANDPIPE_API_URL) when one answers there, else starts a local\n"
+        "stack for the run and stops it after.",
+        epilog="examples:\n  handpipe demo\n  handpipe demo clip.mp4 --api-url http://127.0.0.1:8000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo.add_argument("video", nargs="?", help="default: a sample clip shipped with handpipe")
     demo.add_argument("--out", help="where to save the full result (default JOB.json)")
     add_api_args(demo)
