@@ -1,7 +1,7 @@
 """The port through which the services and the worker say what happened to a job: metrics, the keys every
 log line of a record carries, and the job events. The app (chalicelib/runtime.py) and the worker
-(handpipe_worker/observe.py) plug in Powertools behind it; the local stack plugs in its console. Standard
-library only, as everything in shared/."""
+(handpipe_worker/handler.py) plug in Powertools behind it, the local stack its console (handpipe/local).
+Standard library only, as everything in shared/."""
 
 from __future__ import annotations
 
@@ -27,9 +27,6 @@ SEGMENT_SECONDS = "SegmentSeconds"  # a worker's wall time on one segment
 QUEUE_AGE = "QueueAge"  # ms from SentTimestamp to the handler, with the dimension "queue"
 QUEUE_WAIT = "QueueWait"  # ms from SentTimestamp to ApproximateFirstReceiveTimestamp, dimension "queue"
 COUNT, SECONDS, MILLISECONDS = "Count", "Seconds", "Milliseconds"
-
-# The keys a record's log lines carry where they are known.
-RECORD_KEYS = ("job_id", "video_id", "segment", "owner")
 
 events_logger = logging.getLogger("handpipe.events")  # one line per job event, with `event` and the keys
 
