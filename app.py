@@ -13,7 +13,7 @@ from chalice.app import Request, SQSEvent
 
 from chalicelib.adapters.migrations import LATEST_VERSION, upgrade
 from chalicelib.config import NotConfigured, auth_mode, sqs_queue_names
-from chalicelib.runtime import runtime
+from chalicelib.runtime import app_telemetry, runtime
 from chalicelib.service import health as health_service
 from chalicelib.service import jobs as job_service
 from chalicelib.service import videos as video_service
@@ -23,6 +23,7 @@ from chalicelib.service.orchestration import plan_job, record_event, sweep
 from chalicelib.service.views import job_view, video_view
 from chalicelib.shared.contracts import JobRequested, SegmentEvent
 from chalicelib.shared.queues import BatchAcknowledger
+from chalicelib.shared.telemetry import message_keys, queue_age_metrics, queue_name, record_keys
 from chalicelib.web.auth import NO_BODY, PUBLIC_PATHS, Caller, request_caller, route_protection
 from chalicelib.web.errors import error_response, map_errors, not_configured
 from chalicelib.web.insight_routes import insight_routes
@@ -72,7 +73,25 @@ def json_body() -> dict[str, Any]:
 
 def caller() -> Caller:
     """Who sent the current request; raises Unauthorized or Forbidden (mapped to 401/403)."""
-    return request_caller(current_request(), runtime().settings)
+    who = request_caller(current_request(), runtime().settings)
+    if who.owner is not None:
+        app_telemetry().append_keys(owner=who.owner)
+    return who
+
+
+@app.middleware("all")
+def observe(event: Any, get_response: Callable[[Any], Any]) -> Any:
+    """Every invocation, of every kind: JSON log lines carrying what is known of the request (a route's
+    video_id and job_id; its caller's owner once checked), and the metrics sent at its end."""
+    telemetry = app_telemetry()
+    telemetry.clear_keys()
+    params = getattr(event, "uri_params", None) or {}
+    telemetry.append_keys(**{name: params[name] for name in ("video_id", "job_id") if name in params})
+    try:
+        return get_response(event)
+    finally:
+        telemetry.flush()
+        telemetry.clear_keys()
 
 
 @app.middleware("http")
@@ -264,12 +283,14 @@ def _consume(event: SQSEvent, kind: str, handle: Callable[[str], str]) -> None:
     handled, failed = [], 0
     for record in event:
         raw = record.to_dict()
-        try:
-            app.log.info("%s %s: %s", kind, raw.get("messageId"), handle(record.body))
-            handled.append(raw)
-        except Exception:
-            failed += 1
-            app.log.exception("%s failed: %.300s", kind, record.body)
+        with record_keys(**message_keys(record.body), message_id=raw.get("messageId")):
+            queue_age_metrics(raw, queue_name(raw))
+            try:
+                app.log.info("%s %s: %s", kind, raw.get("messageId"), handle(record.body))
+                handled.append(raw)
+            except Exception:
+                failed += 1
+                app.log.exception("%s failed: %.300s", kind, record.body)
     if failed:
         if handled:
             BatchAcknowledger(runtime().sqs).delete(handled)

@@ -1,9 +1,11 @@
 """The app's dependencies, built lazily once per Lambda container (or local-stack process): boto3
-clients, the database and the repositories, the object store and the queues."""
+clients, the database and the repositories, the object store and the queues, and the telemetry
+(Powertools' JSON logs and EMF metrics)."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from functools import cached_property
 from typing import Any
@@ -13,6 +15,7 @@ from chalicelib.adapters.job_repository import JobRepository
 from chalicelib.adapters.migrations import ensure_current
 from chalicelib.adapters.repositories import VideoRepository
 from chalicelib.config import Settings
+from chalicelib.shared import telemetry as shared_telemetry
 from chalicelib.shared.queues import MessageQueue
 from chalicelib.shared.storage import ObjectStore
 
@@ -132,3 +135,14 @@ def use_runtime(new: Runtime | None) -> None:
     global _RUNTIME
     with _RUNTIME_LOCK:
         _RUNTIME = new
+
+
+def app_telemetry() -> shared_telemetry.Telemetry:
+    """The container's telemetry: Powertools (JSON log lines, metrics as CloudWatch EMF with the stage as
+    their dimension), set up on the first invocation, unless the local stack or a test installed its own."""
+    current = shared_telemetry.telemetry()
+    if not isinstance(current, shared_telemetry.NoTelemetry):
+        return current
+    import aws_lambda_powertools
+
+    return shared_telemetry.install_powertools(aws_lambda_powertools, stage=os.environ.get("HANDPIPE_STAGE", "local"))

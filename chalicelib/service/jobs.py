@@ -14,6 +14,7 @@ from chalicelib.service.common import _check_fields, _text, check_id, decode_tok
 from chalicelib.service.errors import Conflict, InvalidInput, NotFound, TooLarge
 from chalicelib.service.videos import get_video
 from chalicelib.service.views import job_view
+from chalicelib.shared import telemetry
 from chalicelib.shared.contracts import (
     PICTURES,
     ContractError,
@@ -117,6 +118,15 @@ def create_job(  # noqa: C901 - the request's checks in the order the API docume
         jobs.delete(job.id)
         raise
     videos.set_status(video.id, VideoStatus.UPLOADED, expected=(VideoStatus.REGISTERED,))
+    telemetry.job_event(
+        "job.queued",
+        "job %s queued",
+        job.id,
+        metric_name=telemetry.JOBS_QUEUED,
+        job_id=job.id,
+        video_id=video.id,
+        owner=owner,
+    )
     return job_view(stored), True
 
 

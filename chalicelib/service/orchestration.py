@@ -11,6 +11,7 @@ from chalicelib.domain.ports import JobAndVideo, JobRepository, VideoRepository
 from chalicelib.domain.records import Job, Segment, Video
 from chalicelib.domain.rules import job_expected_frames, limit_problems, plan_limit_problems, plan_segments
 from chalicelib.service.common import logger, now_ms
+from chalicelib.shared import telemetry
 from chalicelib.shared.contracts import (
     SEGMENT_FAILED,
     SEGMENT_PROGRESS,
@@ -100,6 +101,16 @@ def start_segments(
     )
     if started:
         videos.set_status(video.id, VideoStatus.PROCESSING)
+        telemetry.job_event(
+            "job.started",
+            "job %s started: %d segment(s)",
+            job.id,
+            len(segments),
+            metric_name=telemetry.JOBS_STARTED,
+            job_id=job.id,
+            video_id=video.id,
+            owner=job.owner,
+        )
     sent = dispatch(jobs, work_queue, settings, replace(job, status=JobStatus.IN_PROGRESS), video)
     return f"planned {len(segments)} segment(s), dispatched {sent}"
 
@@ -245,6 +256,19 @@ def _on_segment_succeeded(ctx: _EventContext, job: Job, event: SegmentEvent) -> 
     ctx.jobs.complete_segment(
         job.id, event.segment, frames_processed=event.frames_processed, frames_with_hands=event.frames_with_hands
     )
+    telemetry.job_event(
+        "segment.succeeded",
+        "job %s segment %d of %d done: %s frames",
+        job.id,
+        event.segment,
+        job.segments_total,
+        event.frames_processed,
+        metric_name=telemetry.SEGMENTS_SUCCEEDED,
+        job_id=job.id,
+        video_id=job.video_id,
+        segment=event.segment,
+        owner=job.owner,
+    )
     # Checked even when this event was a repeat: a crash during an earlier merge must not strand the job.
     outcome = finish_if_complete(ctx.videos, ctx.jobs, ctx.store, job.id, ctx.work_queue, ctx.settings)
     _dispatch_waiting(ctx.videos, ctx.jobs, ctx.work_queue, ctx.settings)
@@ -376,6 +400,17 @@ def finish_if_complete(
             videos.set_metadata(job.video_id, merged["video"])
             videos.set_status(job.video_id, VideoStatus.PROCESSED)
     if changed:
+        telemetry.job_event(
+            "job.succeeded",
+            "job %s succeeded: %s frames, %s with hands",
+            job.id,
+            merged["summary"]["frames_processed"],
+            merged["stats"].get("frames_with_hands"),
+            metric_name=telemetry.JOBS_SUCCEEDED,
+            job_id=job.id,
+            video_id=job.video_id,
+            owner=job.owner,
+        )
         if video is not None:  # pictures are extras: a worker draws them after the job has succeeded
             work_queue.send(
                 RenderRequest(
@@ -405,4 +440,16 @@ def _fail_job(jobs: JobRepository, videos: VideoRepository, job: Job, code: str,
         ):
             return False
         videos.set_status(job.video_id, VideoStatus.FAILED)
-        return True
+    telemetry.job_event(
+        "job.failed",
+        "job %s failed (%s): %s",
+        job.id,
+        code,
+        reason,
+        metric_name=telemetry.JOBS_FAILED,
+        job_id=job.id,
+        video_id=job.video_id,
+        owner=job.owner,
+        error_code=code,
+    )
+    return True

@@ -11,6 +11,7 @@ from typing import Any
 from .errors import Problem
 from .plan import (
     CHALICE_DEFAULT_TIMEOUT_S,
+    DEFAULT_LOG_RETENTION_DAYS,
     DEFAULT_MAX_DB_CONNECTIONS,
     MIGRATE_TIMEOUT_S,
     function_name,
@@ -155,9 +156,12 @@ def chalice_stage_config(
             "HANDPIPE_DB_SECRET_ARN": outputs["DbSecretArn"],
             "HANDPIPE_MAX_IN_FLIGHT": outputs["WorkerConcurrency"],
             "HANDPIPE_MAX_UPLOAD_BYTES": str(max_upload_bytes(int(outputs["WorkerEphemeralStorageMB"]))),
+            "HANDPIPE_STAGE": stage,  # the "stage" dimension of the app's metrics, as the worker's
         }
     )
     config["environment_variables"] = environment
+    # The functions' log groups expire as the worker's does (the stack's LogRetentionDays).
+    config["log_retention_in_days"] = int(outputs.get("LogRetentionDays") or DEFAULT_LOG_RETENTION_DAYS)
     per_function = {name: dict(value) for name, value in config.get("lambda_functions", {}).items()}
     if "migrate" in functions:
         # Migrations can run long; reserved concurrency 1 keeps two from fighting over the schema.

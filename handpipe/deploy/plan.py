@@ -59,7 +59,10 @@ MANAGED_ENVIRONMENT = (
     "HANDPIPE_DB_SECRET_ARN",
     "HANDPIPE_MAX_IN_FLIGHT",
     "HANDPIPE_MAX_UPLOAD_BYTES",
+    "HANDPIPE_STAGE",
 )
+
+DEFAULT_LOG_RETENTION_DAYS = 30  # infra/handpipe.yaml's LogRetentionDays default
 
 DEFAULT_THROTTLE_RATE = 20.0  # requests/s per key: well above one client's polling, far below the account's 10,000
 

@@ -25,9 +25,11 @@ from chalicelib.adapters.database import Database
 from chalicelib.adapters.migrations import upgrade
 from chalicelib.config import QUEUE_PREFIX_VARIABLE, Settings
 from chalicelib.runtime import Runtime, runtime, use_runtime
+from chalicelib.shared.telemetry import use_telemetry
 from chalicelib.web.auth import parse_api_keys
 
 from .aws import MotoServer, aws_clients, provision
+from .console import JobEventConsole, LocalTelemetry, init_worker_process
 from .pollers import LambdaContext, QueuePoller, drain, stop_all
 from .resume import Resumed, resume
 
@@ -40,6 +42,14 @@ WORKER_TIMEOUT_S = 900  # the Lambda maximum, as deployed
 WORK_VISIBILITY_S = 120
 
 
+class PortInUse(OSError):
+    """One of the stack's ports cannot be had; `service` says which ("api" or "moto")."""
+
+    def __init__(self, service: str, port: int, reason: OSError) -> None:
+        super().__init__(reason.errno, f"port {port} is taken ({reason.strerror or reason})")
+        self.service, self.port, self.reason = service, port, reason
+
+
 @dataclass(frozen=True)
 class StackInfo:
     api_url: str
@@ -50,6 +60,12 @@ class StackInfo:
     dlq_urls: dict[str, str]
     workers: int
     api_key: str
+
+
+def _init_worker(parent_pid: int, verbose: bool) -> None:
+    """Each worker process: its console (handpipe.local.console), and its end with the stack's."""
+    init_worker_process(verbose)
+    _exit_with_parent(parent_pid)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -77,19 +93,19 @@ class WorkerPool:
     executor, so a process that dies fails only the item it was running (SQS redelivers it); the
     slot starts a new process for its next item, and the other slots never notice."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, *, verbose: bool = True) -> None:
         self.processes = processes
+        self.verbose = verbose  # False: warnings only, and MediaPipe's native log lines dropped
         self._lock = threading.Lock()
         self._slots = [self._new_executor() for _ in range(processes)]
 
-    @staticmethod
-    def _new_executor() -> ProcessPoolExecutor:
+    def _new_executor(self) -> ProcessPoolExecutor:
         # spawn: a fresh interpreter per worker, as a container is, with no copied threads or locks.
         return ProcessPoolExecutor(
             1,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_with_parent,
-            initargs=(os.getpid(),),
+            initializer=_init_worker,
+            initargs=(os.getpid(), self.verbose),
         )
 
     def handler(self, slot: int) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
@@ -206,6 +222,7 @@ class LocalStack:
         prefix: str = "handpipe",
         work_visibility_s: int = WORK_VISIBILITY_S,
         quiet: bool = False,
+        job_events: bool = False,
         segment_ms: int | None = None,
         api_key: str | None = None,
         api_keys: str | None = None,
@@ -233,7 +250,9 @@ class LocalStack:
         )
         self.api_keys.setdefault(self.api_key, "local")
         self.segment_ms = segment_ms  # None: the app's default; 0: one segment per job
-        self.quiet = quiet  # no request log and no INFO lines from the handlers (for `handpipe demo`)
+        # quiet: no request log, no INFO lines from the handlers, no native log lines from the workers
+        self.quiet = quiet
+        self._events = JobEventConsole() if job_events else None  # one line per job event on stdout
         self._moto: MotoServer | None = None
         self._server: Any = None
         self._server_thread: threading.Thread | None = None
@@ -247,10 +266,25 @@ class LocalStack:
         self.resumed: Resumed | None = None
 
     def start(self) -> StackInfo:
+        """Start everything; should a part fail (a port taken: PortInUse), what had started is stopped."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> StackInfo:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The handlers' logs and metrics stay in standard logging here: no Powertools JSON, no EMF.
+        use_telemetry(LocalTelemetry())
+        if self._events is not None:
+            self._events.start()
         # S3 objects are kept in files there too: moto alone would forget them when the stack stops.
         self._moto = MotoServer(self.moto_port, objects_dir=self.data_dir / "s3")
-        endpoint = self._moto.start()
+        try:
+            endpoint = self._moto.start()
+        except OSError as error:
+            raise PortInUse("moto", self.moto_port, error) from None
         s3, sqs = aws_clients(endpoint)
         self._sqs = sqs
         resources = provision(
@@ -301,8 +335,11 @@ class LocalStack:
         # last stopped. Sent before any handler starts, so nothing sent earlier is still in flight.
         rt = runtime()
         self.resumed = resume(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
-        self._start_api(chalice_app.app)
-        self._pool = WorkerPool(self.workers)
+        try:
+            self._start_api(chalice_app.app)
+        except OSError as error:
+            raise PortInUse("api", self.port, error) from None
+        self._pool = WorkerPool(self.workers, verbose=not self.quiet)
         urls = resources.queue_urls
         self._pollers = [
             QueuePoller(sqs, urls["jobs"], chalice_app.plan_jobs, name="jobs", batch_size=1, timeout_s=60),
@@ -381,6 +418,9 @@ class LocalStack:
             self._server.server.server_close()
         if self._moto is not None:
             self._moto.stop()
+        if self._events is not None:
+            self._events.stop()
+        use_telemetry(None)
         use_runtime(None)
         for name, value in self._saved_env.items():
             if value is None:

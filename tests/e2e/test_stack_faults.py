@@ -131,6 +131,8 @@ class _Up:
                 return False
 
         wait_for(answers, "handpipe up to answer", timeout_s=120, poll_s=0.2)
+        # The API answers as soon as it listens; the header (with the key) is printed once everything has started.
+        wait_for(lambda: "job events follow" in self.log.read_text(), "handpipe up's header", timeout_s=60, poll_s=0.2)
         key_lines = [line for line in self.log.read_text().splitlines() if line.startswith("API key")]
         client.api_key = key_lines[-1].split()[2]
         return client

@@ -296,6 +296,49 @@ def test_template_keeps_data_only_when_asked_and_wires_the_worker() -> None:
         assert resources[name]["Condition"] == "WithVpcEndpoints", name
 
 
+def test_template_alarms_on_dead_letters_and_failed_jobs_and_keeps_logs_a_while() -> None:
+    from chalicelib.shared import telemetry
+
+    template = load_template((REPO / "infra" / "handpipe.yaml").read_text())
+    resources = template["Resources"]
+    topic = {"Fn::If": ["CreateAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}
+    assert template["Outputs"]["AlarmTopicArn"]["Value"] == topic
+    assert resources["AlarmTopic"]["Condition"] == "CreateAlarmTopic"
+    assert template["Conditions"]["CreateAlarmTopic"] == {"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}
+    alarms = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == [topic] and alarm["TreatMissingData"] == "notBreaching"
+    # Each dead-letter queue: any message in it (Maximum over 5 minutes > 0) alarms.
+    dead_letter = {
+        alarm["Dimensions"][0]["Value"]["Fn::GetAtt"][0]: alarm
+        for alarm in alarms.values()
+        if alarm.get("MetricName") == "ApproximateNumberOfMessagesVisible"
+    }
+    assert set(dead_letter) == {f"{role}DeadLetterQueue" for role in ("Jobs", "Work", "Events")}
+    for alarm in dead_letter.values():
+        assert (alarm["Namespace"], alarm["Statistic"], alarm["Threshold"]) == ("AWS/SQS", "Maximum", 0)
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    # The failed-job rate, from the EMF metrics the app sends (namespace, names and dimension as it sends them).
+    rate = alarms["FailedJobRateAlarm"]
+    stats = {m["Id"]: m["MetricStat"]["Metric"] for m in rate["Metrics"] if "MetricStat" in m}
+    assert {m["MetricName"] for m in stats.values()} == {telemetry.JOBS_FAILED, telemetry.JOBS_SUCCEEDED}
+    for metric in stats.values():
+        assert metric["Namespace"] == telemetry.NAMESPACE
+        assert metric["Dimensions"] == [{"Name": "stage", "Value": {"Ref": "Stage"}}]
+    [expression] = [m for m in rate["Metrics"] if m.get("ReturnData")]
+    assert "100 * FILL(failed, 0) / (FILL(failed, 0) + FILL(succeeded, 0))" in expression["Expression"]["Fn::Sub"]
+    assert rate["Threshold"] == {"Ref": "FailedJobRatePercent"}
+
+    # Logs expire: the worker's group here, the Chalice functions' through the stage's log_retention_in_days.
+    assert resources["WorkerLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert resources["WorkerFunction"]["Properties"]["LoggingConfig"] == {"LogGroup": {"Ref": "WorkerLogGroup"}}
+    worker_env = resources["WorkerFunction"]["Properties"]["Environment"]["Variables"]
+    assert worker_env["HANDPIPE_STAGE"] == {"Ref": "Stage"}
+    assert template["Outputs"]["LogRetentionDays"]["Value"] == {"Ref": "LogRetentionDays"}
+    config = json.loads((REPO / ".chalice" / "config.json").read_text())
+    assert config["stages"]["dev"]["log_retention_in_days"] == template["Parameters"]["LogRetentionDays"]["Default"]
+
+
 # ------------------------------------------------------------------------------------------- pure parts
 
 
@@ -524,7 +567,9 @@ def check_chalice_stage(
         "HANDPIPE_DB_SECRET_ARN": outputs["DbSecretArn"],
         "HANDPIPE_MAX_IN_FLIGHT": outputs["WorkerConcurrency"],
         "HANDPIPE_MAX_UPLOAD_BYTES": str(2 * 1024**3),
+        "HANDPIPE_STAGE": stage,
     }
+    assert written["log_retention_in_days"] == int(outputs["LogRetentionDays"])
     assert written["subnet_ids"] == network.subnets == outputs["SubnetIds"].split(",")
     assert written["security_group_ids"] == [outputs["LambdaSecurityGroupId"]]
     assert written["autogen_policy"] is False
@@ -714,6 +759,8 @@ def sample_outputs(stage: str) -> dict[str, str]:
         "WorkerEphemeralStorageMB": "2560",
         "SubnetIds": "subnet-0a1b2c3d4e5f60718,subnet-0f1e2d3c4b5a69788",
         "LambdaSecurityGroupId": "sg-0123456789abcdef0",
+        "LogRetentionDays": "14",
+        "Stage": stage,
     }
 
 
@@ -769,6 +816,15 @@ def test_chalice_package_of_the_stage_deploy_writes(tmp_path: Path) -> None:
         role = template["Resources"][properties["Role"]["Fn::GetAtt"][0]]["Properties"]
         assert [p["PolicyDocument"] for p in role["Policies"]] == [policy], name
     assert handlers["migrate"]["Timeout"] == 900
+    # Every function's log group expires, after the stack's LogRetentionDays; metrics carry the stage.
+    retention = {
+        json.dumps(resource["Properties"]["LogGroupName"]): resource["Properties"]["RetentionInDays"]
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::Logs::LogGroup"
+    }
+    assert len(retention) == len(handlers) and set(retention.values()) == {14}, retention
+    for name, properties in handlers.items():
+        assert properties["Environment"]["Variables"]["HANDPIPE_STAGE"] == SAMPLE_STAGE, name
 
 
 def chalice_package(project: Path, out: Path, env: Mapping[str, str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib.shared import telemetry as shared_telemetry
 from chalicelib.shared.contracts import (
     PROBE_REQUEST,
     RENDER_REQUEST,
@@ -147,8 +148,12 @@ class Worker:
 
     def handle_record(self, record: dict[str, Any], context: Any) -> bool:
         """True when the record is finished with (done, or failed for good and reported)."""
-        with self.heartbeat.beating(record):  # the item stays ours while we run it, and only then
-            return self._handle_record(record, context)
+        body = record.get("body")
+        keys = shared_telemetry.message_keys(body) if isinstance(body, str) else {}
+        with shared_telemetry.record_keys(**keys, message_id=record.get("messageId")):
+            shared_telemetry.queue_age_metrics(record, "work")
+            with self.heartbeat.beating(record):  # the item stays ours while we run it, and only then
+                return self._handle_record(record, context)
 
     def _handle_record(self, record: dict[str, Any], context: Any) -> bool:
         attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
@@ -310,7 +315,8 @@ class Worker:
             self._report_success(item, part, attempt)
             return
         deadline = self._deadline(context)
-        last_progress = [self.clock()]
+        began = self.clock()
+        last_progress = [began]
 
         def progress(done: int, expected: int | None) -> None:
             if self.clock() - last_progress[0] >= self.settings.progress_interval_s:
@@ -373,6 +379,9 @@ class Worker:
             )
             return
         store.put_result(item.part_key, result)
+        shared_telemetry.metric(shared_telemetry.FRAMES_PROCESSED, result["stats"]["frames_processed"])
+        shared_telemetry.metric(shared_telemetry.SEGMENT_SECONDS, self.clock() - began, shared_telemetry.SECONDS)
+        logger.info("segment %s of job %s processed", item.segment, item.job_id)
         self._report_success(item, result, attempt)
 
     def _deadline(self, context: Any) -> float | None:
@@ -414,7 +423,26 @@ def _default_worker() -> Worker:
     return _WORKER
 
 
+def worker_telemetry() -> shared_telemetry.Telemetry:
+    """Powertools (JSON log lines, EMF metrics with the stage as their dimension) and MediaPipe's native
+    log lines filtered, set up on the container's first invocation, unless the local stack installed its own."""
+    current = shared_telemetry.telemetry()
+    if not isinstance(current, shared_telemetry.NoTelemetry):
+        return current
+    import aws_lambda_powertools
+
+    from .native_logs import filter_native_stderr
+
+    if os.environ.get("AWS_LAMBDA_RUNTIME_API"):  # in Lambda only: a test process keeps its stderr as it is
+        filter_native_stderr()
+    return shared_telemetry.install_powertools(aws_lambda_powertools, stage=os.environ.get("HANDPIPE_STAGE", "local"))
+
+
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Lambda entry point (the image's CMD) for SQS batches from the "work" queue."""
-    logging.getLogger().setLevel(logging.INFO)
-    return _default_worker().handle_batch(event, context)
+    """Lambda entry point (the image's CMD) for SQS batches from the "work" queue; the invocation's metrics
+    are sent at its end."""
+    telemetry = worker_telemetry()
+    try:
+        return _default_worker().handle_batch(event, context)
+    finally:
+        telemetry.flush()
