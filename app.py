@@ -15,12 +15,12 @@ from chalicelib.adapters.migrations import LATEST_VERSION, upgrade
 from chalicelib.adapters.notify import Redelivery
 from chalicelib.config import NotConfigured, auth_mode, sqs_queue_names
 from chalicelib.runtime import runtime
+from chalicelib.service import cancel as cancel_service
 from chalicelib.service import health as health_service
 from chalicelib.service import jobs as job_service
 from chalicelib.service import notifications
 from chalicelib.service import notifications_secrets as secret_service
 from chalicelib.service import videos as video_service
-from chalicelib.service.cancel import cancel_job
 from chalicelib.service.common import now_ms
 from chalicelib.service.errors import InvalidInput, ServiceError
 from chalicelib.service.jobs import PartCache, job_frames, job_result
@@ -210,11 +210,18 @@ def get_frames(job_id: str) -> dict[str, Any]:
     )
 
 
-@app.route("/jobs/{job_id}/cancel", methods=["POST"], content_types=NO_BODY, **PROTECTED)
+def no_body() -> None:
+    """For POSTs that take nothing: an empty body or {} (clients that always send JSON send that)."""
+    if json_body():
+        raise InvalidInput("this request takes no body (send nothing, or {})")
+
+
+@app.route("/jobs/{job_id}/cancel", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
 @api
-def cancel(job_id: str) -> dict[str, Any]:
+def cancel_job(job_id: str) -> dict[str, Any]:
+    no_body()
     who, rt = owner(), runtime()
-    view = job_view(cancel_job(rt.videos, rt.jobs, rt.store, job_id, owner=who))
+    view = job_view(cancel_service.cancel_job(rt.videos, rt.jobs, rt.store, job_id, owner=who))
     _send_announcements()
     return view
 
@@ -232,9 +239,10 @@ def get_webhook_secret() -> dict[str, Any]:
     return secret_service.webhook_secret(rt.webhook_secrets, rt.webhook_master_secret, who)
 
 
-@app.route("/webhook-secret/rotate", methods=["POST"], content_types=NO_BODY, **PROTECTED)
+@app.route("/webhook-secret/rotate", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
 @api
 def rotate_webhook_secret() -> dict[str, Any]:
+    no_body()
     who, rt = owner(), runtime()
     return secret_service.rotate_webhook_secret(rt.webhook_secrets, rt.webhook_master_secret, who)
 
@@ -350,6 +358,8 @@ def _send_announcements(claimed_before_ms: int = 0) -> None:
         rt = runtime()
         queue = rt.notify_queue
         notifications.send_announcements(rt.jobs, rt.webhook_secrets, queue, claimed_before_ms=claimed_before_ms)
+    except NotConfigured as error:
+        app.log.warning("job-end announcements wait: %s", error)
     except Exception:
         app.log.exception("could not send job-end announcements; the sweeper tries again")
 
