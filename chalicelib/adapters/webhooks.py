@@ -69,7 +69,7 @@ class WebhookPolicy:
             raise UnsafeWebhook("the webhook URL must not hold a user name or password")
         host = parts.hostname
         port = port or (443 if scheme == "https" else 80)
-        addresses = self.resolver(host, port)
+        addresses = [host] if _is_address(host) else self.resolver(host, port)
         if not addresses:
             raise UnsafeWebhook(f"the webhook's host {host!r} does not resolve")
         loopback = [_is_loopback(address) for address in addresses]
@@ -95,6 +95,14 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def _is_address(text: str) -> bool:
+    try:
+        _address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(text: str) -> bool:

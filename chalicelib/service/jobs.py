@@ -158,7 +158,9 @@ def parse_notify(raw: Any, policy: WebhookPolicy) -> str | None:
         return None
     if not isinstance(raw, dict):
         raise InvalidInput('notify must be an object: {"webhook_url": "https://..."}')
-    _check_fields(raw, {"webhook_url"})
+    unknown = sorted(set(raw) - {"webhook_url"})
+    if unknown:
+        raise InvalidInput(f"notify has unknown field(s): {', '.join(unknown)} (allowed: webhook_url)")
     url = raw.get("webhook_url")
     if not isinstance(url, str) or not url:
         raise InvalidInput("notify.webhook_url must be a non-empty string (an https URL)")

@@ -47,7 +47,11 @@ def _summary(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     if len(json.dumps(summary, separators=(",", ":"))) <= MAX_SUMMARY_BYTES:
         return dict(summary)
-    small = {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool) or v is None}
+    small = {
+        k: v
+        for k, v in summary.items()
+        if isinstance(v, int | float | bool) or v is None or (isinstance(v, str) and len(v) <= 200)
+    }
     return {**small, "truncated": True}
 
 
