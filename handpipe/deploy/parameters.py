@@ -13,6 +13,7 @@ from .errors import Problem, error_message
 from .network import Network
 from .plan import DEFAULT_WORKER_TIMEOUT_S, MAIN_TEMPLATE, DeployOptions, visibility_timeout
 from .stacks import Stacks
+from .webhook_secret import ensure_webhook_secret
 
 
 def main_parameters(  # noqa: C901 - one branch per optional template parameter
@@ -72,6 +73,8 @@ def main_parameters(  # noqa: C901 - one branch per optional template parameter
             ) from error
         # The full ARN, also when a name was given: the policy grants exactly this secret.
         given["ExistingDbSecretArn"] = described["ARN"]
+
+    given["WebhookSecretArn"] = ensure_webhook_secret(secretsmanager, stage)
 
     # The queues' visibility timeouts follow their consumers' timeouts.
     worker_timeout = int(options.worker_timeout_s or previous.get("WorkerTimeoutSeconds") or DEFAULT_WORKER_TIMEOUT_S)
