@@ -108,7 +108,7 @@ def test_provision_creates_bucket_queues_and_dlqs(clients: Clients) -> None:
     assert {"PUT", "GET"} <= set(rule["AllowedMethods"])
     assert rule["AllowedOrigins"] == ["*"]
 
-    expected_timeouts = {"jobs": 60, "work": 900, "events": 60}
+    expected_timeouts = {"jobs": 60, "work": 900, "events": 60, "notify": 60}
     names = queue_names(prefix)
     assert set(resources.queue_urls) == set(resources.dlq_urls) == set(resources.queue_arns) == set(names)
     for role, name in names.items():
