@@ -20,7 +20,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from chalicelib.web.openapi import OPENAPI_PATH
-from handpipe.client import Client
+from handpipe.client import ApiError, Client
 from handpipe.local.stack import LocalStack
 
 SAMPLE = Path(__file__).resolve().parents[2] / "handpipe" / "samples" / "one_hand_wave_portrait.mp4"
@@ -100,6 +100,7 @@ class Live:
     video_id: str  # the sample clip, uploaded, with a SUCCEEDED job
     job_id: str  # SUCCEEDED, so that /result, /frames, /export, /insights and /viewer have something to answer
     short_video_id: str  # the sample's first 15 frames, uploaded: where the fuzzing starts jobs, cheap to run
+    cancel_video_id: str = ""  # the same clip again: each cancel case cancels a job started on it just before
 
 
 def _short_clip(source: Path, target: Path, frames: int = 15) -> Path:
@@ -133,9 +134,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         short_clip = _short_clip(SAMPLE, data_dir / "short.mp4")
         short = client.register_video(short_clip, title="fuzz jobs")
         client.upload(short, short_clip)
+        doomed = client.register_video(short_clip, title="fuzz cancels")
+        client.upload(doomed, short_clip)
         finished = client.wait(job["id"], poll_s=0.3, timeout_s=300)
         assert finished["status"] == "SUCCEEDED", finished
-        yield Live(stack.info.api_url, stack.info.api_key, client, job["video_id"], job["id"], short["id"])
+        yield Live(
+            stack.info.api_url, stack.info.api_key, client, job["video_id"], job["id"], short["id"], doomed["id"]
+        )
         # Let the jobs the fuzzing started finish (at most 3 at a time, on 15 frames), so that no worker is cut off
         # mid-item, with a traceback, when the stack stops.
         stack.drain(timeout_s=120)
@@ -157,6 +162,13 @@ def _make_real(case: schemathesis.Case, live: Live) -> None:
             params["video_id"] = live.video_id
     if "job_id" in params:
         params["job_id"] = live.job_id
+        if case.operation.label == "POST /jobs/{job_id}/cancel":
+            # A job that can be cancelled: started just now (the SUCCEEDED one is a 409). Should the video already
+            # have its most active jobs (cases that did not cancel), the SUCCEEDED one stays: a 409, documented.
+            try:
+                params["job_id"] = live.client.request("POST", f"/videos/{live.cancel_video_id}/jobs", {})["id"]
+            except ApiError:
+                pass
 
 
 # ------------------------------------------------------------------------------------------------- the fuzzing
