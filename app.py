@@ -376,7 +376,10 @@ def deliver_notifications(event: SQSEvent) -> None:
         try:
             message = notifications.NotifyMessage.from_json(record.body)
             outcome = notifications.deliver_notification(
-                message, topic=rt.job_end_topic, sender=rt.webhook_sender, master_secret=rt.webhook_master_secret
+                message,
+                topic=rt.job_end_topic,
+                sender=rt.webhook_sender,
+                master_secret=lambda: rt.webhook_master_secret,
             )
             app.log.info("notification %s: %s", raw.get("messageId"), outcome)
             handled.append(raw)

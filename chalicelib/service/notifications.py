@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
@@ -166,16 +166,19 @@ class Sender(Protocol):
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int: ...
 
 
-def deliver_notification(message: NotifyMessage, *, topic: Topic, sender: Sender, master_secret: str) -> str:
+def deliver_notification(
+    message: NotifyMessage, *, topic: Topic, sender: Sender, master_secret: Callable[[], str]
+) -> str:
     """Publish the event on the topic, or POST it to its webhook signed with its owner's secret (of the
-    version current when it was announced). Raises when it did not get through: SQS retries it."""
+    version current when it was announced; `master_secret` is asked only for a webhook). Raises when it
+    did not get through: SQS retries it."""
     if message.kind == TOPIC:
         topic.publish(message.body, {"owner": message.owner, "status": message.status, "tag": message.tag})
         return f"published {message.event_id}"
     if not message.webhook_url or message.secret_version is None:
         raise ValueError(f"webhook message {message.event_id} has no URL or secret version")
     raw = message.body.encode("utf-8")
-    secret = derive_secret(master_secret, message.owner, message.secret_version)
+    secret = derive_secret(master_secret(), message.owner, message.secret_version)
     headers = {
         SIGNATURE_HEADER: sign_body(raw, secret),
         SECRET_VERSION_HEADER: str(message.secret_version),

@@ -287,8 +287,8 @@ def test_a_webhook_delivery_is_signed_with_the_owner_s_secret_of_its_version() -
     message = NotifyMessage(WEBHOOK, "evt_1", body, "alice", "SUCCEEDED", None, "https://hooks.example.com/h", 3)
     sender = FakeSender([500, 204])
     with pytest.raises(RuntimeError):
-        deliver_notification(message, topic=FakeTopic(), sender=sender, master_secret="master")
-    deliver_notification(message, topic=FakeTopic(), sender=sender, master_secret="master")
+        deliver_notification(message, topic=FakeTopic(), sender=sender, master_secret=lambda: "master")
+    deliver_notification(message, topic=FakeTopic(), sender=sender, master_secret=lambda: "master")
     (url, first, headers), (_, second, again) = sender.posts
     assert url == message.webhook_url and first == second == body.encode() and headers == again
     secret = derive_secret("master", "alice", 3)
@@ -300,7 +300,7 @@ def test_a_webhook_delivery_is_signed_with_the_owner_s_secret_of_its_version() -
 def test_a_topic_message_carries_the_filter_attributes() -> None:
     topic = FakeTopic()
     message = NotifyMessage(TOPIC, "evt_1", "{}", "alice", "FAILED", "t")
-    deliver_notification(message, topic=topic, sender=FakeSender([]), master_secret="m")
+    deliver_notification(message, topic=topic, sender=FakeSender([]), master_secret=lambda: "m")
     assert topic.published == [("{}", {"owner": "alice", "status": "FAILED", "tag": "t"})]
 
 
