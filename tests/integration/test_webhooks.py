@@ -1,6 +1,7 @@
 """The webhook POST against real servers on loopback: HTTPS to the address the policy judged, with the
 URL's host for SNI and the certificate check (a test CA made here), and no connection at all to a host
-whose DNS answer turned private since (a resolver injected in place of DNS)."""
+whose DNS answer turned private since (a resolver injected in place of DNS); and the API outside the local
+stack refusing such webhooks when a job is made."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from chalicelib.adapters.webhooks import UnsafeWebhook, WebhookFailed, WebhookPolicy, WebhookSender
+from tests.support.api import Env, register
 
 HOST = "hooks.example.test"
 
@@ -138,3 +140,22 @@ def test_non_2xx_and_unreachable_receivers_are_failures_to_retry() -> None:
         local.post(f"http://127.0.0.1:{server.port}/h", b"{}", {})
     with pytest.raises(WebhookFailed):
         local.post("http://127.0.0.1:9/h", b"{}", {})  # the discard port: nothing listens
+
+
+def test_outside_the_local_stack_job_creation_refuses_metadata_private_and_loopback_webhooks(env: Env) -> None:
+    """The API as deployed (no loopback allowance): each refused with a 400 that says why, and no job made."""
+    receiver = serve()
+    video = register(env)
+    for url in (
+        "https://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "https://10.0.0.1/hook",
+        "https://[fd00::1]/hook",
+        f"http://127.0.0.1:{receiver.port}/hook",
+        f"https://127.0.0.1:{receiver.port}/hook",
+        "https://user:secret@93.184.215.14/hook",
+    ):
+        status, body = env.call("POST", f"/videos/{video['id']}/jobs", {"notify": {"webhook_url": url}})
+        assert (status, body["code"]) == (400, "invalid_input"), (url, body)
+        assert "webhook_url is refused" in body["message"], body
+    assert env.call("GET", f"/videos/{video['id']}/jobs")[1]["jobs"] == []
+    assert receiver.seen == []
