@@ -85,7 +85,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     data_dir = tmp_path_factory.mktemp("notify")
-    with LocalStack(port=0, data_dir=data_dir, workers=1, bucket="notify-e2e", prefix="ntf", segment_ms=10_000) as up:
+    with LocalStack(port=0, data_dir=data_dir, workers=1, bucket="notify-e2e", prefix="ntf", segment_ms=15_000) as up:
         yield up
 
 
@@ -94,7 +94,7 @@ def client_of(stack: LocalStack) -> Client:
     return Client(stack.info.api_url, api_key=stack.info.api_key)
 
 
-def long_clip(folder: Path, seconds: int = 30, fps: int = 30) -> Path:
+def long_clip(folder: Path, seconds: int = 45, fps: int = 30) -> Path:
     """The wave clip's first three seconds over and over: long enough to be cancelled mid-segment."""
     path = folder / "long_wave.mp4"
     frames = source_frames(90)
