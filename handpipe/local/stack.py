@@ -25,6 +25,8 @@ from chalicelib.adapters.database import Database
 from chalicelib.adapters.migrations import upgrade
 from chalicelib.config import QUEUE_PREFIX_VARIABLE, Settings
 from chalicelib.runtime import Runtime, runtime, use_runtime
+from chalicelib.service.common import now_ms
+from chalicelib.service.notifications import send_announcements
 from chalicelib.web.auth import parse_api_keys
 
 from .aws import MotoServer, aws_clients, provision, sns_client
@@ -247,6 +249,7 @@ class LocalStack:
         self.info: StackInfo | None = None
         self.restored = 0  # S3 objects put back from the data folder on start
         self.resumed: Resumed | None = None
+        self.announced = 0  # job ends the stopped stack had recorded and not announced, sent on start
 
     def start(self) -> StackInfo:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -313,6 +316,8 @@ class LocalStack:
         # last stopped. Sent before any handler starts, so nothing sent earlier is still in flight.
         rt = runtime()
         self.resumed = resume(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
+        # Job ends recorded and not yet announced: every claim on them is the stopped stack's, so all go now.
+        self.announced = send_announcements(rt.jobs, rt.webhook_secrets, rt.notify_queue, claimed_before_ms=now_ms())
         self._start_api(chalice_app.app)
         self._pool = WorkerPool(self.workers)
         urls = resources.queue_urls

@@ -8,7 +8,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -222,3 +222,35 @@ def test_the_local_stack_allows_loopback_webhooks_but_never_private_or_metadata_
         with pytest.raises(ApiError) as refused:
             job_with_webhook(client, video["id"], url)
         assert refused.value.status == 400 and "webhook_url is refused" in refused.value.message, url
+
+
+def test_a_job_end_recorded_but_not_sent_when_the_stack_died_is_announced_when_it_starts_again(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """The announcement outbox across a crash: a job ended and its end was recorded (and even claimed) by a
+    stack killed before it sent it; the next stack on the same data sends it, once."""
+    from chalicelib.adapters.database import Database
+    from chalicelib.adapters.job_repository import JobRepository
+    from chalicelib.adapters.migrations import upgrade
+    from chalicelib.adapters.repositories import VideoRepository
+    from chalicelib.service.notifications import announce_job_end
+    from tests.support.databases import make_job, make_video
+
+    db = Database.from_url(f"sqlite:///{(tmp_path / 'handpipe.db').resolve()}")
+    upgrade(db)
+    videos, jobs = VideoRepository(db), JobRepository(db)
+    video = make_video(owner="local")
+    videos.add(video)
+    job = make_job(video.id, owner="local", status="FAILED", error="boom", error_code="worker_error", finished_at=1)
+    jobs.create(replace(job, notify_url=receiver.url("/after-restart")))
+    assert announce_job_end(jobs, job.id)
+    [claimed] = jobs.claim_announcements(claimed_before_ms=0)  # the dead stack's claim, never sent
+    db.close()
+
+    with LocalStack(port=0, data_dir=tmp_path, workers=1, bucket="restart-e2e", prefix="rst") as restarted:
+        assert restarted.announced == 1
+        [delivery] = wait_for(lambda: receiver.at("/after-restart"), "the announcement after the restart")
+        assert delivery.event["event_id"] == claimed.event_id and delivery.event["type"] == "job.failed"
+        assert delivery.event["error"] == {"code": "worker_error", "message": "boom"}
+        assert restarted.drain(timeout_s=60)
+    assert len(receiver.at("/after-restart")) == 1
