@@ -12,11 +12,16 @@ from chalice import Chalice, Rate, Response
 from chalice.app import Request, SQSEvent
 
 from chalicelib.adapters.migrations import LATEST_VERSION, upgrade
+from chalicelib.adapters.notify import Redelivery
 from chalicelib.config import NotConfigured, auth_mode, sqs_queue_names
 from chalicelib.runtime import app_telemetry, runtime
+from chalicelib.service import cancel as cancel_service
 from chalicelib.service import health as health_service
 from chalicelib.service import jobs as job_service
+from chalicelib.service import notifications
+from chalicelib.service import notifications_secrets as secret_service
 from chalicelib.service import videos as video_service
+from chalicelib.service.common import now_ms
 from chalicelib.service.errors import InvalidInput, ServiceError
 from chalicelib.service.jobs import PartCache, job_frames, job_result
 from chalicelib.service.orchestration import plan_job, record_event, sweep
@@ -175,6 +180,7 @@ def create_job(video_id: str) -> Response:
     view, created = job_service.create_job(
         rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.settings, video_id, json_body(), owner=who
     )
+    _send_announcements()  # a job made FAILED at once (an empty range) has ended already
     return Response(body=view, status_code=202 if created else 200)
 
 
@@ -223,7 +229,41 @@ def get_frames(job_id: str) -> dict[str, Any]:
     )
 
 
+def no_body() -> None:
+    """For POSTs that take nothing: an empty body or {} (clients that always send JSON send that)."""
+    if json_body():
+        raise InvalidInput("this request takes no body (send nothing, or {})")
+
+
+@app.route("/jobs/{job_id}/cancel", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
+@api
+def cancel_job(job_id: str) -> dict[str, Any]:
+    no_body()
+    who, rt = owner(), runtime()
+    view = job_view(cancel_service.cancel_job(rt.videos, rt.jobs, rt.store, job_id, owner=who))
+    _send_announcements()
+    return view
+
+
 app.register_blueprint(insight_routes)  # /jobs/{job_id}/export, /insights, /viewer
+
+
+# --------------------------------------------------------------------------------------------- webhooks
+
+
+@app.route("/webhook-secret", methods=["GET"], content_types=NO_BODY, **PROTECTED)
+@api
+def get_webhook_secret() -> dict[str, Any]:
+    who, rt = owner(), runtime()
+    return secret_service.webhook_secret(rt.webhook_secrets, rt.webhook_master_secret, who)
+
+
+@app.route("/webhook-secret/rotate", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
+@api
+def rotate_webhook_secret() -> dict[str, Any]:
+    no_body()
+    who, rt = owner(), runtime()
+    return secret_service.rotate_webhook_secret(rt.webhook_secrets, rt.webhook_master_secret, who)
 
 
 # --------------------------------------------------------------------------------------------- health
@@ -268,7 +308,11 @@ def migrate(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def sweep_stuck_jobs(event: Any) -> None:
     """Every five minutes: resend lost work, merge, dispatch waiting jobs, fail what cannot recover."""
     rt = runtime()
-    report = sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
+    try:
+        report = sweep(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
+    finally:
+        # Also what a sender that died after claiming left: claimed over a minute ago and not sent.
+        _send_announcements(claimed_before_ms=now_ms() - 60_000)
     if report.failed or report.resent or report.requested or report.finished:
         app.log.warning("sweep: %s", report)
 
@@ -305,7 +349,10 @@ def plan_jobs(event: SQSEvent) -> None:
     def handle(body: str) -> str:
         return plan_job(rt.videos, rt.jobs, rt.work_queue, rt.settings, JobRequested.from_json(body))
 
-    _consume(event, "job request", handle)
+    try:
+        _consume(event, "job request", handle)
+    finally:
+        _send_announcements()
 
 
 @app.on_sqs_message(queue=QUEUES["events"], batch_size=10)
@@ -316,4 +363,54 @@ def record_events(event: SQSEvent) -> None:
     def handle(body: str) -> str:
         return record_event(rt.videos, rt.jobs, rt.store, rt.work_queue, rt.settings, SegmentEvent.from_json(body))
 
-    _consume(event, "worker event", handle)
+    try:
+        _consume(event, "worker event", handle)
+    finally:
+        _send_announcements()
+
+
+# --------------------------------------------------------------------------------------------- notifications
+
+
+def _send_announcements(claimed_before_ms: int = 0) -> None:
+    """Hand the job ends just recorded to the notify queue. Never fails its caller: what is not sent
+    now stays recorded, and the sweeper sends it."""
+    try:
+        rt = runtime()
+        queue = rt.notify_queue
+        notifications.send_announcements(rt.jobs, rt.webhook_secrets, queue, claimed_before_ms=claimed_before_ms)
+    except NotConfigured as error:
+        app.log.warning("job-end announcements wait: %s", error)
+    except Exception:
+        app.log.exception("could not send job-end announcements; the sweeper tries again")
+
+
+@app.on_sqs_message(queue=QUEUES["notify"], batch_size=10)
+def deliver_notifications(event: SQSEvent) -> None:
+    """Publishes job ends on the SNS topic and POSTs them to webhooks. A delivery that fails comes
+    back later, each time after twice the delay (Redelivery), until the queue's max receives send it
+    to the dead-letter queue; the others of its batch are deleted, as in _consume."""
+    rt = runtime()
+    handled, failed = [], 0
+    for record in event:
+        raw = record.to_dict()
+        try:
+            message = notifications.NotifyMessage.from_json(record.body)
+            outcome = notifications.deliver_notification(
+                message,
+                topic=rt.job_end_topic,
+                sender=rt.webhook_sender,
+                master_secret=lambda: rt.webhook_master_secret,
+            )
+            app.log.info("notification %s: %s", raw.get("messageId"), outcome)
+            handled.append(raw)
+        except Exception as error:
+            failed += 1
+            receives = int(raw.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+            delay = notifications.retry_delay_s(receives, rt.settings.notify_retry_base_s)
+            app.log.warning("notification failed (attempt %d, next in %d s): %s", receives, delay, error)
+            Redelivery(rt.sqs).postpone(raw, delay)
+    if failed:
+        if handled:
+            BatchAcknowledger(runtime().sqs).delete(handled)
+        raise RuntimeError(f"{failed} notification(s) failed; SQS will redeliver them")

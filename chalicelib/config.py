@@ -33,6 +33,10 @@ def auth_mode(env: Mapping[str, str] | None = None) -> str:
     return mode
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "false").lower() in ("1", "true", "yes")
+
+
 def _local_key(key: str | None) -> str | None:
     return f"{key}=local" if key else None
 
@@ -56,6 +60,8 @@ _NUMBER_VARIABLES = {
     "max_dispatches": "HANDPIPE_MAX_DISPATCHES",
     "silence_margin_s": "HANDPIPE_SILENCE_MARGIN_S",
     "export_inline_max_rows": "HANDPIPE_EXPORT_INLINE_MAX_ROWS",
+    "webhook_timeout_s": "HANDPIPE_WEBHOOK_TIMEOUT_S",
+    "notify_retry_base_s": "HANDPIPE_NOTIFY_RETRY_BASE_S",
 }
 _ZERO_ALLOWED = {"warmup_ms", "silence_margin_s", "export_inline_max_rows"}
 
@@ -99,6 +105,15 @@ class Settings:
     scope_callers: bool = True  # each caller sees only its own videos and jobs
     local_models: bool = False  # model_uri may name a file on the worker's disk: the local stack only
     region: str | None = None  # the Lambda's AWS_REGION: presigned URLs name the regional endpoint
+    # Job-end notifications (docs/notifications.md): the notify queue, the SNS topic, and the master
+    # secret owners' webhook secrets derive from (the value locally, a Secrets Manager ARN in AWS).
+    notify_queue_url: str | None = None
+    notify_topic_arn: str | None = None
+    webhook_secret: str | None = None
+    webhook_secret_arn: str | None = None
+    allow_loopback_webhooks: bool = False  # the local stack only: webhooks to the caller's own machine
+    webhook_timeout_s: int = 5  # a receiver that takes longer is tried again later
+    notify_retry_base_s: int = 30  # the first retry's delay; each later one doubles it (at most 15 min)
 
     @property
     def segment_silence_s(self) -> int:
@@ -150,4 +165,9 @@ class Settings:
             scope_callers=env.get("HANDPIPE_SCOPE_CALLERS", "true").lower() not in ("0", "false", "no"),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             local_models=env.get("HANDPIPE_LOCAL_MODELS", "false").lower() in ("1", "true", "yes"),
+            notify_queue_url=env.get("HANDPIPE_NOTIFY_QUEUE_URL") or None,
+            notify_topic_arn=env.get("HANDPIPE_NOTIFY_TOPIC_ARN") or None,
+            webhook_secret=env.get("HANDPIPE_WEBHOOK_SECRET") or None,
+            webhook_secret_arn=env.get("HANDPIPE_WEBHOOK_SECRET_ARN") or None,
+            allow_loopback_webhooks=_flag(env, "HANDPIPE_ALLOW_LOOPBACK_WEBHOOKS"),
         )

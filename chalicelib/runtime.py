@@ -13,8 +13,11 @@ from typing import Any
 from chalicelib.adapters.database import Database
 from chalicelib.adapters.job_repository import JobRepository
 from chalicelib.adapters.migrations import ensure_current
+from chalicelib.adapters.notify import JobEndTopic
 from chalicelib.adapters.repositories import VideoRepository
-from chalicelib.config import Settings
+from chalicelib.adapters.webhook_secrets import WebhookSecretRepository
+from chalicelib.adapters.webhooks import WebhookPolicy, WebhookSender
+from chalicelib.config import NotConfigured, Settings
 from chalicelib.shared import telemetry as shared_telemetry
 from chalicelib.shared.queues import MessageQueue
 from chalicelib.shared.storage import ObjectStore
@@ -41,10 +44,14 @@ class Runtime:
         s3_client: Any = None,
         sqs_client: Any = None,
         database: Database | None = None,
+        sns_client: Any = None,
+        secrets_client: Any = None,
     ) -> None:
         self.settings = settings
         self._s3 = s3_client
         self._sqs = sqs_client
+        self._sns = sns_client
+        self._secrets = secrets_client
         self._database = database
         self._lock = threading.Lock()
         self._schema_checked = False
@@ -115,6 +122,46 @@ class Runtime:
     @cached_property
     def work_queue(self) -> MessageQueue:
         return MessageQueue(self.sqs, self.settings.work_queue_url)
+
+    # -- notifications (service.notifications) ---------------------------------------------------
+
+    @cached_property
+    def sns(self) -> Any:
+        return self._sns or self._client("sns")
+
+    @property
+    def webhook_secrets(self) -> WebhookSecretRepository:
+        return WebhookSecretRepository(self.db)
+
+    @cached_property
+    def notify_queue(self) -> MessageQueue:
+        if not self.settings.notify_queue_url:
+            raise NotConfigured("handpipe is not configured: set HANDPIPE_NOTIFY_QUEUE_URL (job-end notifications)")
+        return MessageQueue(self.sqs, self.settings.notify_queue_url)
+
+    @cached_property
+    def job_end_topic(self) -> JobEndTopic:
+        if not self.settings.notify_topic_arn:
+            raise NotConfigured("handpipe is not configured: set HANDPIPE_NOTIFY_TOPIC_ARN (job-end notifications)")
+        return JobEndTopic(self.sns, self.settings.notify_topic_arn)
+
+    @cached_property
+    def webhook_sender(self) -> WebhookSender:
+        policy = WebhookPolicy(allow_loopback=self.settings.allow_loopback_webhooks)
+        return WebhookSender(policy, timeout_s=self.settings.webhook_timeout_s)
+
+    @cached_property
+    def webhook_master_secret(self) -> str:
+        """The stage's master secret: the value (local stack) or read once from Secrets Manager (AWS)."""
+        if self.settings.webhook_secret:
+            return self.settings.webhook_secret
+        if not self.settings.webhook_secret_arn:
+            raise NotConfigured(
+                "handpipe is not configured: set HANDPIPE_WEBHOOK_SECRET_ARN (or HANDPIPE_WEBHOOK_SECRET locally)"
+            )
+        client = self._secrets or self._client("secretsmanager")
+        secret: str = client.get_secret_value(SecretId=self.settings.webhook_secret_arn)["SecretString"]
+        return secret
 
 
 _RUNTIME: Runtime | None = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chalicelib.adapters.database import IntegrityError, epoch_ms
-from chalicelib.domain.records import Job, JobFields, JobRefused, Segment, Video
+from chalicelib.domain.records import Announcement, Job, JobFields, JobRefused, Segment, Video
 from chalicelib.shared.states import (
     ACTIVE_JOB_STATUSES,
     SEGMENT_FAILED,
@@ -48,16 +48,18 @@ class Tables:
     videos: dict[str, Video] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     segments: dict[tuple[str, int], Segment] = field(default_factory=dict)
+    announcements: dict[str, Announcement] = field(default_factory=dict)  # by job id: one end per job
+    sent_announcements: set[str] = field(default_factory=set)  # job ids whose end went to the notify queue
     transactions: int = 0  # how many were opened: a test can see that a change was grouped
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self.transactions += 1
-        saved = (dict(self.videos), dict(self.jobs), dict(self.segments))
+        saved = (dict(self.videos), dict(self.jobs), dict(self.segments), dict(self.announcements))
         try:
             yield
         except BaseException:
-            self.videos, self.jobs, self.segments = saved
+            self.videos, self.jobs, self.segments, self.announcements = saved
             raise
 
 
@@ -122,6 +124,7 @@ class FakeVideoRepository:
     def delete(self, video_id: str) -> bool:
         for job in [j for j in self.tables.jobs.values() if j.video_id == video_id]:
             del self.tables.jobs[job.id]
+            self.tables.announcements.pop(job.id, None)
             for key in [k for k in self.tables.segments if k[0] == job.id]:
                 del self.tables.segments[key]
         return self.tables.videos.pop(video_id, None) is not None
@@ -197,7 +200,36 @@ class FakeJobRepository:
     def delete(self, job_id: str) -> bool:
         for key in [k for k in self.tables.segments if k[0] == job_id]:
             del self.tables.segments[key]
+        self.tables.announcements.pop(job_id, None)
         return self.tables.jobs.pop(job_id, None) is not None
+
+    # -- announcements --------------------------------------------------------------------------
+
+    def add_announcement(self, announcement: Announcement) -> bool:
+        if announcement.job_id in self.tables.announcements:
+            return False
+        self.tables.announcements[announcement.job_id] = announcement
+        return True
+
+    def claim_announcements(self, *, claimed_before_ms: int, limit: int = 50) -> list[Announcement]:
+        _check_limit(limit)
+        waiting = sorted(
+            (a for a in self.tables.announcements.values() if a.job_id not in self.tables.sent_announcements),
+            key=lambda a: (a.created_at, a.event_id),
+        )
+        claimed = []
+        for announcement in waiting:
+            if announcement.claimed_at is None or announcement.claimed_at < claimed_before_ms:
+                claimed.append(replace(announcement, claimed_at=self._clock()))
+                self.tables.announcements[announcement.job_id] = claimed[-1]
+            if len(claimed) == limit:
+                break
+        return claimed
+
+    def announcement_sent(self, event_id: str) -> None:
+        for announcement in self.tables.announcements.values():
+            if announcement.event_id == event_id:
+                self.tables.sent_announcements.add(announcement.job_id)
 
     def list_for_video(self, video_id: str, *, limit: int = 50, after: tuple[int, str] | None = None) -> list[Job]:
         return _newest_first([j for j in self.tables.jobs.values() if j.video_id == video_id], after, limit)

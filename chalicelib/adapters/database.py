@@ -60,6 +60,11 @@ class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached or the connection was lost; retrying later may succeed."""
 
 
+# MySQL's ER_CHECK_CONSTRAINT_VIOLATED and MariaDB's ER_CONSTRAINT_FAILED, which pymysql raises as
+# OperationalError (migration 5 checks jobs.status).
+_CHECK_VIOLATIONS = (3819, 4025)
+
+
 class IntegrityError(DatabaseError):
     """A unique, primary-key or foreign-key constraint rejected a write."""
 
@@ -261,6 +266,8 @@ class Database:
         except (pymysql.err.IntegrityError, sqlite3.IntegrityError) as exc:
             raise IntegrityError(str(exc)) from exc
         except (pymysql.err.Error, sqlite3.Error) as exc:
+            if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] in _CHECK_VIOLATIONS:
+                raise IntegrityError(str(exc)) from exc  # a CHECK constraint: an integrity error too
             if not _is_unavailable(exc):
                 raise
             # The next use starts from a fresh connection instead of a half-dead one.

@@ -21,7 +21,7 @@ from chalicelib.adapters.repositories import (
     _statuses,
     _where,
 )
-from chalicelib.domain.records import Job, JobFields, JobRefused, Segment
+from chalicelib.domain.records import Announcement, Job, JobFields, JobRefused, Segment
 from chalicelib.shared.states import (
     ACTIVE_JOB_STATUSES,
     SEGMENT_FAILED,
@@ -48,7 +48,7 @@ _TRANSITION_COLUMNS = {
 _JOB_COLUMNS = (
     "id, video_id, status, options_json, client_token, tag, owner, error, error_code, segments_total, "
     "segments_done, frames_total, frames_done, frames_with_hands, result_key, summary_json, video_json, "
-    "created_at, started_at, finished_at, updated_at"
+    "created_at, started_at, finished_at, updated_at, notify_url"
 )
 
 
@@ -80,6 +80,7 @@ def _job(row: Row) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         updated_at=row["updated_at"],
+        notify_url=row["notify_url"],
     )
 
 
@@ -111,7 +112,7 @@ class JobRepository:
         _check_lengths("job", vars(job), _JOB_LIMITS)
         try:
             self._db.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_marks(21)})",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_marks(22)})",
                 (
                     job.id,
                     job.video_id,
@@ -134,6 +135,7 @@ class JobRepository:
                     job.started_at,
                     job.finished_at,
                     job.updated_at,
+                    job.notify_url,
                 ),
             )
         except IntegrityError:
@@ -191,6 +193,7 @@ class JobRepository:
         """Remove the job and its segments (a job that could not be queued); False when there was none."""
         with self._db.transaction():
             self._lock_job(job_id)
+            self._db.execute("DELETE FROM job_announcements WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
             return self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)) > 0
 
@@ -506,3 +509,45 @@ class JobRepository:
                     (self._clock(), job_id, index, SEGMENT_PENDING),
                 )
         return changed > 0
+
+    # -- announcements of job ends (service.notifications) ----------------------------------------
+
+    def add_announcement(self, announcement: Announcement) -> bool:
+        """Record a job's end; False when the job's end was already recorded (one per job, whoever asks).
+        A failing statement is undone on its own, so this may run inside the transaction ending the job."""
+        try:
+            self._db.execute(
+                "INSERT INTO job_announcements (event_id, job_id, body, created_at) VALUES (?, ?, ?, ?)",
+                (announcement.event_id, announcement.job_id, announcement.body, announcement.created_at),
+            )
+        except IntegrityError:
+            return False
+        return True
+
+    def claim_announcements(self, *, claimed_before_ms: int, limit: int = 50) -> list[Announcement]:
+        """Claim up to `limit` unsent announcements (never claimed, or claimed before `claimed_before_ms`
+        by a sender that then died), oldest first. Each claim is conditional: two senders never both get one."""
+        _check_limit(limit)
+        rows = self._db.fetchall(
+            "SELECT event_id, job_id, body, created_at, claimed_at FROM job_announcements"
+            " WHERE sent_at IS NULL AND (claimed_at IS NULL OR claimed_at < ?) ORDER BY created_at, event_id LIMIT ?",
+            (claimed_before_ms, limit),
+        )
+        now = self._clock()
+        claimed: list[Announcement] = []
+        for row in rows:
+            won = self._db.execute(
+                "UPDATE job_announcements SET claimed_at = ? WHERE event_id = ? AND sent_at IS NULL"
+                " AND (claimed_at IS NULL AND ? IS NULL OR claimed_at = ?)",
+                (now, row["event_id"], row["claimed_at"], row["claimed_at"]),
+            )
+            if won:
+                claimed.append(
+                    Announcement(row["event_id"], row["job_id"], row["body"], row["created_at"], claimed_at=now)
+                )
+        return claimed
+
+    def announcement_sent(self, event_id: str) -> None:
+        self._db.execute(
+            "UPDATE job_announcements SET sent_at = ? WHERE event_id = ? AND sent_at IS NULL", (self._clock(), event_id)
+        )

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from chalicelib.adapters.database import Database, epoch_ms
+from chalicelib.shared.states import JOB_STATUSES
 
 # utf8mb4 so titles may hold any character; a binary collation so ids, tokens and keys compare
 # exactly as SQLite compares them (case matters) and keyset pages sort the same in both.
@@ -124,6 +125,51 @@ _SEGMENTS = _table(
     [],
 )
 
+# The job-end events waiting to be handed to the notify queue (service.notifications): written in the
+# transaction that ends the job, so a job that ended is announced even if the process dies just after.
+_ANNOUNCEMENTS = _table(
+    "job_announcements",
+    """
+    event_id VARCHAR(40) NOT NULL PRIMARY KEY,
+    job_id VARCHAR(40) NOT NULL,
+    body {text} NOT NULL,
+    created_at BIGINT NOT NULL,
+    claimed_at BIGINT NULL,
+    sent_at BIGINT NULL,
+    CONSTRAINT uq_job_announcements_job UNIQUE (job_id)
+    """,
+    [("ix_job_announcements_unsent", "sent_at, claimed_at")],
+)
+
+# Each owner's webhook signing secret is derived from the stage's master secret and this version;
+# rotating it is one more version (service.notifications_secrets).
+_WEBHOOK_SECRETS = _table(
+    "webhook_secrets",
+    """
+    owner VARCHAR(255) NOT NULL PRIMARY KEY,
+    version INT NOT NULL,
+    rotated_at BIGINT NOT NULL
+    """,
+    [],
+)
+
+
+def _status_checks(table: str, statuses: tuple[str, ...]) -> tuple[str, str, str]:
+    """SQLite cannot add a CHECK to an existing table, so it gets triggers that refuse what the CHECK
+    would (the IntegrityError is the same); MySQL/MariaDB gets the constraint itself."""
+    allowed = ", ".join(f"'{status}'" for status in statuses)
+    refuse = f"SELECT RAISE(ABORT, '{table}.status must be one of {allowed.replace(chr(39), '')}')"
+    return (
+        f"CREATE TRIGGER IF NOT EXISTS ck_{table}_status_insert BEFORE INSERT ON {table}"
+        f" WHEN NEW.status NOT IN ({allowed}) BEGIN {refuse}; END",
+        f"CREATE TRIGGER IF NOT EXISTS ck_{table}_status_update BEFORE UPDATE OF status ON {table}"
+        f" WHEN NEW.status NOT IN ({allowed}) BEGIN {refuse}; END",
+        f"ADD CONSTRAINT ck_{table}_status CHECK (status IN ({allowed}))",
+    )
+
+
+_JOB_CHECKS = _status_checks("jobs", JOB_STATUSES)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -158,6 +204,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         mysql=(
             "ALTER TABLE jobs MODIFY owner VARCHAR(255) NULL",
             "ALTER TABLE videos MODIFY owner VARCHAR(255) NULL, ADD UNIQUE INDEX uq_videos_s3_key (s3_key)",
+        ),
+    ),
+    Migration(
+        5,
+        "jobs may be CANCELLED (status checks); jobs.notify_url, job_announcements, webhook_secrets",
+        sqlite=(
+            "ALTER TABLE jobs ADD COLUMN notify_url VARCHAR(2048) NULL",
+            *_JOB_CHECKS[:2],
+            *_ANNOUNCEMENTS[0],
+            *_WEBHOOK_SECRETS[0],
+        ),
+        # The new tables first (CREATE ... IF NOT EXISTS can run twice), then the jobs table's change in
+        # one statement: a step that failed half-way can be run again.
+        mysql=(
+            *_ANNOUNCEMENTS[1],
+            *_WEBHOOK_SECRETS[1],
+            f"ALTER TABLE jobs ADD COLUMN notify_url VARCHAR(2048) NULL, {_JOB_CHECKS[2]}",
         ),
     ),
 )

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Protocol, Unpack
 
-from chalicelib.domain.records import Job, JobFields, Segment, Video
+from chalicelib.domain.records import Announcement, Job, JobFields, Segment, Video
 
 
 class VideoRepository(Protocol):
@@ -98,6 +98,12 @@ class JobRepository(Protocol):
     def fail_segment(self, job_id: str, index: int, *, error: str) -> bool: ...
 
     def record_progress(self, job_id: str, index: int, frames_processed: int) -> bool: ...
+
+    def add_announcement(self, announcement: Announcement) -> bool: ...
+
+    def claim_announcements(self, *, claimed_before_ms: int, limit: int = 50) -> list[Announcement]: ...
+
+    def announcement_sent(self, event_id: str) -> None: ...
 
 
 class UnitOfWork(Protocol):

@@ -47,6 +47,18 @@ class Job:
     video_metadata: dict[str, Any] | None = None
     started_at: int | None = None
     finished_at: int | None = None
+    notify_url: str | None = None  # the webhook its end is POSTed to (service.notifications)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A job's end, recorded with the job's final status and not yet handed to the notify queue."""
+
+    event_id: str
+    job_id: str
+    body: str  # the event's JSON, exactly the bytes a webhook receives and signs
+    created_at: int
+    claimed_at: int | None = None
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,13 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from chalicelib.adapters.webhooks import UnsafeWebhook, WebhookPolicy
 from chalicelib.config import Settings
 from chalicelib.domain.ports import JobRepository, VideoRepository
 from chalicelib.domain.records import Job, JobRefused
 from chalicelib.service.common import _check_fields, _text, check_id, decode_token, encode_token, gone, new_id, now_ms
 from chalicelib.service.errors import Conflict, InvalidInput, NotFound, TooLarge
+from chalicelib.service.notifications import announce_job_end
 from chalicelib.service.videos import get_video
 from chalicelib.service.views import job_view
 from chalicelib.shared import telemetry
@@ -37,9 +39,12 @@ def create_job(  # noqa: C901 - the request's checks in the order the API docume
     video_id: str,
     body: Mapping[str, Any],
     owner: str | None = None,
+    *,
+    webhooks: WebhookPolicy | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Create a job and queue it. The same client_token returns the same job (created=False)."""
-    _check_fields(body, {"options", "client_token", "tag"})
+    """Create a job and queue it. The same client_token returns the same job (created=False).
+    `webhooks` judges a `notify.webhook_url` (the stage's policy from settings when not given)."""
+    _check_fields(body, {"options", "client_token", "tag", "notify"})
     raw_options = body.get("options")
     raw_options = {} if raw_options is None else raw_options
     if not isinstance(raw_options, dict):
@@ -53,11 +58,12 @@ def create_job(  # noqa: C901 - the request's checks in the order the API docume
     if client_token is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", client_token):
         raise InvalidInput("client_token may hold only letters, digits and _.:- (at most 64)")
     tag = _text(body, "tag", max_len=128)
+    notify_url = parse_notify(body.get("notify"), webhooks or webhook_policy(settings))
     video = get_video(videos, video_id, owner)
     if client_token is not None:
         existing = jobs.find_by_client_token(video.id, client_token)
         if existing is not None:
-            return _same_token_job(existing, options, tag), False
+            return _same_token_job(existing, options, tag, notify_url), False
     if video.status == VIDEO_DELETING:
         raise Conflict(f"video {video.id} is being deleted; it takes no new jobs")
     if options.end_ms is not None and options.end_ms > settings.max_duration_ms:
@@ -95,6 +101,7 @@ def create_job(  # noqa: C901 - the request's checks in the order the API docume
         started_at=None,
         finished_at=now if empty_range else None,
         updated_at=now,
+        notify_url=notify_url,
     )
     try:
         # The video's state and its active jobs are checked in the transaction that adds the job.
@@ -108,8 +115,9 @@ def create_job(  # noqa: C901 - the request's checks in the order the API docume
             f"video {video.id} already has {refused.active} jobs queued or running; wait for one to finish"
         ) from None
     if not created:  # a concurrent request with the same token won the race
-        return _same_token_job(stored, options, tag), False
+        return _same_token_job(stored, options, tag, notify_url), False
     if empty_range:
+        announce_job_end(jobs, stored.id)  # it ended as it was made
         return job_view(stored), True
     try:
         jobs_queue.send(JobRequested(job_id=job.id, video_id=video.id))
@@ -150,8 +158,31 @@ def empty_range_reason(options: ProcessOptions) -> str | None:
     return None
 
 
-def _same_token_job(existing: Job, options: ProcessOptions, tag: str | None) -> dict[str, Any]:
-    if existing.options != options.to_dict() or existing.tag != tag:
+def webhook_policy(settings: Settings) -> WebhookPolicy:
+    return WebhookPolicy(allow_loopback=settings.allow_loopback_webhooks)
+
+
+def parse_notify(raw: Any, policy: WebhookPolicy) -> str | None:
+    """The job's webhook URL from `notify`, judged by the policy (https, public addresses only)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidInput('notify must be an object: {"webhook_url": "https://..."}')
+    unknown = sorted(set(raw) - {"webhook_url"})
+    if unknown:
+        raise InvalidInput(f"notify has unknown field(s): {', '.join(unknown)} (allowed: webhook_url)")
+    url = raw.get("webhook_url")
+    if not isinstance(url, str) or not url:
+        raise InvalidInput("notify.webhook_url must be a non-empty string (an https URL)")
+    try:
+        policy.check(url)
+    except UnsafeWebhook as error:
+        raise InvalidInput(f"notify.webhook_url is refused: {error}") from None
+    return url
+
+
+def _same_token_job(existing: Job, options: ProcessOptions, tag: str | None, notify_url: str | None) -> dict[str, Any]:
+    if existing.options != options.to_dict() or existing.tag != tag or existing.notify_url != notify_url:
         raise Conflict(
             f"client_token {existing.client_token!r} was already used for job {existing.id} with other "
             "options; use a new token for a different job"

@@ -11,6 +11,7 @@ from chalicelib.domain.ports import JobAndVideo, JobRepository, VideoRepository
 from chalicelib.domain.records import Job, Segment, Video
 from chalicelib.domain.rules import job_expected_frames, limit_problems, plan_limit_problems, plan_segments
 from chalicelib.service.common import logger, now_ms
+from chalicelib.service.notifications import announce_job_end
 from chalicelib.shared import telemetry
 from chalicelib.shared.contracts import (
     SEGMENT_FAILED,
@@ -216,6 +217,8 @@ def record_event(
     if job is None:
         logger.warning("event for unknown job %s ignored", event.job_id)
         return "ignored"
+    if job.status == JobStatus.CANCELLED:  # its segments were told to stop; what they still say changes nothing
+        return "ignored: the job was cancelled"
     handler = _EVENT_HANDLERS[event.type]  # SegmentEvent accepts only these types
     return handler(_EventContext(videos, jobs, store, work_queue, settings), job, event)
 
@@ -399,6 +402,7 @@ def finish_if_complete(
         if changed:
             videos.set_metadata(job.video_id, merged["video"])
             videos.set_status(job.video_id, VideoStatus.PROCESSED)
+            announce_job_end(jobs, job.id)
     if changed:
         telemetry.job_event(
             "job.succeeded",
@@ -440,6 +444,7 @@ def _fail_job(jobs: JobRepository, videos: VideoRepository, job: Job, code: str,
         ):
             return False
         videos.set_status(job.video_id, VideoStatus.FAILED)
+        announce_job_end(jobs, job.id)
     telemetry.job_event(
         "job.failed",
         "job %s failed (%s): %s",

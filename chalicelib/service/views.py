@@ -54,4 +54,5 @@ def job_view(job: Job) -> dict[str, Any]:
         },
         "video": job.video_metadata,
         "summary": job.summary,
+        "notify": None if job.notify_url is None else {"webhook_url": job.notify_url},
     }

@@ -20,6 +20,7 @@ class JobStatus(StrEnum):
     IN_PROGRESS = "IN_PROGRESS"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"  # stopped by its caller (POST /jobs/{id}/cancel): final, like the two above
 
 
 class SegmentStatus(StrEnum):
@@ -31,15 +32,19 @@ class SegmentStatus(StrEnum):
 # Where each status may go next. A repository's conditional update names the statuses it moves from,
 # so a redelivered message or a racing consumer finds the row already moved and changes nothing.
 JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.IN_PROGRESS, JobStatus.FAILED}),
-    JobStatus.IN_PROGRESS: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED}),
+    JobStatus.QUEUED: frozenset({JobStatus.IN_PROGRESS, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.IN_PROGRESS: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
 }
 VIDEO_TRANSITIONS: dict[VideoStatus, frozenset[VideoStatus]] = {
     VideoStatus.REGISTERED: frozenset({VideoStatus.UPLOADED, VideoStatus.PROCESSING, VideoStatus.DELETING}),
     VideoStatus.UPLOADED: frozenset({VideoStatus.PROCESSING, VideoStatus.DELETING}),
-    VideoStatus.PROCESSING: frozenset({VideoStatus.PROCESSED, VideoStatus.FAILED, VideoStatus.DELETING}),
+    # PROCESSING -> UPLOADED: its job was cancelled and no job ever finished on it (chalicelib.service.cancel).
+    VideoStatus.PROCESSING: frozenset(
+        {VideoStatus.PROCESSED, VideoStatus.FAILED, VideoStatus.UPLOADED, VideoStatus.DELETING}
+    ),
     VideoStatus.PROCESSED: frozenset({VideoStatus.PROCESSING, VideoStatus.DELETING}),
     VideoStatus.FAILED: frozenset({VideoStatus.PROCESSING, VideoStatus.DELETING}),
     VideoStatus.DELETING: frozenset(),
@@ -50,7 +55,7 @@ SEGMENT_TRANSITIONS: dict[SegmentStatus, frozenset[SegmentStatus]] = {
     SegmentStatus.FAILED: frozenset(),
 }
 
-FINISHED_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+FINISHED_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
 
 # The tuples the OpenAPI description and the repositories' checks list, in this order.

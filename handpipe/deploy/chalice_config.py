@@ -14,6 +14,7 @@ from .plan import (
     DEFAULT_LOG_RETENTION_DAYS,
     DEFAULT_MAX_DB_CONNECTIONS,
     MIGRATE_TIMEOUT_S,
+    NO_DATABASE_FUNCTIONS,
     function_name,
     max_upload_bytes,
 )
@@ -92,7 +93,14 @@ def chalice_policy(
                 "Sid": "SendJobsAndWork",
                 "Effect": "Allow",
                 "Action": ["sqs:SendMessage", "sqs:GetQueueAttributes"],
-                "Resource": [outputs["JobsQueueArn"], outputs["WorkQueueArn"]],
+                "Resource": [outputs["JobsQueueArn"], outputs["WorkQueueArn"], outputs["NotifyQueueArn"]],
+            },
+            {
+                # deliver_notifications publishes every job end on the stage's topic.
+                "Sid": "PublishJobEnds",
+                "Effect": "Allow",
+                "Action": ["sns:Publish"],
+                "Resource": [outputs["JobEndsTopicArn"]],
             },
             {
                 # The event source mappings of plan_jobs and record_events poll with the functions' role.
@@ -104,13 +112,20 @@ def chalice_policy(
                     "sqs:GetQueueAttributes",
                     "sqs:ChangeMessageVisibility",
                 ],
-                "Resource": [outputs["JobsQueueArn"], outputs["EventsQueueArn"]],
+                "Resource": [outputs["JobsQueueArn"], outputs["EventsQueueArn"], outputs["NotifyQueueArn"]],
             },
             {
                 "Sid": "DatabaseSecret",
                 "Effect": "Allow",
                 "Action": ["secretsmanager:GetSecretValue"],
                 "Resource": [outputs["DbSecretArn"]],
+            },
+            {
+                # The master secret the owners' webhook signing secrets are derived from.
+                "Sid": "WebhookSecret",
+                "Effect": "Allow",
+                "Action": ["secretsmanager:GetSecretValue"],
+                "Resource": [outputs["WebhookSecretArn"]],
             },
             {
                 # What Lambda needs to attach the functions to the VPC; these actions take no resource ARNs.
@@ -157,6 +172,9 @@ def chalice_stage_config(
             "HANDPIPE_MAX_IN_FLIGHT": outputs["WorkerConcurrency"],
             "HANDPIPE_MAX_UPLOAD_BYTES": str(max_upload_bytes(int(outputs["WorkerEphemeralStorageMB"]))),
             "HANDPIPE_STAGE": stage,  # the "stage" dimension of the app's metrics, as the worker's
+            "HANDPIPE_NOTIFY_QUEUE_URL": outputs["NotifyQueueUrl"],
+            "HANDPIPE_NOTIFY_TOPIC_ARN": outputs["JobEndsTopicArn"],
+            "HANDPIPE_WEBHOOK_SECRET_ARN": outputs["WebhookSecretArn"],
         }
     )
     config["environment_variables"] = environment
@@ -168,7 +186,11 @@ def chalice_stage_config(
         per_function.setdefault("migrate", {})["lambda_timeout"] = MIGRATE_TIMEOUT_S
     for name in functions:
         entry = per_function.setdefault(name, {})
-        if reserved is None:
+        if name in NO_DATABASE_FUNCTIONS:
+            # No connection to bound, and out of the VPC: it reaches SQS, SNS, Secrets Manager and webhooks directly.
+            entry.pop("reserved_concurrency", None)
+            entry["subnet_ids"], entry["security_group_ids"] = [], []
+        elif reserved is None:
             entry.pop("reserved_concurrency", None)
         else:
             entry["reserved_concurrency"] = reserved[name]

@@ -13,6 +13,7 @@ from .network import Network
 from .plan import DestroyOptions, DestroyResult, check_stage, ecr_stack_name, main_stack_name, usage_plan_name
 from .stacks import Stacks, stack_outputs
 from .steps import Steps
+from .webhook_secret import delete_webhook_secret, secret_name
 
 
 class Teardown:
@@ -43,7 +44,7 @@ class Teardown:
         project = options.project_dir.resolve()
         stack_name = main_stack_name(stage)
         result = DestroyResult()
-        self.steps.begin(8)
+        self.steps.begin(9)
         keep = "Retain" if options.keep_data else "Delete"
 
         with self.steps.step(
@@ -129,12 +130,24 @@ class Teardown:
             else:
                 self.say("  no stack")
 
+        with self.steps.step(
+            "deleting the webhook signing secret",
+            f"delete the secret {secret_name(stage)} in the Secrets Manager console and run again",
+        ):
+            if options.keep_data:
+                self.say(f"  {secret_name(stage)} stays")
+            elif delete_webhook_secret(self.aws.secretsmanager, stage):
+                result.removed.append(f"secret {secret_name(stage)}")
+            else:
+                self.say("  no secret")
+
         if options.keep_data:
             kept = {
                 "bucket": bucket,
                 "access log bucket": resources.get("LogBucket"),
                 "database instance": resources.get("DbInstance"),
                 "database secret": resources.get("DbSecret"),
+                "webhook signing secret": secret_name(stage),
                 "database subnet group": resources.get("DbSubnetGroup"),
                 "database security group": resources.get("DbSecurityGroup"),
             }

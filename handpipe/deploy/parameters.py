@@ -13,6 +13,7 @@ from .errors import Problem, error_message
 from .network import Network
 from .plan import DEFAULT_WORKER_TIMEOUT_S, MAIN_TEMPLATE, DeployOptions, visibility_timeout
 from .stacks import Stacks
+from .webhook_secret import ensure_webhook_secret
 
 
 def main_parameters(  # noqa: C901 - one branch per optional template parameter
@@ -73,12 +74,17 @@ def main_parameters(  # noqa: C901 - one branch per optional template parameter
         # The full ARN, also when a name was given: the policy grants exactly this secret.
         given["ExistingDbSecretArn"] = described["ARN"]
 
+    given["WebhookSecretArn"] = ensure_webhook_secret(secretsmanager, stage)
+
     # The queues' visibility timeouts follow their consumers' timeouts.
     worker_timeout = int(options.worker_timeout_s or previous.get("WorkerTimeoutSeconds") or DEFAULT_WORKER_TIMEOUT_S)
     given["WorkVisibilityTimeoutSeconds"] = visibility_timeout(worker_timeout)
     given["JobsVisibilityTimeoutSeconds"] = visibility_timeout(chalice_function_timeout(config, stage, "plan_jobs"))
     given["EventsVisibilityTimeoutSeconds"] = visibility_timeout(
         chalice_function_timeout(config, stage, "record_events")
+    )
+    given["NotifyVisibilityTimeoutSeconds"] = visibility_timeout(
+        chalice_function_timeout(config, stage, "deliver_notifications")
     )
 
     endpoints = (given.get("CreateVpcEndpoints") or previous.get("CreateVpcEndpoints", "true")) == "true"

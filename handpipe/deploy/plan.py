@@ -44,6 +44,9 @@ DEFAULT_MAX_DB_CONNECTIONS = 40
 # How the connections left after one for each other function are shared (each of these gets at least 2).
 DB_CONNECTION_WEIGHTS: Mapping[str, int] = {API_HANDLER: 5, "record_events": 3, "plan_jobs": 2}
 MIN_SHARE = 2
+# Functions that never open the database: outside the connection budget, with no reserved concurrency, and
+# outside the VPC (deliver_notifications POSTs webhooks to the internet, which the VPC's subnets may not reach).
+NO_DATABASE_FUNCTIONS = ("deliver_notifications",)
 MIGRATE_TIMEOUT_S = 900
 
 # The worker keeps the whole video in /tmp, next to the model files and the part it writes.
@@ -60,6 +63,9 @@ MANAGED_ENVIRONMENT = (
     "HANDPIPE_MAX_IN_FLIGHT",
     "HANDPIPE_MAX_UPLOAD_BYTES",
     "HANDPIPE_STAGE",
+    "HANDPIPE_NOTIFY_QUEUE_URL",
+    "HANDPIPE_NOTIFY_TOPIC_ARN",
+    "HANDPIPE_WEBHOOK_SECRET_ARN",
 )
 
 DEFAULT_LOG_RETENTION_DAYS = 30  # infra/handpipe.yaml's LogRetentionDays default
@@ -185,6 +191,7 @@ def check_stage(stage: str) -> None:
 
 
 def min_db_connections(functions: Sequence[str]) -> int:
+    functions = [name for name in functions if name not in NO_DATABASE_FUNCTIONS]
     shared = [name for name in functions if name in DB_CONNECTION_WEIGHTS]
     return len(functions) - len(shared) + MIN_SHARE * len(shared)
 
@@ -199,7 +206,7 @@ def split_db_connections(total: int, functions: Sequence[str]) -> dict[str, int]
     what rounding leaves going to the API."""
     if total < min_db_connections(functions):
         raise ValueError(f"--max-db-connections must be at least {min_db_connections(functions)}, got {total}")
-    singles = {name: 1 for name in functions if name not in DB_CONNECTION_WEIGHTS}
+    singles = {name: 1 for name in functions if name not in DB_CONNECTION_WEIGHTS and name not in NO_DATABASE_FUNCTIONS}
     shared = [name for name in DB_CONNECTION_WEIGHTS if name in functions]
     budget = total - len(singles)
     weight = sum(DB_CONNECTION_WEIGHTS[name] for name in shared)

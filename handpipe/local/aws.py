@@ -22,12 +22,13 @@ from chalicelib.shared.contracts import queue_names
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType
+    from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VISIBILITY_TIMEOUTS: Mapping[str, int] = {"jobs": 60, "work": 900, "events": 60}
+DEFAULT_VISIBILITY_TIMEOUTS: Mapping[str, int] = {"jobs": 60, "work": 900, "events": 60, "notify": 60}
 # SQS's maximum, so a failed message stays in its DLQ long enough to be looked at.
 DLQ_RETENTION_S = 14 * 24 * 3600
 
@@ -160,6 +161,19 @@ def aws_clients(endpoint_url: str, region: str = "us-east-1") -> tuple[S3Client,
     return s3, sqs
 
 
+def sns_client(endpoint_url: str, region: str = "us-east-1") -> SNSClient:
+    """An SNS client for a moto endpoint (the job-end topic), with moto's dummy credentials."""
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing", region_name=region
+    )
+    return session.client("sns", endpoint_url=endpoint_url)
+
+
+def topic_name(prefix: str = "handpipe") -> str:
+    """The SNS topic every job end is published on (as infra/handpipe.yaml names it: handpipe-STAGE-job-ends)."""
+    return f"{prefix}-job-ends"
+
+
 # ---------------------------------------------------------------------------------------------
 # Provisioning
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +188,7 @@ class Resources:
     dlq_urls: dict[str, str]
     queue_arns: dict[str, str]
     dlq_arns: dict[str, str]
+    topic_arn: str | None = None  # the job-end topic, when provision() was given an SNS client
 
 
 def provision(
@@ -184,8 +199,12 @@ def provision(
     prefix: str = "handpipe",
     max_receives: int = 3,
     visibility_timeouts: Mapping[str, int] | None = None,
+    max_receives_by_role: Mapping[str, int] | None = None,
+    sns: SNSClient | None = None,
 ) -> Resources:
-    """Create (or bring up to date) the bucket and the queues with their dead-letter queues.
+    """Create (or bring up to date) the bucket and the queues with their dead-letter queues, and with
+    `sns` the job-end topic. `max_receives_by_role` overrides `max_receives` for some queues (the
+    notify queue retries a webhook more often than the pipeline retries a message).
 
     Safe to run again: existing resources get the requested settings rather than an error."""
     if max_receives < 1:
@@ -204,7 +223,8 @@ def provision(
     for role, name in names.items():
         dlq_url = _ensure_queue(sqs_client, f"{name}-dlq", {"MessageRetentionPeriod": str(DLQ_RETENTION_S)})
         dlq_arn = queue_arn(sqs_client, dlq_url)
-        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}
+        receives = (max_receives_by_role or {}).get(role, max_receives)
+        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": receives}
         url = _ensure_queue(
             sqs_client,
             name,
@@ -212,7 +232,15 @@ def provision(
         )
         queue_urls[role], dlq_urls[role] = url, dlq_url
         queue_arns[role], dlq_arns[role] = queue_arn(sqs_client, url), dlq_arn
-    return Resources(bucket=bucket, queue_urls=queue_urls, dlq_urls=dlq_urls, queue_arns=queue_arns, dlq_arns=dlq_arns)
+    topic_arn = sns.create_topic(Name=topic_name(prefix))["TopicArn"] if sns is not None else None  # idempotent
+    return Resources(
+        bucket=bucket,
+        queue_urls=queue_urls,
+        dlq_urls=dlq_urls,
+        queue_arns=queue_arns,
+        dlq_arns=dlq_arns,
+        topic_arn=topic_arn,
+    )
 
 
 def _ensure_bucket(s3: S3Client, bucket: str) -> None:

@@ -25,10 +25,12 @@ from chalicelib.adapters.database import Database
 from chalicelib.adapters.migrations import upgrade
 from chalicelib.config import QUEUE_PREFIX_VARIABLE, Settings
 from chalicelib.runtime import Runtime, runtime, use_runtime
+from chalicelib.service.common import now_ms
+from chalicelib.service.notifications import send_announcements
 from chalicelib.shared.telemetry import use_telemetry
 from chalicelib.web.auth import parse_api_keys
 
-from .aws import MotoServer, aws_clients, provision
+from .aws import MotoServer, aws_clients, provision, sns_client
 from .console import JobEventConsole, LocalTelemetry, init_worker_process
 from .pollers import LambdaContext, QueuePoller, drain, stop_all
 from .resume import Resumed, resume
@@ -40,6 +42,7 @@ WORKER_TIMEOUT_S = 900  # the Lambda maximum, as deployed
 # Short: the worker's heartbeat extends a running item's visibility, so only a dead worker's item
 # comes back, and that within this long (worker_image/handpipe_worker/heartbeat.py).
 WORK_VISIBILITY_S = 120
+NOTIFY_MAX_RECEIVES = 8  # a webhook is tried this often (after 1, 2, 4, ... s locally) before its DLQ
 
 
 class PortInUse(OSError):
@@ -60,6 +63,7 @@ class StackInfo:
     dlq_urls: dict[str, str]
     workers: int
     api_key: str
+    topic_arn: str | None = None
 
 
 def _init_worker(parent_pid: int, verbose: bool) -> None:
@@ -191,9 +195,9 @@ def _scheduled_event() -> dict[str, Any]:
     }
 
 
-def _saved_key(data_dir: Path) -> str:
-    """The key kept in data_dir/api_key, made (readable by its owner only) the first time."""
-    path = data_dir / "api_key"
+def _saved_key(data_dir: Path, name: str = "api_key") -> str:
+    """The key kept in data_dir/NAME, made (readable by its owner only) the first time."""
+    path = data_dir / name
     try:
         key = path.read_text(encoding="utf-8").strip()
         if key:
@@ -264,6 +268,7 @@ class LocalStack:
         self.info: StackInfo | None = None
         self.restored = 0  # S3 objects put back from the data folder on start
         self.resumed: Resumed | None = None
+        self.announced = 0  # job ends the stopped stack had recorded and not announced, sent on start
 
     def start(self) -> StackInfo:
         """Start everything; should a part fail (a port taken: PortInUse), what had started is stopped."""
@@ -286,6 +291,7 @@ class LocalStack:
         except OSError as error:
             raise PortInUse("moto", self.moto_port, error) from None
         s3, sqs = aws_clients(endpoint)
+        sns = sns_client(endpoint)
         self._sqs = sqs
         resources = provision(
             s3,
@@ -294,6 +300,8 @@ class LocalStack:
             prefix=self.prefix,
             max_receives=self.max_receives,
             visibility_timeouts={"work": self.work_visibility_s},
+            max_receives_by_role={"notify": NOTIFY_MAX_RECEIVES},
+            sns=sns,
         )
         self.restored = self._moto.keep_on_disk(s3, resources.bucket)
         database = Database.from_url(self.db_url)
@@ -311,6 +319,13 @@ class LocalStack:
             "HANDPIPE_WORK_QUEUE_URL": resources.queue_urls["work"],
             "HANDPIPE_EVENTS_QUEUE_URL": resources.queue_urls["events"],
             "HANDPIPE_DB_URL": self.db_url,
+            "HANDPIPE_NOTIFY_QUEUE_URL": resources.queue_urls["notify"],
+            "HANDPIPE_NOTIFY_TOPIC_ARN": resources.topic_arn or "",
+            # Webhooks may go to this machine (http://127.0.0.1:...), and retries come quickly.
+            "HANDPIPE_ALLOW_LOOPBACK_WEBHOOKS": "true",
+            "HANDPIPE_NOTIFY_RETRY_BASE_S": "1",
+            "HANDPIPE_WEBHOOK_SECRET": _saved_key(self.data_dir, "webhook_master_secret"),
+            "HANDPIPE_CANCEL_CHECK_INTERVAL_S": "1",  # a cancelled job's segments stop within about a second
             "HANDPIPE_WORK_MAX_RECEIVES": str(self.max_receives),
             "HANDPIPE_PROGRESS_INTERVAL_S": "1",
             # Fan-out is real here too: as many segments in flight as there are worker processes.
@@ -325,7 +340,7 @@ class LocalStack:
             environment["HANDPIPE_SEGMENT_MS"] = str(self.segment_ms)
         self._saved_env = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)
-        use_runtime(Runtime(Settings.from_env(), s3_client=s3, sqs_client=sqs, database=database))
+        use_runtime(Runtime(Settings.from_env(), s3_client=s3, sqs_client=sqs, database=database, sns_client=sns))
 
         if str(REPO_ROOT) not in sys.path:
             sys.path.insert(0, str(REPO_ROOT))  # app.py sits at the project root, as Chalice wants it
@@ -335,6 +350,8 @@ class LocalStack:
         # last stopped. Sent before any handler starts, so nothing sent earlier is still in flight.
         rt = runtime()
         self.resumed = resume(rt.videos, rt.jobs, rt.store, rt.jobs_queue, rt.work_queue, rt.settings)
+        # Job ends recorded and not yet announced: every claim on them is the stopped stack's, so all go now.
+        self.announced = send_announcements(rt.jobs, rt.webhook_secrets, rt.notify_queue, claimed_before_ms=now_ms())
         try:
             self._start_api(chalice_app.app)
         except OSError as error:
@@ -344,6 +361,9 @@ class LocalStack:
         self._pollers = [
             QueuePoller(sqs, urls["jobs"], chalice_app.plan_jobs, name="jobs", batch_size=1, timeout_s=60),
             QueuePoller(sqs, urls["events"], chalice_app.record_events, name="events", batch_size=10, timeout_s=60),
+            QueuePoller(
+                sqs, urls["notify"], chalice_app.deliver_notifications, name="notify", batch_size=10, timeout_s=60
+            ),
         ] + [
             QueuePoller(
                 sqs, urls["work"], self._pool.handler(n), name=f"work-{n}", batch_size=1, timeout_s=WORKER_TIMEOUT_S
@@ -364,6 +384,7 @@ class LocalStack:
             dlq_urls=dict(resources.dlq_urls),
             workers=self.workers,
             api_key=self.api_key,
+            topic_arn=resources.topic_arn,
         )
         return self.info
 

@@ -100,6 +100,7 @@ class Live:
     video_id: str  # the sample clip, uploaded, with a SUCCEEDED job
     job_id: str  # SUCCEEDED, so that /result, /frames, /export, /insights and /viewer have something to answer
     short_video_id: str  # the sample's first 15 frames, uploaded: where the fuzzing starts jobs, cheap to run
+    short_clip: Path | None = None  # that clip's file: each cancel case cancels a job started on a fresh copy
 
 
 def _short_clip(source: Path, target: Path, frames: int = 15) -> Path:
@@ -135,7 +136,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         client.upload(short, short_clip)
         finished = client.wait(job["id"], poll_s=0.3, timeout_s=300)
         assert finished["status"] == "SUCCEEDED", finished
-        yield Live(stack.info.api_url, stack.info.api_key, client, job["video_id"], job["id"], short["id"])
+        yield Live(stack.info.api_url, stack.info.api_key, client, job["video_id"], job["id"], short["id"], short_clip)
         # Let the jobs the fuzzing started finish (at most 3 at a time, on 15 frames), so that no worker is cut off
         # mid-item, with a traceback, when the stack stops.
         stack.drain(timeout_s=120)
@@ -157,6 +158,12 @@ def _make_real(case: schemathesis.Case, live: Live) -> None:
             params["video_id"] = live.video_id
     if "job_id" in params:
         params["job_id"] = live.job_id
+        if case.operation.label == "POST /jobs/{job_id}/cancel" and live.short_clip is not None:
+            # A job that can be cancelled (the SUCCEEDED one is a 409): started just now, on a video of its own, so
+            # that the jobs of cases that did not cancel (a 400) never fill a video's active jobs.
+            video = live.client.register_video(live.short_clip, title="fuzz cancel")
+            live.client.upload(video, live.short_clip)
+            params["job_id"] = live.client.request("POST", f"/videos/{video['id']}/jobs", {})["id"]
 
 
 # ------------------------------------------------------------------------------------------------- the fuzzing
@@ -195,7 +202,16 @@ def _call_with_key(case: schemathesis.Case, live: Live) -> None:
     headers = {"x-api-key": live.api_key}
     response = case.call(base_url=live.api_url, headers=headers)
     ANSWERS[("key", case.operation.label, case.method.upper(), response.status_code)] += 1
-    case.validate_response(response, checks=CHECKS, headers=headers)
+    case.validate_response(response, checks=_checks_for(response), headers=headers)
+
+
+def _checks_for(response: schemathesis.Response) -> list[Any]:
+    """Every check, but a webhook URL refused for where its host resolves is no schema-valid request rejected:
+    whether a host resolves to public addresses only is DNS's answer at the time of the request, which a static
+    document cannot hold (as it cannot hold the deployment's upload limit above). Its 400 is still checked."""
+    if response.status_code == 400 and "webhook_url is refused" in response.text:
+        return [check for check in CHECKS if check is not openapi_checks.positive_data_acceptance]
+    return CHECKS
 
 
 @SCHEMA.parametrize()

@@ -741,3 +741,86 @@ def test_waiting_jobs_take_turns_across_owners_least_busy_owner_first(
     assert waiting() == [nobody[0], flood[0], quiet[1], flood[1], flood[2]]
     jobs.transition(nobody[0], from_statuses=("IN_PROGRESS",), to_status="FAILED")
     assert waiting() == [flood[0], quiet[1], flood[1], flood[2]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cancelled jobs, job-end announcements and webhook secrets (migration 5)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_cancelled_job_round_trips_with_its_webhook_and_only_known_statuses_are_stored(
+    db: Database, videos: VideoRepository, jobs: JobRepository
+) -> None:
+    from chalicelib.shared.states import JobStatus
+
+    video = make_video()
+    videos.add(video)
+    job = make_job(video.id, notify_url="https://hooks.example.com/h?" + "q" * 1900)
+    jobs.create(job)
+    assert jobs.get(job.id) == job
+    assert jobs.transition(job.id, from_statuses=("QUEUED",), to_status=JobStatus.CANCELLED, error_code="cancelled")
+    assert not jobs.transition(job.id, from_statuses=("QUEUED", "IN_PROGRESS"), to_status=JobStatus.SUCCEEDED)
+    assert fetch_job(jobs, job.id).status == "CANCELLED"
+    # The database itself refuses a status the state machine does not know (a CHECK, or SQLite's triggers).
+    with pytest.raises(IntegrityError):
+        db.execute("UPDATE jobs SET status = ? WHERE id = ?", ("PAUSED", job.id))
+    with pytest.raises(IntegrityError):
+        jobs.create(make_job(video.id, status="DONE"))
+    assert fetch_job(jobs, job.id).status == "CANCELLED"
+
+
+def test_one_announcement_per_job_claimed_by_one_sender_and_sent_once(
+    open_db: Callable[[], Database], db: Database, videos: VideoRepository, jobs: JobRepository, clock: Clock
+) -> None:
+    from chalicelib.domain.records import Announcement
+
+    video = make_video()
+    videos.add(video)
+    job = make_job(video.id)
+    jobs.create(job)
+    first = Announcement(event_id=new_id("evt"), job_id=job.id, body='{"type":"job.failed"}', created_at=T0)
+    assert jobs.add_announcement(first) is True
+    assert jobs.add_announcement(Announcement(new_id("evt"), job.id, "{}", T0 + 1)) is False  # one per job
+    with db.transaction():  # inside another transaction a refused one leaves the rest intact
+        assert jobs.add_announcement(Announcement(new_id("evt"), job.id, "{}", T0 + 2)) is False
+        jobs.transition(job.id, from_statuses=("QUEUED",), to_status="FAILED")
+    assert fetch_job(jobs, job.id).status == "FAILED"
+
+    claims: list[list[str]] = []
+    barrier = threading.Barrier(3)
+
+    def claim() -> None:
+        repo = JobRepository(open_db(), clock)
+        barrier.wait()
+        claims.append([a.event_id for a in repo.claim_announcements(claimed_before_ms=0)])
+
+    threads = [threading.Thread(target=claim) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claims) == [[], [], [first.event_id]]  # exactly one sender got it
+    [claimed] = [c for c in claims if c]
+    assert jobs.claim_announcements(claimed_before_ms=0) == []
+    clock.advance(120_000)
+    [again] = jobs.claim_announcements(claimed_before_ms=clock.now - 60_000)  # its sender died: the sweeper's
+    assert (again.event_id, again.body, again.claimed_at) == (claimed[0], first.body, clock.now)
+    jobs.announcement_sent(first.event_id)
+    clock.advance(120_000)
+    assert jobs.claim_announcements(claimed_before_ms=clock.now) == []
+    videos.delete(video.id)  # its announcement goes with it
+    assert db.fetchone("SELECT COUNT(*) AS n FROM job_announcements WHERE job_id = ?", (job.id,)) == {"n": 0}
+
+
+def test_webhook_secret_versions_start_at_one_and_rotate_per_owner(db: Database, clock: Clock) -> None:
+    from chalicelib.adapters.webhook_secrets import WebhookSecretRepository
+
+    secrets = WebhookSecretRepository(db, clock)
+    owner = new_id("own")
+    assert secrets.current(owner) == (1, None)
+    assert secrets.rotate(owner) == 2
+    clock.advance(5)
+    assert secrets.rotate(owner) == 3
+    assert secrets.current(owner) == (3, clock.now)
+    assert secrets.current(new_id("own"))[0] == 1
+    assert secrets.rotate(None) >= 2  # an unscoped stack's one secret

@@ -28,6 +28,7 @@ from handpipe.deploy.chalice_config import chalice_policy, write_chalice_stage
 from handpipe.deploy.clients import AwsClients, InvokeResult
 from handpipe.deploy.errors import DeployError
 from handpipe.deploy.plan import (
+    NO_DATABASE_FUNCTIONS,
     DeployOptions,
     DestroyOptions,
     chalice_functions,
@@ -346,7 +347,7 @@ def test_db_connections_are_split_within_the_cap() -> None:
     assert set(APP_FUNCTIONS) >= {"api_handler", "plan_jobs", "record_events", "migrate"}
     for total in range(min_db_connections(APP_FUNCTIONS), 400):
         shares = split_db_connections(total, APP_FUNCTIONS)
-        assert set(shares) == set(APP_FUNCTIONS)
+        assert set(shares) == set(APP_FUNCTIONS) - set(NO_DATABASE_FUNCTIONS)  # they open no connection
         assert sum(shares.values()) == total
         assert min(shares[name] for name in ("api_handler", "plan_jobs", "record_events")) >= 2
         assert shares["api_handler"] >= shares["record_events"] >= shares["plan_jobs"]
@@ -440,7 +441,7 @@ def test_deploy_update_and_destroy_on_moto(account: Account, network: Network, p
 
     # Queues: visibility 6x their consumer's timeout (plan_jobs 60 s, record_events 120 s, worker 900 s), DLQs.
     sqs = account.client("sqs")
-    expected = {"jobs": (360, 5), "work": (5400, 3), "events": (720, 5)}
+    expected = {"jobs": (360, 5), "work": (5400, 3), "events": (720, 5), "notify": (360, 10)}
     for role, (visibility, receives) in expected.items():
         url = sqs.get_queue_url(QueueName=f"handpipe-{stage}-{role}")["QueueUrl"]
         attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
@@ -568,24 +569,35 @@ def check_chalice_stage(
         "HANDPIPE_MAX_IN_FLIGHT": outputs["WorkerConcurrency"],
         "HANDPIPE_MAX_UPLOAD_BYTES": str(2 * 1024**3),
         "HANDPIPE_STAGE": stage,
+        "HANDPIPE_NOTIFY_QUEUE_URL": outputs["NotifyQueueUrl"],
+        "HANDPIPE_NOTIFY_TOPIC_ARN": outputs["JobEndsTopicArn"],
+        "HANDPIPE_WEBHOOK_SECRET_ARN": outputs["WebhookSecretArn"],
     }
     assert written["log_retention_in_days"] == int(outputs["LogRetentionDays"])
     assert written["subnet_ids"] == network.subnets == outputs["SubnetIds"].split(",")
     assert written["security_group_ids"] == [outputs["LambdaSecurityGroupId"]]
     assert written["autogen_policy"] is False
     assert written["iam_policy_file"] == f"policy-{stage}.json"
-    reserved = {name: entry["reserved_concurrency"] for name, entry in written["lambda_functions"].items()}
-    assert set(reserved) == set(APP_FUNCTIONS)
+    reserved = {
+        name: entry["reserved_concurrency"]
+        for name, entry in written["lambda_functions"].items()
+        if "reserved_concurrency" in entry
+    }
+    assert set(reserved) == set(APP_FUNCTIONS) - set(NO_DATABASE_FUNCTIONS)
     assert reserved == split_db_connections(cap, APP_FUNCTIONS) and sum(reserved.values()) == cap
+    # The notification deliverer holds no connection and sits outside the VPC, where webhooks are reachable.
+    deliverer = written["lambda_functions"]["deliver_notifications"]
+    assert (deliverer["subnet_ids"], deliverer["security_group_ids"]) == ([], [])
 
     policy = json.loads((project / ".chalice" / f"policy-{stage}.json").read_text())
     bucket_arn = outputs["BucketArn"]
     allowed = {
         "s3": {bucket_arn, f"{bucket_arn}/videos/*", f"{bucket_arn}/results/*", f"{bucket_arn}/incoming/*"},
-        "sqs": {outputs["JobsQueueArn"], outputs["WorkQueueArn"], outputs["EventsQueueArn"]},
-        "secretsmanager": {outputs["DbSecretArn"]},
+        "sqs": {outputs["JobsQueueArn"], outputs["WorkQueueArn"], outputs["EventsQueueArn"], outputs["NotifyQueueArn"]},
+        "secretsmanager": {outputs["DbSecretArn"], outputs["WebhookSecretArn"]},
+        "sns": {outputs["JobEndsTopicArn"]},
     }
-    granted: dict[str, set[str]] = {"s3": set(), "sqs": set(), "secretsmanager": set()}
+    granted: dict[str, set[str]] = {"s3": set(), "sqs": set(), "secretsmanager": set(), "sns": set()}
     actions: set[str] = set()
     for statement in policy["Statement"]:
         assert statement["Effect"] == "Allow"
@@ -605,7 +617,8 @@ def check_chalice_stage(
     assert {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "s3:PutObject", "s3:GetObject"} <= actions
     assert "secretsmanager:GetSecretValue" in actions and "ec2:CreateNetworkInterface" in actions
     send = next(statement for statement in policy["Statement"] if "sqs:SendMessage" in statement["Action"])
-    assert set(send["Resource"]) == {outputs["JobsQueueArn"], outputs["WorkQueueArn"]}  # never to "events"
+    # never to "events" (the worker's); "notify" takes the job ends the consumers and the API announce
+    assert set(send["Resource"]) == {outputs["JobsQueueArn"], outputs["WorkQueueArn"], outputs["NotifyQueueArn"]}
     assert not any("*" == action.split(":")[1] for action in actions)
 
 
@@ -623,7 +636,12 @@ def test_destroy_keep_data_retains_the_bucket_and_database(account: Account, net
     # The deployed stack already says Retain (the default), so destroy deletes it without changing that.
     operations = [name for name, _ in recorder.operations if name in ("update_stack", "delete_stack")]
     assert operations == ["delete_stack", "delete_stack"]
-    assert result.retained == {"bucket": outputs["BucketName"], "access log bucket": outputs["LogBucketName"]}
+    assert result.retained == {
+        "bucket": outputs["BucketName"],
+        "access log bucket": outputs["LogBucketName"],
+        "webhook signing secret": f"handpipe/{stage}/webhook-signing",
+    }
+    assert account.aws.secretsmanager.describe_secret(SecretId=f"handpipe/{stage}/webhook-signing")["ARN"]
     # Nothing emptied the bucket. (moto ignores a DeletionPolicy set with Fn::If; the template test covers it,
     # and moto fails to delete a non-empty bucket, so the object is still there to look at.)
     assert account.aws.s3.get_object(Bucket=outputs["BucketName"], Key="results/vid_1/job_1/result.json.gz")
@@ -754,6 +772,10 @@ def sample_outputs(stage: str) -> dict[str, str]:
         "JobsQueueArn": f"{arn}:handpipe-{stage}-jobs",
         "WorkQueueArn": f"{arn}:handpipe-{stage}-work",
         "EventsQueueArn": f"{arn}:handpipe-{stage}-events",
+        "NotifyQueueUrl": f"{queue_url}-notify",
+        "NotifyQueueArn": f"{arn}:handpipe-{stage}-notify",
+        "JobEndsTopicArn": f"arn:aws:sns:{REGION}:{account}:handpipe-{stage}-job-ends",
+        "WebhookSecretArn": f"arn:aws:secretsmanager:{REGION}:{account}:secret:handpipe/{stage}/webhook-signing-Ab12Cd",
         "DbSecretArn": f"arn:aws:secretsmanager:{REGION}:{account}:secret:handpipe/{stage}/database-abcd-Xy12Zw",
         "WorkerConcurrency": "20",
         "WorkerEphemeralStorageMB": "2560",
@@ -807,11 +829,14 @@ def test_chalice_package_of_the_stage_deploy_writes(tmp_path: Path) -> None:
 
     policy = json.loads((copy / ".chalice" / f"policy-{SAMPLE_STAGE}.json").read_text())
     for name, properties in handlers.items():
-        assert properties["VpcConfig"] == {
-            "SubnetIds": outputs["SubnetIds"].split(","),
-            "SecurityGroupIds": [outputs["LambdaSecurityGroupId"]],
-        }, name
-        assert properties["ReservedConcurrentExecutions"] == reserved[name], name
+        if name in NO_DATABASE_FUNCTIONS:  # outside the VPC, where webhooks are, with no reserved concurrency
+            assert "VpcConfig" not in properties and "ReservedConcurrentExecutions" not in properties, name
+        else:
+            assert properties["VpcConfig"] == {
+                "SubnetIds": outputs["SubnetIds"].split(","),
+                "SecurityGroupIds": [outputs["LambdaSecurityGroupId"]],
+            }, name
+            assert properties["ReservedConcurrentExecutions"] == reserved[name], name
         assert properties["Environment"]["Variables"]["HANDPIPE_DB_SECRET_ARN"] == outputs["DbSecretArn"]
         role = template["Resources"][properties["Role"]["Fn::GetAtt"][0]]["Properties"]
         assert [p["PolicyDocument"] for p in role["Policies"]] == [policy], name

@@ -14,7 +14,7 @@ from chalicelib.adapters.database import Database, IntegrityError
 from chalicelib.adapters.job_repository import JobRepository
 from chalicelib.adapters.migrations import upgrade
 from chalicelib.adapters.repositories import VideoRepository
-from chalicelib.domain.records import Job, JobRefused
+from chalicelib.domain.records import Announcement, Job, JobRefused
 from tests.fakes import T0, Clock, FakeJobRepository, FakeVideoRepository, Tables
 from tests.support.databases import make_job, make_segments, make_video
 
@@ -43,7 +43,7 @@ def repos(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repos]:
     else:
         db = request.getfixturevalue("mysql_session_db")
         with db.transaction():
-            for table in ("segments", "jobs", "videos"):
+            for table in ("job_announcements", "segments", "jobs", "videos"):
                 db.execute(f"DELETE FROM {table}")
     yield Repos(VideoRepository(db, clock), JobRepository(db, clock), clock)
     if request.param == "sqlite":
@@ -166,3 +166,21 @@ def test_transition_sets_only_the_fields_it_may(repos: Repos) -> None:
     assert done is not None and (done.status, done.summary, done.result_key) == ("SUCCEEDED", summary, "r")
     with pytest.raises(TypeError):
         repos.jobs.transition(job.id, from_statuses=("SUCCEEDED",), to_status="FAILED", owner="x")  # type: ignore[call-arg]
+
+
+def test_announcements_one_per_job_claimed_once_reclaimed_when_stale_and_gone_with_the_job(repos: Repos) -> None:
+    first, second = running(repos, "alice", 1), running(repos, "bob", 1, created_at=T0 + 5)
+    a = Announcement(event_id="evt_" + "a" * 32, job_id=first.id, body='{"n":1}', created_at=T0)
+    b = Announcement(event_id="evt_" + "b" * 32, job_id=second.id, body='{"n":2}', created_at=T0 + 1)
+    assert repos.jobs.add_announcement(a) and repos.jobs.add_announcement(b)
+    assert not repos.jobs.add_announcement(Announcement("evt_" + "c" * 32, first.id, "{}", T0 + 2))
+    claimed = repos.jobs.claim_announcements(claimed_before_ms=0, limit=1)
+    assert [(c.event_id, c.body, c.claimed_at) for c in claimed] == [(a.event_id, a.body, T0)]  # oldest first
+    assert [c.event_id for c in repos.jobs.claim_announcements(claimed_before_ms=0)] == [b.event_id]
+    assert repos.jobs.claim_announcements(claimed_before_ms=0) == []
+    repos.jobs.announcement_sent(b.event_id)
+    repos.clock.advance(60_000)
+    assert [c.event_id for c in repos.jobs.claim_announcements(claimed_before_ms=repos.clock.now)] == [a.event_id]
+    assert repos.jobs.delete(first.id)
+    repos.clock.advance(60_000)
+    assert repos.jobs.claim_announcements(claimed_before_ms=repos.clock.now) == []

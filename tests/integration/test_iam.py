@@ -28,14 +28,14 @@ from chalicelib.runtime import Runtime, use_runtime
 from chalicelib.shared.storage import ObjectStore, StorageUnavailable
 from handpipe.deploy.chalice_config import chalice_policy
 from handpipe.deploy.stacks import load_template
-from handpipe.local.aws import aws_clients, provision
+from handpipe.local.aws import aws_clients, provision, sns_client
 from handpipe.local.pollers import LambdaContext
 from tests.support.paths import REPO, data_path
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
 API_KEY = "iam-test-key-0123456789abcdef"
-APP_FUNCTIONS = ("api_handler", "plan_jobs", "record_events", "migrate", "sweep_stuck_jobs")
+APP_FUNCTIONS = ("api_handler", "plan_jobs", "record_events", "migrate", "sweep_stuck_jobs", "deliver_notifications")
 MODELS = ModelCache()
 
 
@@ -73,6 +73,8 @@ class Stage:
     worker: boto3.session.Session
     api_policy: dict[str, Any]
     worker_policy: dict[str, Any]
+    topic_arn: str = ""
+    webhook_secret_arn: str = ""
 
 
 # moto 5.2.5 checks some calls under names IAM does not have; AWS checks them as the action on the
@@ -94,6 +96,11 @@ def with_moto_aliases(policy: dict[str, Any]) -> dict[str, Any]:
         aliases = sorted(moto for moto, real in MOTO_ACTION_NAMES.items() if real in actions)
         if aliases:
             statements.append({**statement, "Sid": f"{statement.get('Sid', '')}MotoNames", "Action": aliases})
+        if "sns:Publish" in actions:
+            # moto 5.2.5 asks IAM about every SNS call for resource "*" (as about Secrets Manager's), so a
+            # policy scoped to the topic (ours, as it must be) can never pass there; the test checks the
+            # real statement on the topic's ARN with moto's evaluator instead (api_permits).
+            statements.append({**statement, "Sid": f"{statement.get('Sid', '')}MotoAnyResource", "Resource": "*"})
         if "s3:DeleteObject" in actions:
             # A multi-object delete: AWS checks s3:DeleteObject on each key, moto once on the bucket.
             buckets = sorted({r.split("/", 1)[0] for r in resources if r.startswith("arn:aws:s3:::")})
@@ -130,7 +137,7 @@ def stage(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage
     """What `handpipe deploy` makes, in moto (made before IAM is enforced, as CloudFormation would)."""
     s3, sqs = aws_clients(moto_endpoint)
     name = f"iam{uuid.uuid4().hex[:8]}"
-    resources = provision(s3, sqs, bucket=f"{name}-bucket", prefix=name, max_receives=2)
+    resources = provision(s3, sqs, bucket=f"{name}-bucket", prefix=name, max_receives=2, sns=sns_client(moto_endpoint))
     arns = {
         role: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         for role, url in resources.queue_urls.items()
@@ -147,13 +154,20 @@ def stage(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage
             {"host": "127.0.0.1", "port": 3306, "username": "root", "password": "", "dbname": database}
         ),
     )["ARN"]
+    webhook_secret = admin.client("secretsmanager", endpoint_url=moto_endpoint).create_secret(
+        Name=f"handpipe/{name}/webhook-signing", SecretString=uuid.uuid4().hex
+    )["ARN"]
     bucket_arn = f"arn:aws:s3:::{resources.bucket}"
+    assert resources.topic_arn
     outputs = {
         "BucketArn": bucket_arn,
         "JobsQueueArn": arns["jobs"],
         "WorkQueueArn": arns["work"],
         "EventsQueueArn": arns["events"],
+        "NotifyQueueArn": arns["notify"],
+        "JobEndsTopicArn": resources.topic_arn,
         "DbSecretArn": secret,
+        "WebhookSecretArn": webhook_secret,
     }
     api_policy = chalice_policy(outputs, stage=name, region=REGION, account=ACCOUNT, functions=APP_FUNCTIONS)
     values = {
@@ -186,6 +200,8 @@ def stage(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage
             worker,
             api_policy,
             rendered_worker_policy,
+            topic_arn=resources.topic_arn,
+            webhook_secret_arn=webhook_secret,
         )
     finally:
         server.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
@@ -242,15 +258,31 @@ def test_each_role_does_its_whole_job_and_nothing_else(stage: Stage, moto_endpoi
         db_secret_arn=stage.secret_arn,  # read with the API role, as in AWS
         api_keys={API_KEY: "tester"},
         region=REGION,
+        notify_queue_url=stage.queues["notify"],
+        notify_topic_arn=stage.topic_arn,
+        webhook_secret_arn=stage.webhook_secret_arn,
     )
     worker = Worker(worker_s3, worker_sqs, WorkerSettings(events_queue_url=stage.queues["events"]), models=MODELS)
     clip = data_path("videos/asl_thanks_two_hands.mkv")
-    rt = Runtime(settings, s3_client=api_s3, sqs_client=api_sqs)
+    rt = Runtime(settings, s3_client=api_s3, sqs_client=api_sqs, sns_client=client(stage.api, "sns"))
+    # The job-end topic's subscriber: an SQS queue, made (as the subscription) by the account's admin.
+    admin_sqs = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+    ).client("sqs", endpoint_url=moto_endpoint)
+    sink = admin_sqs.create_queue(QueueName=f"{stage.bucket}-sink")["QueueUrl"]
+    sink_arn = admin_sqs.get_queue_attributes(QueueUrl=sink, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION).client(
+        "sns", endpoint_url=moto_endpoint
+    ).subscribe(TopicArn=stage.topic_arn, Protocol="sqs", Endpoint=sink_arn)
     # moto 5.2.5 asks IAM about Secrets Manager calls for resource "*", so a policy scoped to the one
     # secret (ours, as it must be) can never pass there: the secret is read, with the API role's
     # credentials, before enforcement starts, and the statement is checked with moto's evaluator on
     # the secret's real ARN instead.
     upgrade(rt.database)  # the migrate function
+    assert rt.webhook_master_secret  # the same for the webhook signing master secret
+    assert api_permits(stage, "secretsmanager:GetSecretValue", stage.webhook_secret_arn)
+    assert api_permits(stage, "sns:Publish", stage.topic_arn)
+    assert not api_permits(stage, "sns:Publish", stage.topic_arn.replace("job-ends", "other"))
     assert api_permits(stage, "secretsmanager:GetSecretValue", stage.secret_arn)
     assert not api_permits(stage, "secretsmanager:GetSecretValue", stage.secret_arn.replace("database", "other"))
     with enable_iam_authentication():
@@ -301,6 +333,10 @@ def test_each_role_does_its_whole_job_and_nothing_else(stage: Stage, moto_endpoi
                     deliver("record_events", "handpipe-events", take(api_sqs, stage.queues["events"]))
                 finished = call("GET", f"/jobs/{job['id']}")[1]
                 assert finished["status"] == "SUCCEEDED", finished
+                # Its end: announced on the notify queue, published on the topic, both with the API role.
+                notices = take(api_sqs, stage.queues["notify"])
+                assert len(notices) == 1 and json.loads(notices[0])["kind"] == "topic"
+                deliver("deliver_notifications", "handpipe-notify", notices)
                 result = call("GET", f"/jobs/{job['id']}/result")[1]
                 assert result["result"]["url"].split("?")[0].endswith(f"/{stage.bucket}/{result['result']['key']}")
                 body = api_s3.get_object(Bucket=stage.bucket, Key=result["result"]["key"])["Body"].read()
@@ -316,6 +352,8 @@ def test_each_role_does_its_whole_job_and_nothing_else(stage: Stage, moto_endpoi
                 assert denied(worker_sqs.send_message, QueueUrl=stage.queues["jobs"], MessageBody="{}")
                 assert denied(worker_sqs.receive_message, QueueUrl=stage.queues["events"])
                 assert denied(client(stage.worker, "secretsmanager").get_secret_value, SecretId=stage.secret_arn)
+                assert denied(client(stage.worker, "sns").publish, TopicArn=stage.topic_arn, Message="{}")
+                assert denied(worker_sqs.send_message, QueueUrl=stage.queues["notify"], MessageBody="{}")
                 # A multi-object delete the role may not make: S3 answers 200 with the keys it refused,
                 # and the store says so instead of counting them as removed.
                 with pytest.raises(StorageUnavailable, match="refused to delete"):
@@ -327,6 +365,9 @@ def test_each_role_does_its_whole_job_and_nothing_else(stage: Stage, moto_endpoi
                 assert denied(worker_s3.get_object, Bucket=stage.bucket, Key=key) is False  # a 404 now, not a 403
         finally:
             use_runtime(None)
+    [published] = take(admin_sqs, sink)
+    event = json.loads(json.loads(published)["Message"])
+    assert (event["type"], event["job_id"]) == ("job.succeeded", job["id"])
 
 
 # Findings parliament may report, each with why it is right as it is.
@@ -359,7 +400,10 @@ def test_the_policies_pass_parliament() -> None:
         "JobsQueueArn": f"{arn}-jobs",
         "WorkQueueArn": f"{arn}-work",
         "EventsQueueArn": f"{arn}-events",
+        "NotifyQueueArn": f"{arn}-notify",
+        "JobEndsTopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:handpipe-prod-job-ends",
         "DbSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:handpipe/prod/database-AbCdEf",
+        "WebhookSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:handpipe/prod/webhook-signing-AbCdEf",
     }
     api = chalice_policy(outputs, stage="prod", region=REGION, account=ACCOUNT, functions=APP_FUNCTIONS)
     worker = worker_policy(

@@ -108,7 +108,7 @@ def test_provision_creates_bucket_queues_and_dlqs(clients: Clients) -> None:
     assert {"PUT", "GET"} <= set(rule["AllowedMethods"])
     assert rule["AllowedOrigins"] == ["*"]
 
-    expected_timeouts = {"jobs": 60, "work": 900, "events": 60}
+    expected_timeouts = {"jobs": 60, "work": 900, "events": 60, "notify": 60}
     names = queue_names(prefix)
     assert set(resources.queue_urls) == set(resources.dlq_urls) == set(resources.queue_arns) == set(names)
     for role, name in names.items():
@@ -126,6 +126,29 @@ def test_provision_creates_bucket_queues_and_dlqs(clients: Clients) -> None:
         ]
         assert dlq_attributes["QueueArn"] == resources.dlq_arns[role]
         assert "RedrivePolicy" not in dlq_attributes
+
+
+def test_provision_makes_the_job_end_topic_and_gives_the_notify_queue_its_own_receive_count(
+    clients: Clients, moto_server: MotoServer
+) -> None:
+    from handpipe.local.aws import sns_client, topic_name
+
+    s3, sqs = clients
+    sns = sns_client(moto_server.endpoint_url)
+    prefix = _unique("hp")
+    first = provision(s3, sqs, bucket=_unique("bucket"), prefix=prefix, max_receives_by_role={"notify": 8}, sns=sns)
+    assert first.topic_arn and first.topic_arn.endswith(f":{topic_name(prefix)}")
+    again = provision(s3, sqs, bucket=first.bucket, prefix=prefix, max_receives_by_role={"notify": 8}, sns=sns)
+    assert again.topic_arn == first.topic_arn
+    assert [t["TopicArn"] for t in sns.list_topics()["Topics"]].count(first.topic_arn) == 1
+    receives = {
+        role: json.loads(
+            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
+        )["maxReceiveCount"]
+        for role, url in first.queue_urls.items()
+    }
+    assert {role: int(n) for role, n in receives.items()} == {"jobs": 3, "work": 3, "events": 3, "notify": 8}
+    assert _provision(clients).topic_arn is None  # without an SNS client, no topic
 
 
 def test_provision_twice_is_fine_and_applies_new_settings(clients: Clients) -> None:

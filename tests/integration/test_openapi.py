@@ -418,6 +418,15 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
     call("POST", f"/videos/{vid}/jobs", {"options": {"model": "lite"}}, expect=202)
     jobs = call("GET", f"/videos/{vid}/jobs?limit=1", expect=200)
     assert len(jobs["jobs"]) == 1 and jobs["next_token"]
+    # cancel: a queued job, then again (409: it has finished); webhook secrets
+    doomed = call("POST", f"/videos/{vid}/jobs", {"options": {"model": "lite"}, "tag": "doomed"}, expect=202)
+    assert call("POST", f"/jobs/{doomed['id']}/cancel", expect=200)["status"] == "CANCELLED"
+    assert "CANCELLED" in call("POST", f"/jobs/{doomed['id']}/cancel", expect=409)["message"]
+    call("POST", f"/jobs/{job['id']}/cancel", {"now": True}, expect=400)
+    call("POST", f"/jobs/job_{'0' * 32}/cancel", expect=404)
+    call("POST", f"/videos/{vid}/jobs", {"notify": {"webhook_url": "https://10.0.0.1/hook"}}, expect=400)
+    secret = call("GET", "/webhook-secret", expect=200)
+    assert call("POST", "/webhook-secret/rotate", expect=200)["version"] == secret["version"] + 1
     call("GET", f"/videos/{vid}/jobs?limit=1&next_token={jobs['next_token']}", expect=200)
     env.process(jobs["jobs"][0]["id"])
 

@@ -429,3 +429,15 @@ def test_probe_fails_a_zero_byte_or_mislabelled_object_at_once_and_indexes_a_rea
     etag = setup.s3.head_object(Bucket=setup.bucket, Key="videos/really-mkv.mp4")["ETag"].strip('"')
     index = setup.s3.head_object(Bucket=setup.bucket, Key=frame_index_key(real.video_id, etag))
     assert index["ContentLength"] > 0
+
+
+def test_an_item_of_a_cancelled_job_never_starts_and_reports_nothing(setup: Setup) -> None:
+    from chalicelib.shared.cancellation import mark_cancelled
+    from chalicelib.shared.storage import ObjectStore
+
+    item = setup.item("videos/thanks.mkv")
+    mark_cancelled(ObjectStore(setup.s3, setup.bucket), item.video_id, item.job_id)  # what POST .../cancel writes
+    response = setup.worker.handle_batch({"Records": [record(item.to_json())]}, LambdaContext("worker", 900))
+    assert response == {"batchItemFailures": []}  # done with: the job has ended
+    assert setup.events() == []
+    assert setup.s3.list_objects_v2(Bucket=setup.bucket, Prefix=item.part_key).get("KeyCount") == 0

@@ -21,7 +21,7 @@ from chalicelib.adapters.database import Database
 from chalicelib.adapters.migrations import upgrade
 from chalicelib.config import Settings
 from chalicelib.runtime import Runtime, use_runtime
-from handpipe.local.aws import aws_clients, provision
+from handpipe.local.aws import aws_clients, provision, sns_client
 from handpipe.local.pollers import LambdaContext
 from tests.support.paths import data_path
 
@@ -41,6 +41,8 @@ class Env:
     bucket: str
     db: Database
     worker: Worker
+    sns: Any = None
+    topic_arn: str | None = None
 
     def call(
         self, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None
@@ -62,7 +64,7 @@ class Env:
 
     def deliver(self, role: str, bodies: list[str]) -> None:
         """What the SQS event source does: hand the bodies to the app's consumer for that queue."""
-        function = {"jobs": "plan_jobs", "events": "record_events"}[role]
+        function = {"jobs": "plan_jobs", "events": "record_events", "notify": "deliver_notifications"}[role]
         event = self.client.events.generate_sqs_event(message_bodies=bodies, queue_name=f"handpipe-{role}")
         self.client.lambda_.invoke(function, event)
 
@@ -92,8 +94,9 @@ class Env:
 @pytest.fixture
 def env(moto_endpoint: str, tmp_path: Path) -> Iterator[Env]:
     s3, sqs = aws_clients(moto_endpoint)
+    sns = sns_client(moto_endpoint)
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    resources = provision(s3, sqs, bucket=f"{prefix}-bucket", prefix=prefix, max_receives=2)
+    resources = provision(s3, sqs, bucket=f"{prefix}-bucket", prefix=prefix, max_receives=2, sns=sns)
     db = Database.from_url(f"sqlite:///{tmp_path / 'handpipe.db'}")
     upgrade(db)
     settings = Settings(
@@ -102,11 +105,25 @@ def env(moto_endpoint: str, tmp_path: Path) -> Iterator[Env]:
         work_queue_url=resources.queue_urls["work"],
         db_url="unused: the database is injected",
         api_keys={API_KEY: "tester", OTHER_KEY: "someone-else"},
+        notify_queue_url=resources.queue_urls["notify"],
+        notify_topic_arn=resources.topic_arn,
+        webhook_secret="test-webhook-master-secret",
     )
-    use_runtime(Runtime(settings, s3_client=s3, sqs_client=sqs, database=db))
+    use_runtime(Runtime(settings, s3_client=s3, sqs_client=sqs, database=db, sns_client=sns))
     worker = Worker(s3, sqs, WorkerSettings(events_queue_url=resources.queue_urls["events"]), models=MODELS)
     with Client(chalice_app.app) as client:
-        yield Env(client, s3, sqs, dict(resources.queue_urls), dict(resources.dlq_urls), resources.bucket, db, worker)
+        yield Env(
+            client,
+            s3,
+            sqs,
+            dict(resources.queue_urls),
+            dict(resources.dlq_urls),
+            resources.bucket,
+            db,
+            worker,
+            sns=sns,
+            topic_arn=resources.topic_arn,
+        )
     use_runtime(None)
     db.close()
 

@@ -148,5 +148,6 @@ def test_the_state_machine_matches_the_active_and_finished_statuses() -> None:
     assert all(job_may_move(status, JobStatus.FAILED) for status in ACTIVE_JOB_STATUSES)
     assert all(JOB_TRANSITIONS[status] == frozenset() for status in FINISHED_JOB_STATUSES)
     assert not job_may_move(JobStatus.SUCCEEDED, JobStatus.IN_PROGRESS)
-    assert [str(s) for s in JobStatus] == ["QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED"]
+    assert [str(s) for s in JobStatus] == ["QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "CANCELLED"]
+    assert all(job_may_move(status, JobStatus.CANCELLED) for status in ACTIVE_JOB_STATUSES)
     assert JobStatus.QUEUED == "QUEUED" and f"{JobStatus.FAILED}" == "FAILED"

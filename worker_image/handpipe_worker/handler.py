@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.shared import telemetry as shared_telemetry
+from chalicelib.shared.cancellation import CancelCheck
 from chalicelib.shared.contracts import (
     PROBE_REQUEST,
     RENDER_REQUEST,
@@ -56,6 +57,7 @@ class WorkerSettings:
     deadline_margin_s: float = 20.0  # stop this long before Lambda would kill us
     progress_interval_s: float = 5.0
     visibility_s: int = 120  # a running item's visibility, extended by the heartbeat (0: no heartbeat)
+    cancel_check_interval_s: float = 2.0  # how often a running segment looks for its job's cancel marker
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
@@ -68,6 +70,7 @@ class WorkerSettings:
             deadline_margin_s=float(os.environ.get("HANDPIPE_DEADLINE_MARGIN_S", "20")),
             progress_interval_s=float(os.environ.get("HANDPIPE_PROGRESS_INTERVAL_S", "5")),
             visibility_s=int(os.environ.get("HANDPIPE_WORK_VISIBILITY_S", "120")),
+            cancel_check_interval_s=float(os.environ.get("HANDPIPE_CANCEL_CHECK_INTERVAL_S", "2")),
         )
 
 
@@ -309,6 +312,13 @@ class Worker:
 
     def process(self, item: WorkItem, context: Any, attempt: int = 1) -> None:
         store = ObjectStore(self.s3, item.bucket)
+        cancelled = CancelCheck(
+            store, item.video_id, item.job_id, interval_s=self.settings.cancel_check_interval_s, clock=self.clock
+        )
+        if cancelled():
+            # Sent before its job was cancelled: it never starts. Nothing to report (the job has ended).
+            logger.info("%s: its job was cancelled; not started", _item_name(item))
+            return
         if store.head(item.part_key) is not None:
             # Done by an earlier delivery: report again (the recorder ignores repeats), redo nothing.
             part = store.get_result(item.part_key)
@@ -333,14 +343,7 @@ class Worker:
                     )
                 )
 
-        def should_stop() -> str | None:
-            if deadline is not None and self.clock() >= deadline:
-                return (
-                    "stopped before the Lambda timeout: the segment is too long for this worker; "
-                    "use shorter segments or a longer worker timeout"
-                )
-            return None
-
+        should_stop = self._stop_check(deadline, cancelled)
         try:
             reader = store.open_ranged(item.video_key)
         except ObjectMissing:
@@ -370,19 +373,40 @@ class Worker:
             self._report_failure(item, "model_error", str(error), attempt)
             return
         except StoppedEarly as error:
-            reached = "nothing" if error.last_timestamp_ms is None else f"{error.last_timestamp_ms / 1000:.1f} s"
-            self._report_failure(
-                item,
-                "deadline",
-                f"{error.reason} (processed {error.frames_processed} frames, up to {reached})",
-                attempt,
-            )
+            self._report_stopped(item, error, attempt, cancelled=cancelled.cancelled)
             return
         store.put_result(item.part_key, result)
         shared_telemetry.metric(shared_telemetry.FRAMES_PROCESSED, result["stats"]["frames_processed"])
         shared_telemetry.metric(shared_telemetry.SEGMENT_SECONDS, self.clock() - began, shared_telemetry.SECONDS)
         logger.info("segment %s of job %s processed", item.segment, item.job_id)
         self._report_success(item, result, attempt)
+
+    def _stop_check(self, deadline: float | None, cancelled: CancelCheck) -> Callable[[], str | None]:
+        """What the engine asks at every frame: stop when the job was cancelled or Lambda's end nears."""
+
+        def should_stop() -> str | None:
+            if cancelled():
+                return "its job was cancelled"
+            if deadline is not None and self.clock() >= deadline:
+                return (
+                    "stopped before the Lambda timeout: the segment is too long for this worker; "
+                    "use shorter segments or a longer worker timeout"
+                )
+            return None
+
+        return should_stop
+
+    def _report_stopped(self, item: WorkItem, error: StoppedEarly, attempt: int, *, cancelled: bool) -> None:
+        if cancelled:  # nothing to report: the job has ended, and what its segments say is ignored
+            logger.info("%s: stopped after %d frames, its job was cancelled", _item_name(item), error.frames_processed)
+            return
+        reached = "nothing" if error.last_timestamp_ms is None else f"{error.last_timestamp_ms / 1000:.1f} s"
+        self._report_failure(
+            item,
+            "deadline",
+            f"{error.reason} (processed {error.frames_processed} frames, up to {reached})",
+            attempt,
+        )
 
     def _deadline(self, context: Any) -> float | None:
         remaining = getattr(context, "get_remaining_time_in_millis", None)
