@@ -28,3 +28,17 @@ def aws_env(moto_endpoint: str) -> Iterator[str]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def local_telemetry() -> Iterator[None]:
+    """Each test starts with the local stack's telemetry (standard logging, no metrics), as `handpipe up`
+    runs: Powertools, once the app set it up, would stay for the rest of the process and put JSON lines on
+    the stdout other tests read. tests/integration/test_telemetry.py installs Powertools on purpose."""
+    from chalicelib.shared import telemetry
+    from handpipe.local.console import LocalTelemetry
+
+    before = telemetry.telemetry()
+    telemetry.use_telemetry(LocalTelemetry())
+    yield
+    telemetry.use_telemetry(before)
