@@ -209,9 +209,16 @@ class Client:
                 saved.append(path)
         return saved
 
-    def download_result(self, job_id: str) -> dict[str, Any]:
-        """The full result document (docs/results-format.md)."""
+    def download_result(self, job_id: str, wait_s: float = 300) -> dict[str, Any]:
+        """The full result document (docs/results-format.md). A worker merges it just after the job
+        succeeds (`artifacts.result` in /result says when it is there): this waits up to `wait_s` for it."""
+        deadline = time.monotonic() + wait_s
         url = self.result(job_id)["result"]["url"]
+        while url is None:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the result of job {job_id} is still being written after {wait_s:.0f} s")
+            time.sleep(1)
+            url = self.result(job_id)["result"]["url"]
         with urllib.request.urlopen(url, timeout=max(self.timeout_s, 300)) as response:
             data = response.read()
         document: dict[str, Any] = json.loads(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)

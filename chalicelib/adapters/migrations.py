@@ -124,6 +124,17 @@ _SEGMENTS = _table(
     [],
 )
 
+_JOB_ARTIFACTS = _table(
+    "job_artifacts",
+    """
+    job_id VARCHAR(40) NOT NULL PRIMARY KEY,
+    requests INT NOT NULL DEFAULT 0,
+    requested_at BIGINT NOT NULL,
+    written_at BIGINT NULL
+    """,
+    [("ix_job_artifacts_unwritten", "written_at, requested_at")],
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -159,6 +170,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE jobs MODIFY owner VARCHAR(255) NULL",
             "ALTER TABLE videos MODIFY owner VARCHAR(255) NULL, ADD UNIQUE INDEX uq_videos_s3_key (s3_key)",
         ),
+    ),
+    Migration(
+        7,
+        "job_artifacts: a job SUCCEEDS before its merged result, insights and pictures are written",
+        sqlite=_JOB_ARTIFACTS[0],
+        mysql=_JOB_ARTIFACTS[1],
     ),
 )
 

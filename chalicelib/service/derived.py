@@ -17,7 +17,7 @@ from chalicelib.domain.ports import JobRepository, VideoRepository
 from chalicelib.domain.records import Job
 from chalicelib.service import jobs as job_service
 from chalicelib.service.common import check_id, gone
-from chalicelib.service.errors import Conflict, InvalidInput
+from chalicelib.service.errors import BeingWritten, InvalidInput
 from chalicelib.service.jobs import PartCache
 from chalicelib.service.videos import get_video
 from chalicelib.shared import exports
@@ -31,7 +31,7 @@ logger = logging.getLogger("handpipe.insights")
 VIEWER_PATH = Path(__file__).resolve().parent.parent / "web" / "viewer.html"  # the page is web/; its filling is here
 
 
-class ExportPending(Conflict):
+class ExportPending(BeingWritten):
     code = "export_pending"
 
 
@@ -40,8 +40,15 @@ def finished_job(jobs: JobRepository, job_id: str, what: str, owner: str | None 
     return job_service.finished_job(jobs, job_id, f"its {what} is ready", owner)[0]
 
 
-def _merged_result(store: ObjectStore, results: PartCache, job: Job) -> dict[str, Any]:
+def _merged_result(store: ObjectStore, results: PartCache, job: Job, what: str) -> dict[str, Any]:
+    """The job's merged result, which a worker writes just after the job SUCCEEDED: BeingWritten
+    (409 being_written, Retry-After) until it is there."""
     assert job.result_key is not None
+    if store.head(job.result_key) is None:
+        raise BeingWritten(
+            f"job {job.id} has SUCCEEDED and a worker is writing its merged result, from which its {what} "
+            "comes; try again in a few seconds (its summary and frames are ready: /jobs/{id}/result and /frames)"
+        )
     return results.get(store, job.result_key)
 
 
@@ -54,7 +61,7 @@ def insights_for(store: ObjectStore, results: PartCache, job: Job) -> dict[str, 
         return cached
     except ObjectMissing:
         pass
-    merged = _merged_result(store, results, job)
+    merged = _merged_result(store, results, job, "insights document")
     document = analyze(merged)
     write_artifacts(store, video_id=job.video_id, job_id=job.id, result=merged, insights=document, formats=())
     logger.info("insights of job %s computed and stored at %s", job.id, key)
@@ -100,7 +107,12 @@ def job_export(
                 f"the {fmt} export of job {job.id} ({count} rows) is being written by a worker, which does that "
                 "just after a large job succeeds; try again in a minute"
             )
-        result = _merged_result(store, results, job)
+        if store.head(job.result_key or "") is None:
+            raise ExportPending(
+                f"the {fmt} export of job {job.id} is being written by a worker, which does that just after a job "
+                "succeeds; try again in a few seconds"
+            )
+        result = _merged_result(store, results, job, f"{fmt} export")
         insights = insights_for(store, results, job)
         written = write_artifacts(
             store,

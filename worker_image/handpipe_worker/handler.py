@@ -4,6 +4,7 @@ part to S3 and reports on the "events" queue. It never touches the DB."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.shared.contracts import (
+    ARTIFACTS_WRITTEN,
     PROBE_REQUEST,
     RENDER_REQUEST,
     SEGMENT_FAILED,
@@ -28,10 +30,13 @@ from chalicelib.shared.contracts import (
     WorkItem,
     decode_body,
     frame_index_key,
+    part_head_key,
+    part_key,
     picture_key,
     work_message_type,
 )
 from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.results import MergeError, merge_parts, part_head
 from chalicelib.shared.storage import ObjectMissing, ObjectStore, RangedReader, StorageUnavailable
 
 from .engine import StoppedEarly, VideoDecodeError, process_video
@@ -90,13 +95,13 @@ def _probe_name(request: ProbeRequest) -> str:
 
 
 def _render_name(request: RenderRequest) -> str:
-    return f"rendering the pictures of job {request.job_id}"
+    return f"writing the artifacts of job {request.job_id}"
 
 
 def _give_up_render(request: RenderRequest, error: Exception, attempt: int) -> None:
-    """Pictures are extras of a job that has already SUCCEEDED: giving up on them is only logged,
-    never turned into a failed job."""
-    logger.error("gave up on the pictures of job %s after %d attempts: %s", request.job_id, attempt, error)
+    """The job has SUCCEEDED already (its summary is known, its frames are served from the parts): giving
+    up is logged, never turned into a failed job, and the sweeper asks for the artifacts again later."""
+    logger.error("gave up on the artifacts of job %s after %d attempts: %s", request.job_id, attempt, error)
 
 
 class Worker:
@@ -205,19 +210,46 @@ class Worker:
         self._send_failure(request.job_id, request.video_id, 0, "worker_error", f"probe failed: {error}", attempt)
 
     def _render(self, request: RenderRequest, context: Any, attempt: int) -> None:
-        self.render(request)
+        try:
+            written = self.render(request)
+        except MergeError as error:
+            # The parts' heads formed one video when the job SUCCEEDED; their frames do not. Every retry
+            # would fail the same way, so it is reported now, with the reason, and left for an operator.
+            logger.error("the parts of job %s do not merge: %s", request.job_id, error)
+            return
+        self.events.send(
+            SegmentEvent(
+                type=ARTIFACTS_WRITTEN,
+                job_id=request.job_id,
+                video_id=request.video_id,
+                segment=0,
+                attempt=attempt,
+                extra={"written": len(written)},
+            )
+        )
+
+    def _merged_result(self, store: ObjectStore, request: RenderRequest) -> dict[str, Any]:
+        """The job's full result: stored already, or merged here from its parts and stored. The job
+        SUCCEEDED before this (off its critical path); every step here is idempotent, so a redelivery
+        after a crash writes the same bytes again."""
+        if request.segments and store.head(request.result_key) is None:
+            parts = (store.get_result(part_key(request.video_id, request.job_id, i)) for i in range(request.segments))
+            result = merge_parts(parts)
+            store.put_result(request.result_key, result)
+            return result
+        return store.get_result(request.result_key)
 
     def render(self, request: RenderRequest) -> list[str]:
-        """Store the job's insights and exports and draw its pictures next to its result; returns the keys.
-        The API writes a small job's export itself when asked, but a large one takes longer than an API
-        request may, so every export is written here once the job has succeeded."""
+        """Store the job's merged result, its insights and exports, and draw its pictures next to it;
+        returns the keys, the contact sheet last. The API writes a small job's export itself when asked,
+        but a large one takes longer than an API request may, so every export is written here."""
         from chalicelib.shared.artifacts import write_artifacts
         from chalicelib.shared.insights import analyze
 
         from .pictures import annotated_video, contact_sheet, timeline_png
 
         store = ObjectStore(self.s3, request.bucket)
-        result = store.get_result(request.result_key)
+        result = self._merged_result(store, request)
         insights = analyze(result)
         artifacts = write_artifacts(
             store, video_id=request.video_id, job_id=request.job_id, result=result, insights=insights
@@ -372,6 +404,9 @@ class Worker:
                 attempt,
             )
             return
+        # The head first: a part that exists always has one, for the job's summary (orchestration).
+        head = part_head_key(item.video_id, item.job_id, item.segment)
+        store.put_bytes(head, _head_bytes(result), "application/json")
         store.put_result(item.part_key, result)
         self._report_success(item, result, attempt)
 
@@ -399,6 +434,10 @@ class Worker:
 
     def _report_failure(self, item: WorkItem, code: str, reason: str, attempt: int) -> None:
         self._send_failure(item.job_id, item.video_id, item.segment, code, reason, attempt)
+
+
+def _head_bytes(part: dict[str, Any]) -> bytes:
+    return json.dumps(part_head(part), separators=(",", ":")).encode()
 
 
 _WORKER: Worker | None = None
