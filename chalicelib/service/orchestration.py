@@ -14,6 +14,7 @@ from chalicelib.domain.ports import JobAndVideo, JobRepository, VideoRepository
 from chalicelib.domain.records import Job, Segment, Video
 from chalicelib.domain.rules import job_expected_frames, limit_problems, plan_limit_problems, plan_segments
 from chalicelib.service.common import logger, now_ms
+from chalicelib.service.container_probe import probe_container
 from chalicelib.shared.contracts import (
     ARTIFACTS_WRITTEN,
     SEGMENT_FAILED,
@@ -42,9 +43,12 @@ def plan_job(
     work_queue: MessageQueue,
     settings: Settings,
     message: JobRequested,
+    store: ObjectStore | None = None,
 ) -> str:
-    """The "jobs" consumer: split a queued job into segments and send their work items, first
-    asking a worker to probe the video when its duration is needed and not yet known."""
+    """The "jobs" consumer: split a queued job into segments and send their work items. When the
+    video's duration is needed and not yet known, an MP4/MOV is probed here from its container index
+    (with `store`: a few ranged GETs, no cold worker on the job's path); any other file is probed by
+    a worker first."""
     job = jobs.get(message.job_id)
     if job is None:
         logger.warning("job %s no longer exists; ignoring its request", message.job_id)
@@ -63,8 +67,12 @@ def plan_job(
     options = ProcessOptions.from_dict(job.options)
     duration = (video.metadata or {}).get("duration_ms")
     if settings.segment_ms is not None and options.end_ms is None and duration is None:
-        work_queue.send(ProbeRequest(job_id=job.id, video_id=video.id, bucket=settings.bucket, video_key=video.s3_key))
-        return "probing"
+        metadata = probe_container(store, video.id, video.s3_key) if store is not None else None
+        if metadata is None:
+            request = ProbeRequest(job_id=job.id, video_id=video.id, bucket=settings.bucket, video_key=video.s3_key)
+            work_queue.send(request)
+            return "probing"
+        return "container index: " + _start_probed(videos, jobs, work_queue, settings, job, video, metadata)
     return start_segments(videos, jobs, work_queue, settings, job, video)
 
 
@@ -219,15 +227,29 @@ def _on_probed(ctx: _EventContext, job: Job, event: SegmentEvent) -> str:
     if video is None:
         _fail_job(ctx.jobs, ctx.videos, job, "video_missing", "the video was deleted before the job started")
         return "failed"
-    if event.video:
-        ctx.videos.set_metadata(video.id, event.video)
-        video = replace(video, metadata=event.video)
-        problems = limit_problems(event.video, ctx.settings)
+    return _start_probed(ctx.videos, ctx.jobs, ctx.work_queue, ctx.settings, job, video, event.video)
+
+
+def _start_probed(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    work_queue: MessageQueue,
+    settings: Settings,
+    job: Job,
+    video: Video,
+    metadata: dict[str, Any] | None,
+) -> str:
+    """A probe's answer (a worker's, or the container index's): store the video's facts, check the
+    limits on them and start the job's segments."""
+    if metadata:
+        videos.set_metadata(video.id, metadata)
+        video = replace(video, metadata=metadata)
+        problems = limit_problems(metadata, settings)
         if problems:
-            _fail_job(ctx.jobs, ctx.videos, job, "limit_exceeded", "; ".join(problems))
+            _fail_job(jobs, videos, job, "limit_exceeded", "; ".join(problems))
             return "failed"
     if job.status == JobStatus.QUEUED:
-        return start_segments(ctx.videos, ctx.jobs, ctx.work_queue, ctx.settings, job, video)
+        return start_segments(videos, jobs, work_queue, settings, job, video)
     return "already planned"
 
 

@@ -167,6 +167,15 @@ def picture_key(video_id: str, job_id: str, picture: str) -> str:
     return f"{results_prefix(video_id, job_id)}pictures/{PICTURES[picture]}"
 
 
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def video_filename(key: str) -> str:
+    """The name a video object's results report it by (and a worker's local copy has): its key's last
+    part, only safe characters. The worker's probe and the orchestrator's container index both use it."""
+    return _UNSAFE_NAME.sub("_", key.rsplit("/", 1)[-1])[-200:].lstrip(".") or "video"
+
+
 def video_prefix(video_id: str) -> str:
     return f"videos/{video_id}/"
 

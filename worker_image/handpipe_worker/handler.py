@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from chalicelib.shared.contracts import (
     part_head_key,
     part_key,
     picture_key,
+    video_filename,
     work_message_type,
 )
 from chalicelib.shared.queues import MessageQueue
@@ -45,12 +45,10 @@ from .models import ModelCache, ModelError
 from .video import FrameIndex, VideoFile, VideoInfo
 
 logger = logging.getLogger("handpipe.worker")
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def _local_name(key: str) -> str:
-    """The file keeps its name, which the result reports; only safe characters reach the filesystem."""
-    return _UNSAFE_NAME.sub("_", os.path.basename(key))[-200:].lstrip(".") or "video"
+    return video_filename(key)
 
 
 @dataclass(frozen=True)
