@@ -395,6 +395,10 @@ class FakeJobRepository:
         row["written_at"] = self._clock()
         return True
 
+    def artifacts_pending(self, job_id: str) -> bool:
+        row = self.tables.artifacts.get(job_id)
+        return row is not None and row["written_at"] is None
+
     def artifacts_unwritten(self, *, requested_before_ms: int, max_requests: int, limit: int = 100) -> list[str]:
         rows = [
             (row["requested_at"], job_id)

@@ -41,6 +41,12 @@ class ArtifactRows:
             > 0
         )
 
+    def artifacts_pending(self, job_id: str) -> bool:
+        """True while the job's artifacts are asked for and not yet written (False for a job that
+        never had a row: it finished before artifacts were written after SUCCEEDED)."""
+        row = self._db.fetchone("SELECT written_at FROM job_artifacts WHERE job_id = ?", (job_id,))
+        return row is not None and row["written_at"] is None
+
     def artifacts_unwritten(self, *, requested_before_ms: int, max_requests: int, limit: int = 100) -> list[str]:
         """SUCCEEDED jobs whose artifacts were last asked for before `requested_before_ms`, asked for
         fewer than `max_requests` times, and not written: the request or its worker was lost."""

@@ -10,7 +10,16 @@ from typing import Any
 from chalicelib.config import Settings
 from chalicelib.domain.ports import JobRepository, VideoRepository
 from chalicelib.domain.records import Job, JobRefused
-from chalicelib.service.common import _check_fields, _text, check_id, decode_token, encode_token, new_id, now_ms
+from chalicelib.service.common import (
+    _check_fields,
+    _text,
+    check_id,
+    decode_token,
+    encode_token,
+    gone,
+    new_id,
+    now_ms,
+)
 from chalicelib.service.errors import Conflict, InvalidInput, NotFound, TooLarge
 from chalicelib.service.videos import get_video
 from chalicelib.service.views import job_view
@@ -27,7 +36,7 @@ from chalicelib.shared.exports import FORMATS, export_key
 from chalicelib.shared.queues import MessageQueue
 from chalicelib.shared.results import frames_between
 from chalicelib.shared.states import VIDEO_DELETING, JobStatus, VideoStatus
-from chalicelib.shared.storage import ObjectStore
+from chalicelib.shared.storage import ObjectMissing, ObjectStore
 
 
 def create_job(  # noqa: C901 - the request's checks in the order the API documents them
@@ -206,6 +215,9 @@ def job_result(
     yet, and download URLs of those that are (the result's `url` is null until it is merged)."""
     job, key = finished_job(jobs, job_id, "its result is ready", owner)
     artifacts = artifacts_written(store, job)
+    if not artifacts["result"] and not jobs.artifacts_pending(job.id):
+        # Written once, and gone since (deleted behind the API's back): a URL to nothing would only fail later.
+        raise gone(ObjectMissing(f"s3://{store.bucket}/{job.result_key} does not exist"))
     return {
         "job_id": job.id,
         "video_id": job.video_id,
