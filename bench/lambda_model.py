@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,14 @@ from handpipe_worker.models import ModelCache
 from handpipe_worker.video import VideoFile
 from worker import cold_start
 
+from chalicelib.config import Settings
 from chalicelib.shared.contracts import ProcessOptions
 from chalicelib.shared.mp4index import read_index
 
 SOURCE = "videos/thumb_up_landscape_720p.mp4"
 GB_S_PRICE = 0.0000166667  # x86, per GB-second (us-east-1 list price)
 REQUEST_PRICE = 0.20 / 1_000_000
+DEFAULT_WARMUP_MS = float(next(f.default for f in fields(Settings) if f.name == "warmup_ms"))  # type: ignore[arg-type]
 
 
 def make_1080p(target: Path, frames: int, bitrate_mbps: float) -> Path:
@@ -116,6 +118,7 @@ class Assumptions:
     finish_s: float  # record_events: the parts' heads (parallel GETs) and the SUCCEEDED transaction
     part_write_s: float
     sqs_ramp_per_s: float  # 0: all segments start at once
+    concurrency: int  # workers at once (WorkerConcurrency, HANDPIPE_MAX_IN_FLIGHT_PER_JOB); 0: one per segment
 
     @property
     def vcpus(self) -> float:
@@ -145,14 +148,17 @@ def model(a: Assumptions, f: Figures) -> dict[str, float]:
     read_s = max(a.s3_first_byte_s, segment_bytes / (a.s3_mb_s * 1e6) - segment_frames * per_frame_ms / 1000)
     segment_s = read_s + segment_frames * per_frame_ms / 1000 + a.part_write_s
     probe_s = 3 * a.s3_first_byte_s + frames * f.index_ms_per_frame / 1000
-    ramp_s = max(0.0, segments - 5) / a.sqs_ramp_per_s if a.sqs_ramp_per_s > 0 else 0.0
-    wall = a.hop_s + probe_s + a.plan_s + a.hop_s + ramp_s + a.cold_start_s + segment_s + a.hop_s + a.finish_s
-    billed_per_segment = a.billed_cold_s + segment_s
-    gb_s = segments * billed_per_segment * a.gb
+    workers = min(segments, a.concurrency) if a.concurrency > 0 else segments
+    waves = math.ceil(segments / workers)  # a later wave runs on the first wave's warm workers
+    ramp_s = max(0.0, workers - 5) / a.sqs_ramp_per_s if a.sqs_ramp_per_s > 0 else 0.0
+    wall = a.hop_s + probe_s + a.plan_s + a.hop_s + ramp_s + a.cold_start_s + waves * segment_s + a.hop_s + a.finish_s
+    gb_s = (workers * a.billed_cold_s + segments * segment_s) * a.gb
     requests = segments + 1 + segments * (segment_frames / a.fps / 5)  # work items, the render, progress events
     cost = gb_s * GB_S_PRICE + requests * REQUEST_PRICE
     return {
         "segments": segments,
+        "workers": workers,
+        "waves": waves,
         "per_frame_ms": per_frame_ms,
         "segment_s": segment_s,
         "probe_s": probe_s,
@@ -176,7 +182,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--fps", type=float, default=30.0)
     add("--bitrate-mbps", type=float, default=8.0, help="the 1080p30 H.264 bitrate (a phone's default)")
     add("--segment-s", type=float, default=8.0)
-    add("--warmup-ms", type=float, default=500.0, help="the tracker warm-up (HANDPIPE_WARMUP_MS)")
+    add("--warmup-ms", type=float, default=DEFAULT_WARMUP_MS, help="the tracker warm-up (HANDPIPE_WARMUP_MS)")
+    add("--concurrency", type=int, default=0, help="workers at once (WorkerConcurrency; default 0: one a segment)")
     add("--memory-mb", type=int, default=3008, help="worker memory: vCPU share = memory / 1769")
     add("--lambda-speed", type=float, default=1.0, help="a Lambda core's speed relative to this machine's")
     add("--cold-start-s", type=float, default=5.0, help="wall time before a new worker's first frame")
@@ -228,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup_ms=args.warmup_ms, memory_mb=args.memory_mb, lambda_speed=args.lambda_speed,
         cold_start_s=args.cold_start_s, billed_cold_s=billed_cold, s3_mb_s=args.s3_mb_s,
         s3_first_byte_s=args.s3_first_byte_s, hop_s=args.hop_s, plan_s=args.plan_s, finish_s=args.finish_s,
-        part_write_s=args.part_write_s, sqs_ramp_per_s=args.sqs_ramp_per_s,
+        part_write_s=args.part_write_s, sqs_ramp_per_s=args.sqs_ramp_per_s, concurrency=args.concurrency,
     )  # fmt: skip
     exact = model(a, Figures(inference, measured["decode_ms"], measured["index_ms_per_frame"]))
     adaptive = model(a, Figures(adaptive_inference, measured["decode_ms"], measured["index_ms_per_frame"]))
@@ -244,10 +251,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  vcpus            {a.vcpus:.2f}; price ${GB_S_PRICE}/GB-s, ${REQUEST_PRICE * 1e6:.2f}/million requests")
     for label, row in (("exact", exact), ("adaptive", adaptive)):
         print(
-            f"{label:>8}: {row['segments']:.0f} segments x {a.segment_s:g} s at {row['per_frame_ms']:.1f} ms a frame: "
+            f"{label:>8}: {row['segments']:.0f} segments x {a.segment_s:g} s on {row['workers']:.0f} workers "
+            f"({row['waves']:.0f} wave(s)) at {row['per_frame_ms']:.1f} ms a frame: "
             f"segment {row['segment_s']:.1f} s, probe {row['probe_s']:.2f} s, ramp {row['ramp_s']:.1f} s, "
             f"wall {row['wall_s']:.1f} s; {row['gb_s']:.0f} GB-s = ${row['cost']:.4f} a video, "
             f"${row['cost_per_video_minute']:.5f} a video-minute"
+        )
+    print("sensitivity (the same measured costs, one assumption changed):")
+    for label, change in (
+        ("deploy default WorkerConcurrency 20", {"concurrency": 20}),
+        ("20 s segments, 20 workers", {"concurrency": 20, "segment_s": 20.0}),
+        ("SQS ramp from idle, 5 workers a second", {"sqs_ramp_per_s": 5.0}),
+        ("Lambda cores 20 % slower", {"lambda_speed": 1 / 1.2}),
+        ("1,769 MB workers (1 vCPU)", {"memory_mb": 1769}),
+    ):
+        varied = replace(a, **change)  # type: ignore[arg-type]
+        e = model(varied, Figures(inference, measured["decode_ms"], measured["index_ms_per_frame"]))
+        d = model(varied, Figures(adaptive_inference, measured["decode_ms"], measured["index_ms_per_frame"]))
+        print(
+            f"  {label:<40} exact {e['wall_s']:5.1f} s ${e['cost_per_video_minute']:.5f}/min; "
+            f"adaptive {d['wall_s']:5.1f} s ${d['cost_per_video_minute']:.5f}/min"
         )
     print(
         "what carries the figure: the per-frame wall (inference, decode overlapped on the second vCPU, Lambda's "
@@ -262,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "adaptive_wall_s": round(adaptive["wall_s"], 2),
             "adaptive_cost_per_video_minute": round(adaptive["cost_per_video_minute"], 5),
             "segments": exact["segments"],
+            "workers": exact["workers"],
             "segment_s": a.segment_s,
             "warmup_ms": a.warmup_ms,
             "inference_ms": round(inference, 2),
