@@ -22,7 +22,7 @@ from tests.support.paths import data_path
 
 MODELS = ModelCache()
 SEGMENT_MS = 1000
-DEFAULT_WARMUP_MS = next(f.default for f in fields(Settings) if f.name == "warmup_ms")
+DEFAULT_WARMUP_MS = int(next(f.default for f in fields(Settings) if f.name == "warmup_ms"))  # type: ignore[arg-type]
 CLIPS = ("one_hand_landscape.mp4", "asl_again_two_hands.mkv", "asl_thanks_two_hands.mkv", "one_hand_wave_portrait.mp4")
 
 
