@@ -283,10 +283,19 @@ class Client:
         out.write_bytes(data if fmt == "parquet" or out.name.endswith(".gz") else gzip.decompress(data))
         return {**info, "path": str(out)}
 
-    def insights(self, job_id: str) -> dict[str, Any]:
-        """Gesture ranges, per-frame gestures, hand tracks and motion of a finished job (chalicelib.shared.insights)."""
-        result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/insights")
-        return result
+    def insights(self, job_id: str, wait_s: float = 300) -> dict[str, Any]:
+        """Gesture ranges, per-frame gestures, hand tracks and motion of a finished job (chalicelib.shared.insights).
+        They come from the merged result, which a worker writes just after the job succeeds; until it is
+        there the API answers being_written, and this waits up to `wait_s` for it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/insights")
+                return result
+            except ApiError as error:
+                if error.code != "being_written" or time.monotonic() + 1 > deadline:
+                    raise
+            time.sleep(1)
 
     def dataframe(self, job_id: str) -> Any:
         """The CSV export as a pandas DataFrame, one row per hand per frame (needs pandas: pip install pandas)."""
