@@ -212,7 +212,7 @@ class Worker:
             written = self.render(request)
         except MergeError as error:
             # The parts' heads formed one video when the job SUCCEEDED; their frames do not. Every retry
-            # would fail the same way, so it is reported now, with the reason, and left for an operator.
+            # would fail the same way, so it is logged with the reason (for an operator), not retried.
             logger.error("the parts of job %s do not merge: %s", request.job_id, error)
             return
         self.events.send(
