@@ -347,7 +347,7 @@ def plan_jobs(event: SQSEvent) -> None:
     rt = runtime()
 
     def handle(body: str) -> str:
-        return plan_job(rt.videos, rt.jobs, rt.work_queue, rt.settings, JobRequested.from_json(body))
+        return plan_job(rt.videos, rt.jobs, rt.work_queue, rt.settings, JobRequested.from_json(body), store=rt.store)
 
     try:
         _consume(event, "job request", handle)

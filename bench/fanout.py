@@ -9,13 +9,16 @@ directory. For each worker count, a fresh `handpipe.local.stack.LocalStack` (mot
 over HTTP, the queue pollers, N spawned worker processes) is started and warmed up with N short jobs (so
 every worker process has imported mediapipe), then the long video is submitted through
 `handpipe.client.Client` (register, upload, job) and polled until it has SUCCEEDED. The job is split
-into --segment-s segments (plus the app's 2 s tracker warm-up before each later one), probed first by a
-worker, as deployed.
+into --segment-s segments (plus the app's tracker warm-up before each later one), the video's frame index
+read from its moov by the orchestrator (mp4v: at the end of the file), as deployed.
 
-Reports, per worker count: wall time from submit to SUCCEEDED (upload, probe, planning, segments, merge),
-the CPU the stack used, and the cores other users took meanwhile; then the speed-up, the pure-CPU
-calibration of bench/worker.py (the speed-up this machine gives N processes right now) and
-efficiency = speed-up / calibration speed-up. The two results must hold the same frames with the same
+Reports, per worker count: wall time from submit to SUCCEEDED (upload, probe, planning, segments, the
+finish), the time from the last part's write to SUCCEEDED (server side: its S3 LastModified to the job's
+finished_at), the time after SUCCEEDED until every artifact is written (the merged result, insights,
+exports, pictures: off the job's path), the bytes the segments read over the object's size, the warm-up
+share of the frames decoded, the CPU the stack used, and the cores other users took meanwhile; then the
+speed-up, the pure-CPU calibration of bench/worker.py (the speed-up this machine gives N processes right
+now) and efficiency = speed-up / calibration speed-up. The two results must hold the same frames with the same
 hand counts (`lost_frames=0`), otherwise the exit status is 1.
 
 Progress on stderr; a table and one `RESULT key=value ...` line on stdout.
@@ -51,9 +54,10 @@ from common import (
 # spawned calibration processes too, which inherit sys.path).
 from worker import DEFAULT_VIDEO, calibrate, compare_frames
 
-from chalicelib.shared.contracts import ContractError, ProcessOptions
+from chalicelib.shared.contracts import ContractError, ProcessOptions, results_prefix
 from handpipe.api_types import Job
 from handpipe.client import Client
+from handpipe.local.aws import aws_clients
 from handpipe.local.stack import LocalStack
 
 POLL_S = 0.25
@@ -80,6 +84,8 @@ class Run:
     job: Mapping[str, Any]
     result: dict[str, Any]
     warmup_s: float
+    last_part_to_succeeded_s: float | None = None  # the last part's S3 write to the job's finished_at (server side)
+    artifacts_s: float | None = None  # SUCCEEDED seen to every artifact written (merged result ... pictures), polled
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -96,8 +102,16 @@ class Run:
 
     @property
     def merge_s(self) -> float | None:
-        """All segments done to SUCCEEDED: the merge of the parts (to within the polling interval)."""
+        """All segments seen done to SUCCEEDED seen (to within the polling interval; the job SUCCEEDS in
+        the event that records its last segment, so this is mostly 0 now: see last_part_to_succeeded_s)."""
         return None if self.segments_done_s is None else self.wall_s - self.segments_done_s
+
+    @property
+    def warmup_share(self) -> float:
+        """Of the frames the segments decoded, those not reported: the warm-ups (from the keyframe before
+        each) and each segment's one frame past its end."""
+        stats = self.result["stats"]
+        return 1 - stats["frames_processed"] / stats["frames_decoded"] if stats["frames_decoded"] else 0.0
 
     @property
     def others_cores(self) -> float | None:
@@ -169,8 +183,10 @@ def run_stack(
         cpu_after, busy_after = tree_cpu_s(), machine_busy_s()
         if job["status"] != "SUCCEEDED":
             raise SystemExit(f"job {job_id} ended {job['status']}: {job.get('error')}")
-        log(f"  SUCCEEDED in {wall_s:.1f} s; downloading the result")
+        log(f"  SUCCEEDED in {wall_s:.1f} s; waiting for its artifacts, then downloading the result")
+        artifacts_s = _wait_artifacts(client, job_id) - t0 - wall_s
         result = client.download_result(job_id)
+        last_part = _last_part_to_succeeded_s(stack, job)
         stack.drain(timeout_s=60)
     return Run(
         workers=workers,
@@ -184,7 +200,30 @@ def run_stack(
         job=job,
         result=result,
         warmup_s=warmup_s,
+        last_part_to_succeeded_s=last_part,
+        artifacts_s=artifacts_s,
     )
+
+
+def _wait_artifacts(client: Client, job_id: str) -> float:
+    """When (perf_counter) the result route first says every artifact is written."""
+    deadline = time.perf_counter() + JOB_TIMEOUT_S
+    while not all(client.result(job_id)["artifacts"].values()):
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"the artifacts of job {job_id} were not written within {JOB_TIMEOUT_S} s")
+        time.sleep(POLL_S)
+    return time.perf_counter()
+
+
+def _last_part_to_succeeded_s(stack: LocalStack, job: Mapping[str, Any]) -> float | None:
+    """From the last part's write (its S3 LastModified, ms) to the job's finished_at (the database's clock:
+    the same machine): the SQS hop of the last event, its recording, the heads read and the transition."""
+    assert stack.info is not None
+    s3, _ = aws_clients(stack.info.aws_endpoint_url)
+    listed = s3.list_objects_v2(Bucket=stack.info.bucket, Prefix=f"{results_prefix(job['video_id'], job['id'])}parts/")
+    written = [o["LastModified"].timestamp() for o in listed.get("Contents", []) if o["Key"].endswith(".json.gz")]
+    finished = (job.get("timings") or {}).get("finished_at")
+    return None if not written or finished is None else finished / 1000 - max(written)
 
 
 def _ready(barrier: Any) -> None:
@@ -194,17 +233,22 @@ def _ready(barrier: Any) -> None:
 # ----------------------------------------------------------------------------------------- output
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def print_table(runs: Sequence[Run]) -> None:
     header = (
         f"{'workers':>7} {'segments':>8} {'frames':>7} {'w/ hands':>9} {'upload s':>9} {'1st frame s':>11} "
-        f"{'merge s':>8} {'wall s':>8} {'fps':>7} {'cpu s':>8} {'cores':>6} {'others':>7}"
+        f"{'last part->OK s':>15} {'wall s':>8} {'artifacts s':>11} {'fps':>7} {'cpu s':>8} {'cores':>6} {'others':>7}"
     )
     print_header(header)
     for run in runs:
         cores = None if run.cpu_s is None else run.cpu_s / run.wall_s
         print(
             f"{run.workers:>7} {run.segments:>8} {run.frames:>7} {run.with_hands:>9} {run.upload_s:>9.1f} "
-            f"{cell(run.first_frame_s):>11} {cell(run.merge_s):>8} {run.wall_s:>8.1f} {run.frames / run.wall_s:>7.2f} "
+            f"{cell(run.first_frame_s):>11} {cell(run.last_part_to_succeeded_s, '.2f'):>15} {run.wall_s:>8.1f} "
+            f"{cell(run.artifacts_s):>11} {run.frames / run.wall_s:>7.2f} "
             f"{cell(run.cpu_s):>8} {cell(cores, '.2f'):>6} {cell(run.others_cores, '.2f'):>7}"
         )
 
@@ -305,7 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{s['frames_decoded']}, inference {s['inference_s']:.1f} s, decode {s['decode_s']:.1f} s "
             f"(summed over segments); warm-up before timing {run.warmup_s:.1f} s (not timed); "
             f"bytes read from S3 {s.get('bytes_read', 0) / 1e6:.1f} MB over {run.segments} segment(s) "
-            f"= {s.get('bytes_read', 0) / (size_mb * 1e6):.2f}x the object (ranged reads)"
+            f"= {s.get('bytes_read', 0) / (size_mb * 1e6):.2f}x the object (ranged reads); warm-up share of "
+            f"frames decoded {run.warmup_share:.3f} ({s['frames_decoded'] - s['frames_processed']} of "
+            f"{s['frames_decoded']} decoded and not reported)"
         )
     print(
         f"speed-up {n} workers over 1: {speedup:.2f}x; calibration (pure CPU) speed-up: {calibration_speedup:.2f}x "
@@ -350,10 +396,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "upload_s_n": round(many.upload_s, 2),
         "merge_s_1": None if one.merge_s is None else round(one.merge_s, 2),
         "merge_s_n": None if many.merge_s is None else round(many.merge_s, 2),
+        "last_part_to_succeeded_s_1": _round(one.last_part_to_succeeded_s, 3),
+        "last_part_to_succeeded_s_n": _round(many.last_part_to_succeeded_s, 3),
+        "artifacts_s_1": _round(one.artifacts_s, 2),
+        "artifacts_s_n": _round(many.artifacts_s, 2),
+        "warmup_share_1": round(one.warmup_share, 4),
+        "warmup_share_n": round(many.warmup_share, 4),
         "others_cores_1": None if one.others_cores is None else round(one.others_cores, 2),
         "others_cores_n": None if many.others_cores is None else round(many.others_cores, 2),
         "bytes_read_1": one.result["stats"].get("bytes_read"),
         "bytes_read_n": many.result["stats"].get("bytes_read"),
+        "bytes_ratio_1": round(one.result["stats"].get("bytes_read", 0) / (size_mb * 1e6), 3),
         "bytes_ratio_n": round(many.result["stats"].get("bytes_read", 0) / (size_mb * 1e6), 3),
         "seconds": round(frames / fps, 1),
         "segment_s": args.segment_s,

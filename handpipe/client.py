@@ -365,9 +365,17 @@ class Client(ApiSession):
                 saved.append(self._download(url, Path(folder) / f"{job_id}-{name}{suffix}"))
         return saved
 
-    def download_result(self, job_id: str) -> dict[str, Any]:
-        """The full result document (docs/results-format.md)."""
-        data = self._fetch(self.result(job_id)["result"]["url"])
+    def download_result(self, job_id: str, wait_s: float = 300) -> dict[str, Any]:
+        """The full result document (docs/results-format.md). A worker merges it just after the job
+        succeeds (`artifacts.result` in /result says when it is there): this waits up to `wait_s` for it."""
+        deadline = time.monotonic() + wait_s
+        url = self.result(job_id)["result"]["url"]
+        while url is None:
+            if time.monotonic() >= deadline:
+                raise HandpipeTimeout(f"the result of job {job_id} is still being written after {wait_s:.0f} s")
+            time.sleep(1)
+            url = self.result(job_id)["result"]["url"]
+        data = self._fetch(url)
         document: dict[str, Any] = json.loads(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
         return document
 
@@ -438,10 +446,19 @@ class Client(ApiSession):
                 packed.unlink(missing_ok=True)
         return {**info, "path": str(out)}
 
-    def insights(self, job_id: str) -> dict[str, Any]:
-        """Gesture ranges, per-frame gestures, hand tracks and motion of a finished job (chalicelib.shared.insights)."""
-        result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/insights")
-        return result
+    def insights(self, job_id: str, wait_s: float = 300) -> dict[str, Any]:
+        """Gesture ranges, per-frame gestures, hand tracks and motion of a finished job (chalicelib.shared.insights).
+        They come from the merged result, which a worker writes just after the job succeeds; until it is
+        there the API answers being_written, and this waits up to `wait_s` for it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                result: dict[str, Any] = self.request("GET", f"/jobs/{job_id}/insights")
+                return result
+            except ApiError as error:
+                if error.code != "being_written" or time.monotonic() + 1 > deadline:
+                    raise
+            time.sleep(1)
 
     def dataframe(self, job_id: str) -> Any:
         """The CSV export as a pandas DataFrame, one row per hand per frame (needs pandas: pip install pandas)."""

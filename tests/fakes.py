@@ -50,16 +50,23 @@ class Tables:
     segments: dict[tuple[str, int], Segment] = field(default_factory=dict)
     announcements: dict[str, Announcement] = field(default_factory=dict)  # by job id: one end per job
     sent_announcements: set[str] = field(default_factory=set)  # job ids whose end went to the notify queue
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)  # job_id -> requests, requested_at, written_at
     transactions: int = 0  # how many were opened: a test can see that a change was grouped
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self.transactions += 1
-        saved = (dict(self.videos), dict(self.jobs), dict(self.segments), dict(self.announcements))
+        saved = (
+            dict(self.videos),
+            dict(self.jobs),
+            dict(self.segments),
+            dict(self.announcements),
+            copy.deepcopy(self.artifacts),
+        )
         try:
             yield
         except BaseException:
-            self.videos, self.jobs, self.segments, self.announcements = saved
+            self.videos, self.jobs, self.segments, self.announcements, self.artifacts = saved
             raise
 
 
@@ -127,6 +134,7 @@ class FakeVideoRepository:
             self.tables.announcements.pop(job.id, None)
             for key in [k for k in self.tables.segments if k[0] == job.id]:
                 del self.tables.segments[key]
+            self.tables.artifacts.pop(job.id, None)
         return self.tables.videos.pop(video_id, None) is not None
 
     def list(
@@ -201,6 +209,7 @@ class FakeJobRepository:
         for key in [k for k in self.tables.segments if k[0] == job_id]:
             del self.tables.segments[key]
         self.tables.announcements.pop(job_id, None)
+        self.tables.artifacts.pop(job_id, None)
         return self.tables.jobs.pop(job_id, None) is not None
 
     # -- announcements --------------------------------------------------------------------------
@@ -410,6 +419,36 @@ class FakeJobRepository:
             self._refresh_totals(job_id)
         return raised
 
+    # -- artifacts (job_artifacts) ----------------------------------------------------------------
+
+    def artifacts_requested(self, job_id: str) -> int:
+        row = self.tables.artifacts.setdefault(job_id, {"requests": 0, "requested_at": 0, "written_at": None})
+        row.update(requests=row["requests"] + 1, requested_at=self._clock())
+        return int(row["requests"])
+
+    def artifacts_written(self, job_id: str) -> bool:
+        row = self.tables.artifacts.get(job_id)
+        if row is None or row["written_at"] is not None:
+            return False
+        row["written_at"] = self._clock()
+        return True
+
+    def artifacts_pending(self, job_id: str) -> bool:
+        row = self.tables.artifacts.get(job_id)
+        return row is not None and row["written_at"] is None
+
+    def artifacts_unwritten(self, *, requested_before_ms: int, max_requests: int, limit: int = 100) -> list[str]:
+        rows = [
+            (row["requested_at"], job_id)
+            for job_id, row in self.tables.artifacts.items()
+            if row["written_at"] is None
+            and row["requested_at"] < requested_before_ms
+            and row["requests"] < max_requests
+            and job_id in self.tables.jobs
+            and self.tables.jobs[job_id].status == "SUCCEEDED"
+        ]
+        return [job_id for _, job_id in sorted(rows)[:limit]]
+
 
 class FakeObjectStore:
     """chalicelib.shared.storage.ObjectStore's calls the services make, over a dict of key -> bytes or result."""
@@ -423,6 +462,12 @@ class FakeObjectStore:
 
     def put_result(self, key: str, result: dict[str, Any]) -> None:
         self.objects[key] = (copy.deepcopy(result), "application/gzip")
+
+    def get_bytes(self, key: str) -> bytes:
+        if key not in self.objects or not isinstance(self.objects[key][0], bytes):
+            raise ObjectMissing(f"s3://{self.bucket}/{key} does not exist")
+        data: bytes = self.objects[key][0]
+        return data
 
     def get_result(self, key: str) -> dict[str, Any]:
         if key not in self.objects or not isinstance(self.objects[key][0], dict):

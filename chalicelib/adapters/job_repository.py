@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Unpack
 
+from chalicelib.adapters.artifact_rows import ArtifactRows
 from chalicelib.adapters.database import Database, DatabaseUnavailable, IntegrityError, Row, epoch_ms
 from chalicelib.adapters.repositories import (
     _JOB_LIMITS,
@@ -101,7 +102,7 @@ def _segment(row: Row) -> Segment:
     )
 
 
-class JobRepository:
+class JobRepository(ArtifactRows):
     def __init__(self, db: Database, clock: Callable[[], int] = epoch_ms) -> None:
         self._db = db
         self._clock = clock
@@ -195,6 +196,7 @@ class JobRepository:
             self._lock_job(job_id)
             self._db.execute("DELETE FROM job_announcements WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
+            self._db.execute("DELETE FROM job_artifacts WHERE job_id = ?", (job_id,))
             return self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)) > 0
 
     def list_for_video(self, video_id: str, *, limit: int = 50, after: tuple[int, str] | None = None) -> list[Job]:

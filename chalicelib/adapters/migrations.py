@@ -170,6 +170,17 @@ def _status_checks(table: str, statuses: tuple[str, ...]) -> tuple[str, str, str
 
 _JOB_CHECKS = _status_checks("jobs", JOB_STATUSES)
 
+_JOB_ARTIFACTS = _table(
+    "job_artifacts",
+    """
+    job_id VARCHAR(40) NOT NULL PRIMARY KEY,
+    requests INT NOT NULL DEFAULT 0,
+    requested_at BIGINT NOT NULL,
+    written_at BIGINT NULL
+    """,
+    [("ix_job_artifacts_unwritten", "written_at, requested_at")],
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -222,6 +233,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             *_WEBHOOK_SECRETS[1],
             f"ALTER TABLE jobs ADD COLUMN notify_url VARCHAR(2048) NULL, {_JOB_CHECKS[2]}",
         ),
+    ),
+    Migration(
+        7,
+        "job_artifacts: a job SUCCEEDS before its merged result, insights and pictures are written",
+        sqlite=_JOB_ARTIFACTS[0],
+        mysql=_JOB_ARTIFACTS[1],
     ),
 )
 

@@ -210,6 +210,9 @@ class VideoRepository:
             self._db.execute(
                 "DELETE FROM job_announcements WHERE job_id IN (SELECT id FROM jobs WHERE video_id = ?)", (video_id,)
             )
+            self._db.execute(
+                "DELETE FROM job_artifacts WHERE job_id IN (SELECT id FROM jobs WHERE video_id = ?)", (video_id,)
+            )
             self._db.execute("DELETE FROM jobs WHERE video_id = ?", (video_id,))
             return self._db.execute("DELETE FROM videos WHERE id = ?", (video_id,)) > 0
 

@@ -17,7 +17,7 @@ from chalicelib.domain.ports import JobRepository, VideoRepository
 from chalicelib.domain.records import Job
 from chalicelib.service import jobs as job_service
 from chalicelib.service.common import check_id, gone
-from chalicelib.service.errors import Conflict, InvalidInput
+from chalicelib.service.errors import BeingWritten, InvalidInput
 from chalicelib.service.jobs import PartCache
 from chalicelib.service.videos import get_video
 from chalicelib.shared import exports
@@ -31,7 +31,7 @@ logger = logging.getLogger("handpipe.insights")
 VIEWER_PATH = Path(__file__).resolve().parent.parent / "web" / "viewer.html"  # the page is web/; its filling is here
 
 
-class ExportPending(Conflict):
+class ExportPending(BeingWritten):
     code = "export_pending"
 
 
@@ -40,21 +40,29 @@ def finished_job(jobs: JobRepository, job_id: str, what: str, owner: str | None 
     return job_service.finished_job(jobs, job_id, f"its {what} is ready", owner)[0]
 
 
-def _merged_result(store: ObjectStore, results: PartCache, job: Job) -> dict[str, Any]:
+def _merged_result(store: ObjectStore, results: PartCache, job: Job, what: str, pending: bool) -> dict[str, Any]:
+    """The job's merged result, which a worker writes just after the job SUCCEEDED: BeingWritten
+    (409 being_written, Retry-After) while it is `pending`; once written, its absence is ObjectMissing (410)."""
     assert job.result_key is not None
+    if pending and store.head(job.result_key) is None:
+        raise BeingWritten(
+            f"job {job.id} has SUCCEEDED and a worker is writing its merged result, from which its {what} "
+            "comes; try again in a few seconds (its summary and frames are ready: /jobs/{id}/result and /frames)"
+        )
     return results.get(store, job.result_key)
 
 
-def insights_for(store: ObjectStore, results: PartCache, job: Job) -> dict[str, Any]:
+def insights_for(store: ObjectStore, results: PartCache, job: Job, pending: bool = False) -> dict[str, Any]:
     """The insights document of a finished job: read from S3, or computed from the merged result
-    (chalicelib.shared.insights.analyze) and stored at results/{video_id}/{job_id}/insights.json."""
+    (chalicelib.shared.insights.analyze) and stored at results/{video_id}/{job_id}/insights.json. `pending`:
+    the job's artifacts are being written (BeingWritten while its merged result is not there yet)."""
     key = insights_key(job.video_id, job.id)
     try:
         cached: dict[str, Any] = json.loads(store.get_bytes(key))
         return cached
     except ObjectMissing:
         pass
-    merged = _merged_result(store, results, job)
+    merged = _merged_result(store, results, job, "insights document", pending)
     document = analyze(merged)
     write_artifacts(store, video_id=job.video_id, job_id=job.id, result=merged, insights=document, formats=())
     logger.info("insights of job %s computed and stored at %s", job.id, key)
@@ -65,7 +73,8 @@ def job_insights(
     jobs: JobRepository, store: ObjectStore, results: PartCache, job_id: str, owner: str | None = None
 ) -> dict[str, Any]:
     """GET /jobs/{id}/insights: gesture ranges, per-frame gestures, hand tracks and motion."""
-    return insights_for(store, results, finished_job(jobs, job_id, "insights", owner))
+    job = finished_job(jobs, job_id, "insights", owner)
+    return insights_for(store, results, job, jobs.artifacts_pending(job.id))
 
 
 def parse_format(raw: str | None) -> str:
@@ -100,8 +109,14 @@ def job_export(
                 f"the {fmt} export of job {job.id} ({count} rows) is being written by a worker, which does that "
                 "just after a large job succeeds; try again in a minute"
             )
-        result = _merged_result(store, results, job)
-        insights = insights_for(store, results, job)
+        pending = jobs.artifacts_pending(job.id)
+        if pending and store.head(job.result_key or "") is None:
+            raise ExportPending(
+                f"the {fmt} export of job {job.id} is being written by a worker, which does that just after a job "
+                "succeeds; try again in a few seconds"
+            )
+        result = _merged_result(store, results, job, f"{fmt} export", pending)
+        insights = insights_for(store, results, job, pending)
         written = write_artifacts(
             store,
             video_id=job.video_id,

@@ -34,6 +34,17 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class BeingWritten(Conflict):
+    """What was asked for belongs to a job that has SUCCEEDED, and a worker is writing it just now
+    (the merged result, insights, exports, pictures): answered 409 with Retry-After."""
+
+    code = "being_written"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class Gone(ServiceError):
     """A stored object the answer needs is no longer in the bucket (deleted behind the API's back, or a
     local stack's files lost); the message says which and what to do."""

@@ -11,7 +11,16 @@ from chalicelib.adapters.webhooks import UnsafeWebhook, WebhookPolicy
 from chalicelib.config import Settings
 from chalicelib.domain.ports import JobRepository, VideoRepository
 from chalicelib.domain.records import Job, JobRefused
-from chalicelib.service.common import _check_fields, _text, check_id, decode_token, encode_token, gone, new_id, now_ms
+from chalicelib.service.common import (
+    _check_fields,
+    _text,
+    check_id,
+    decode_token,
+    encode_token,
+    gone,
+    new_id,
+    now_ms,
+)
 from chalicelib.service.errors import Conflict, InvalidInput, NotFound, TooLarge
 from chalicelib.service.notifications import announce_job_end
 from chalicelib.service.videos import get_video
@@ -22,8 +31,11 @@ from chalicelib.shared.contracts import (
     ContractError,
     JobRequested,
     ProcessOptions,
+    insights_key,
     picture_key,
+    results_prefix,
 )
+from chalicelib.shared.exports import FORMATS, export_key
 from chalicelib.shared.queues import MessageQueue
 from chalicelib.shared.results import frames_between
 from chalicelib.shared.states import VIDEO_DELETING, JobStatus, VideoStatus
@@ -224,21 +236,43 @@ def list_jobs(
     return {"jobs": [job_view(j) for j in page], "next_token": token}
 
 
+def artifacts_written(store: ObjectStore, job: Job) -> dict[str, bool]:
+    """Which of a SUCCEEDED job's artifacts are stored yet. A worker writes them after the job has
+    succeeded, in this order: the merged result, insights, exports, pictures (the contact sheet last)."""
+    assert job.result_key is not None
+    prefix = results_prefix(job.video_id, job.id)
+    return {
+        "result": store.head(job.result_key) is not None,
+        "insights": store.head(insights_key(job.video_id, job.id)) is not None,
+        "exports": all(store.head(export_key(prefix, fmt)) is not None for fmt in FORMATS),
+        "pictures": store.head(picture_key(job.video_id, job.id, "contact_sheet")) is not None,
+    }
+
+
 def job_result(
     jobs: JobRepository, store: ObjectStore, settings: Settings, job_id: str, owner: str | None = None
 ) -> dict[str, Any]:
+    """GET /jobs/{id}/result: the summary (known when the job SUCCEEDED), which artifacts are written
+    yet, and download URLs of those that are (the result's `url` is null until it is merged)."""
     job, key = finished_job(jobs, job_id, "its result is ready", owner)
-    if store.head(key) is None:  # a URL to nothing would only fail later, with S3's 403 or 404
+    artifacts = artifacts_written(store, job)
+    if not artifacts["result"] and not jobs.artifacts_pending(job.id):
+        # Written once, and gone since (deleted behind the API's back): a URL to nothing would only fail later.
         raise gone(ObjectMissing(f"s3://{store.bucket}/{job.result_key} does not exist"))
     return {
         "job_id": job.id,
         "video_id": job.video_id,
         "summary": job.summary,
         "video": job.video_metadata,
+        "artifacts": artifacts,
         "result": {
             "key": job.result_key,
             "format": "handpipe.result v1, gzip-compressed JSON (docs/results-format.md)",
-            "url": store.presign_download(key, settings.download_url_expires_s, f"{job.id}.json.gz"),
+            "url": (
+                store.presign_download(key, settings.download_url_expires_s, f"{job.id}.json.gz")
+                if artifacts["result"]
+                else None
+            ),
             "expires_in_s": settings.download_url_expires_s,
         },
         # Drawn by a worker just after the job succeeded: null until they are there.

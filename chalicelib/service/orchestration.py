@@ -3,17 +3,22 @@ events (one handler per event type), merge when complete, fail a job, and sweep 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from chalicelib.config import Settings
 from chalicelib.domain.ports import JobAndVideo, JobRepository, VideoRepository
 from chalicelib.domain.records import Job, Segment, Video
 from chalicelib.domain.rules import job_expected_frames, limit_problems, plan_limit_problems, plan_segments
 from chalicelib.service.common import logger, now_ms
+from chalicelib.service.container_probe import probe_container
 from chalicelib.service.notifications import announce_job_end
 from chalicelib.shared import telemetry
 from chalicelib.shared.contracts import (
+    ARTIFACTS_WRITTEN,
     SEGMENT_FAILED,
     SEGMENT_PROGRESS,
     SEGMENT_SUCCEEDED,
@@ -24,13 +29,14 @@ from chalicelib.shared.contracts import (
     RenderRequest,
     SegmentEvent,
     WorkItem,
+    part_head_key,
     part_key,
     result_key,
 )
 from chalicelib.shared.queues import MessageQueue
-from chalicelib.shared.results import MergeError, merge_parts
+from chalicelib.shared.results import MergeError, merge_heads, part_head
 from chalicelib.shared.states import ACTIVE_JOB_STATUSES, JobStatus, SegmentStatus, VideoStatus
-from chalicelib.shared.storage import ObjectStore
+from chalicelib.shared.storage import ObjectMissing, ObjectStore
 
 
 def plan_job(
@@ -39,9 +45,12 @@ def plan_job(
     work_queue: MessageQueue,
     settings: Settings,
     message: JobRequested,
+    store: ObjectStore | None = None,
 ) -> str:
-    """The "jobs" consumer: split a queued job into segments and send their work items, first
-    asking a worker to probe the video when its duration is needed and not yet known."""
+    """The "jobs" consumer: split a queued job into segments and send their work items. When the
+    video's duration is needed and not yet known, an MP4/MOV is probed here from its container index
+    (with `store`: a few ranged GETs, no cold worker on the job's path); any other file is probed by
+    a worker first."""
     job = jobs.get(message.job_id)
     if job is None:
         logger.warning("job %s no longer exists; ignoring its request", message.job_id)
@@ -60,8 +69,12 @@ def plan_job(
     options = ProcessOptions.from_dict(job.options)
     duration = (video.metadata or {}).get("duration_ms")
     if settings.segment_ms is not None and options.end_ms is None and duration is None:
-        work_queue.send(ProbeRequest(job_id=job.id, video_id=video.id, bucket=settings.bucket, video_key=video.s3_key))
-        return "probing"
+        metadata = probe_container(store, video.id, video.s3_key) if store is not None else None
+        if metadata is None:
+            request = ProbeRequest(job_id=job.id, video_id=video.id, bucket=settings.bucket, video_key=video.s3_key)
+            work_queue.send(request)
+            return "probing"
+        return "container index: " + _start_probed(videos, jobs, work_queue, settings, job, video, metadata)
     return start_segments(videos, jobs, work_queue, settings, job, video)
 
 
@@ -228,15 +241,29 @@ def _on_probed(ctx: _EventContext, job: Job, event: SegmentEvent) -> str:
     if video is None:
         _fail_job(ctx.jobs, ctx.videos, job, "video_missing", "the video was deleted before the job started")
         return "failed"
-    if event.video:
-        ctx.videos.set_metadata(video.id, event.video)
-        video = replace(video, metadata=event.video)
-        problems = limit_problems(event.video, ctx.settings)
+    return _start_probed(ctx.videos, ctx.jobs, ctx.work_queue, ctx.settings, job, video, event.video)
+
+
+def _start_probed(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    work_queue: MessageQueue,
+    settings: Settings,
+    job: Job,
+    video: Video,
+    metadata: dict[str, Any] | None,
+) -> str:
+    """A probe's answer (a worker's, or the container index's): store the video's facts, check the
+    limits on them and start the job's segments."""
+    if metadata:
+        videos.set_metadata(video.id, metadata)
+        video = replace(video, metadata=metadata)
+        problems = limit_problems(metadata, settings)
         if problems:
-            _fail_job(ctx.jobs, ctx.videos, job, "limit_exceeded", "; ".join(problems))
+            _fail_job(jobs, videos, job, "limit_exceeded", "; ".join(problems))
             return "failed"
     if job.status == JobStatus.QUEUED:
-        return start_segments(ctx.videos, ctx.jobs, ctx.work_queue, ctx.settings, job, video)
+        return start_segments(videos, jobs, work_queue, settings, job, video)
     return "already planned"
 
 
@@ -278,11 +305,16 @@ def _on_segment_succeeded(ctx: _EventContext, job: Job, event: SegmentEvent) -> 
     return outcome
 
 
+def _on_artifacts_written(ctx: _EventContext, job: Job, event: SegmentEvent) -> str:
+    return "artifacts written" if ctx.jobs.artifacts_written(job.id) else "artifacts already written"
+
+
 _EVENT_HANDLERS: dict[str, Callable[[_EventContext, Job, SegmentEvent], str]] = {
     VIDEO_PROBED: _on_probed,
     SEGMENT_PROGRESS: _on_progress,
     SEGMENT_FAILED: _on_segment_failed,
     SEGMENT_SUCCEEDED: _on_segment_succeeded,
+    ARTIFACTS_WRITTEN: _on_artifacts_written,
 }
 
 
@@ -303,7 +335,8 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)  # lost too often, or QUEUED for too long
     resent: list[str] = field(default_factory=list)  # segments whose work item was lost, sent again
     requested: list[str] = field(default_factory=list)  # QUEUED jobs whose request was sent again
-    finished: list[str] = field(default_factory=list)  # all parts in, the merge done here
+    finished: list[str] = field(default_factory=list)  # all parts in, the job SUCCEEDED here
+    artifacts: list[str] = field(default_factory=list)  # SUCCEEDED jobs whose artifacts were asked for again
     dispatched: int = 0  # work items sent for waiting segments
 
 
@@ -319,10 +352,11 @@ def sweep(  # noqa: C901 - the sweeper's four reconciliations, each a short loop
     """Put right what lost messages left undone, judging jobs by their segments' news. A segment
     sent to a worker and not heard of for `segment_silence_s` (its item was dropped, or ended in
     the DLQ after its receives without a `segment.failed`) is sent again, and after
-    `max_dispatches` sends its job fails with the reason. A job whose parts are all in is merged;
-    a QUEUED job whose request or probe went missing is requested again, and failed after
-    `stuck_after_s`. Segments waiting for capacity are never a reason to fail: capacity this frees
-    (or that ended jobs freed) goes to waiting jobs at once."""
+    `max_dispatches` sends its job fails with the reason. A job whose parts are all in is finished,
+    and a SUCCEEDED job whose artifacts were asked for that long ago and never written is asked for
+    again (at most `max_dispatches` times in all); a QUEUED job whose request or probe went missing
+    is requested again, and failed after `stuck_after_s`. Segments waiting for capacity are never a
+    reason to fail: capacity this frees (or that ended jobs freed) goes to waiting jobs at once."""
     clock = now if now is not None else now_ms()
     silent_since = clock - settings.segment_silence_s * 1000
     report = SweepReport()
@@ -347,6 +381,14 @@ def sweep(  # noqa: C901 - the sweeper's four reconciliations, each a short loop
                 report.finished.append(job_id)
         except Exception:  # one job's merge must not keep the sweep from the others
             logger.exception("the sweeper could not merge job %s", job_id)
+    for job_id in jobs.artifacts_unwritten(requested_before_ms=silent_since, max_requests=settings.max_dispatches):
+        job = jobs.get(job_id)
+        video = videos.get(job.video_id) if job is not None else None
+        if job is not None and video is not None:
+            logger.warning("the artifacts of job %s were never written; asking for them again", job_id)
+            jobs.artifacts_requested(job_id)
+            request_artifacts(work_queue, settings, job, video)
+            report.artifacts.append(job_id)
     stuck_before = clock - settings.stuck_after_s * 1000
     for job in jobs.queued_before(created_before_ms=silent_since):
         if job.created_at < stuck_before:
@@ -373,6 +415,10 @@ def finish_if_complete(
     work_queue: MessageQueue,
     settings: Settings,
 ) -> str:
+    """SUCCEED the job once all its parts are in, from the parts' heads (a few KB each): the summary
+    is known then, and the frames are served from the parts. The merged result, insights, exports
+    and pictures are written after, by a worker (RenderRequest), off the job's critical path; the
+    request is recorded with the job's success, so the sweeper asks again should it be lost."""
     job = jobs.get(job_id)
     if job is None or job.status not in ACTIVE_JOB_STATUSES:
         return "already finished"
@@ -380,14 +426,13 @@ def finish_if_complete(
     if not segments or any(s.status != SegmentStatus.SUCCEEDED for s in segments):
         return "waiting for parts"
     try:
-        merged = merge_parts(store.get_result(s.part_key) for s in segments)
+        head = merge_heads(_part_heads(store, job, segments))
     except MergeError as error:
         # Deterministic: the same parts would fail the same way on every redelivery of this event.
         _fail_job(jobs, videos, job, "merge_error", f"the segments' results do not form one video: {error}")
         return "failed"
     key = result_key(job.video_id, job.id)
-    store.put_result(key, merged)
-    summary = dict(merged["summary"], stats=merged["stats"], decode=merged["decode"])
+    summary = dict(head["summary"], stats=head["stats"], decode=head["decode"])
     with JobAndVideo(videos, jobs, job.video_id) as video:  # one unit of work: both change, or neither
         changed = jobs.transition(
             job.id,
@@ -395,38 +440,63 @@ def finish_if_complete(
             to_status=JobStatus.SUCCEEDED,
             result_key=key,
             summary=summary,
-            video_metadata=merged["video"],
-            frames_total=merged["summary"]["frames_processed"],
+            video_metadata=head["video"],
+            frames_total=head["summary"]["frames_processed"],
             finished_at=now_ms(),
         )
         if changed:
-            videos.set_metadata(job.video_id, merged["video"])
+            videos.set_metadata(job.video_id, head["video"])
             videos.set_status(job.video_id, VideoStatus.PROCESSED)
+            jobs.artifacts_requested(job.id)
             announce_job_end(jobs, job.id)
     if changed:
         telemetry.job_event(
             "job.succeeded",
             "job %s succeeded: %s frames, %s with hands",
             job.id,
-            merged["summary"]["frames_processed"],
-            merged["stats"].get("frames_with_hands"),
+            head["summary"]["frames_processed"],
+            head["stats"].get("frames_with_hands"),
             metric_name=telemetry.JOBS_SUCCEEDED,
             job_id=job.id,
             video_id=job.video_id,
             owner=job.owner,
         )
-        if video is not None:  # pictures are extras: a worker draws them after the job has succeeded
-            work_queue.send(
-                RenderRequest(
-                    job_id=job.id,
-                    video_id=job.video_id,
-                    bucket=settings.bucket,
-                    video_key=video.s3_key,
-                    result_key=key,
-                    annotated_video=bool(job.options.get("annotated_video")),
-                )
-            )
+        if video is not None:
+            request_artifacts(work_queue, settings, replace(job, result_key=key, segments_total=len(segments)), video)
     return "succeeded"
+
+
+def request_artifacts(work_queue: MessageQueue, settings: Settings, job: Job, video: Video) -> None:
+    """Ask a worker to write a SUCCEEDED job's artifacts: merge its parts into the result, then
+    insights, exports and pictures (each step idempotent, so asking twice is harmless)."""
+    assert job.result_key is not None
+    work_queue.send(
+        RenderRequest(
+            job_id=job.id,
+            video_id=job.video_id,
+            bucket=settings.bucket,
+            video_key=video.s3_key,
+            result_key=job.result_key,
+            annotated_video=bool(job.options.get("annotated_video")),
+            segments=job.segments_total,
+        )
+    )
+
+
+def _part_heads(store: ObjectStore, job: Job, segments: Sequence[Segment]) -> list[dict[str, Any]]:
+    """Every part's head, read in parallel (tens of small GETs); a part written before heads were
+    (an older worker) is read whole instead."""
+
+    def head_of(segment: Segment) -> dict[str, Any]:
+        try:
+            key = part_head_key(job.video_id, job.id, segment.segment_index)
+            head: dict[str, Any] = json.loads(store.get_bytes(key))
+            return head
+        except ObjectMissing:
+            return part_head(store.get_result(segment.part_key))
+
+    with ThreadPoolExecutor(max_workers=min(16, len(segments))) as pool:
+        return list(pool.map(head_of, segments))
 
 
 def _fail_job(jobs: JobRepository, videos: VideoRepository, job: Job, code: str, reason: str) -> bool:

@@ -15,12 +15,13 @@ MESSAGE_VERSION = 1
 JOB_REQUESTED = "job.requested"  # "jobs" queue: API -> orchestrator
 WORK_ITEM = "work.item"  # "work" queue: orchestrator -> worker
 PROBE_REQUEST = "video.probe"  # "work" queue: orchestrator -> worker, before splitting a job
-RENDER_REQUEST = "job.render"  # "work" queue: recorder -> worker, once a job's result is merged
+RENDER_REQUEST = "job.render"  # "work" queue: recorder -> worker, once a job has SUCCEEDED: merge, insights, pictures
 SEGMENT_SUCCEEDED = "segment.succeeded"  # "events" queue: worker -> recorder
 SEGMENT_FAILED = "segment.failed"
 SEGMENT_PROGRESS = "segment.progress"
 VIDEO_PROBED = "video.probed"  # the probe's answer: `video` holds duration, fps and size
-EVENT_TYPES = (SEGMENT_SUCCEEDED, SEGMENT_FAILED, SEGMENT_PROGRESS, VIDEO_PROBED)
+ARTIFACTS_WRITTEN = "job.artifacts_written"  # a SUCCEEDED job's result, insights, exports, pictures are stored
+EVENT_TYPES = (SEGMENT_SUCCEEDED, SEGMENT_FAILED, SEGMENT_PROGRESS, VIDEO_PROBED, ARTIFACTS_WRITTEN)
 
 MODELS = ("full", "lite")
 MAX_HANDS = 4
@@ -138,6 +139,11 @@ def part_key(video_id: str, job_id: str, segment: int) -> str:
     return f"{results_prefix(video_id, job_id)}parts/{segment:05d}.json.gz"
 
 
+def part_head_key(video_id: str, job_id: str, segment: int) -> str:
+    """A part without its frames (results.part_head), written before the part: the job is finished from these."""
+    return f"{results_prefix(video_id, job_id)}parts/{segment:05d}.head.json"
+
+
 def result_key(video_id: str, job_id: str) -> str:
     return f"{results_prefix(video_id, job_id)}result.json.gz"
 
@@ -159,6 +165,15 @@ PICTURES = {"contact_sheet": "contact_sheet.png", "timeline": "timeline.png", "a
 def picture_key(video_id: str, job_id: str, picture: str) -> str:
     """Where the worker renders a job's pictures: one of PICTURES."""
     return f"{results_prefix(video_id, job_id)}pictures/{PICTURES[picture]}"
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def video_filename(key: str) -> str:
+    """The name a video object's results report it by (and a worker's local copy has): its key's last
+    part, only safe characters. The worker's probe and the orchestrator's container index both use it."""
+    return _UNSAFE_NAME.sub("_", key.rsplit("/", 1)[-1])[-200:].lstrip(".") or "video"
 
 
 def video_prefix(video_id: str) -> str:
@@ -278,8 +293,9 @@ class ProbeRequest:
 
 @dataclass(frozen=True)
 class RenderRequest:
-    """Draw a finished job's pictures (contact sheet, timeline, optionally an annotated video) and
-    store its insights next to its result."""
+    """Write a SUCCEEDED job's artifacts: merge its `segments` parts into the result at `result_key`
+    (unless it is there; 0: merged already), then store its insights and exports and draw its pictures
+    (contact sheet, timeline, optionally an annotated video) next to it."""
 
     job_id: str
     video_id: str
@@ -287,6 +303,7 @@ class RenderRequest:
     video_key: str
     result_key: str
     annotated_video: bool = False
+    segments: int = 0
 
     def to_json(self) -> str:
         return json.dumps({"version": MESSAGE_VERSION, "type": RENDER_REQUEST, **asdict(self)})
@@ -303,6 +320,7 @@ class RenderRequest:
             video_key=_require(body, "video_key", str),
             result_key=_require(body, "result_key", str),
             annotated_video=bool(body.get("annotated_video", False)),
+            segments=int(body.get("segments") or 0),
         )
 
 

@@ -83,14 +83,19 @@ def build_result(
     }
 
 
-def merge_parts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:  # noqa: C901 - every identity check of the merge in one place
-    """Join the parts of one job into the result a single pass over their joint range gives.
+def part_head(part: dict[str, Any]) -> dict[str, Any]:
+    """A part without its frames: what the job's summary, and the checks that its parts form one video,
+    need. The worker stores it next to the part (contracts.part_head_key), so the job can be finished
+    from a few KB per segment instead of from every frame."""
+    return {key: value for key, value in part.items() if key != "frames"}
 
-    Parts must cover adjacent ranges of the same video with the same options: each [start, end) in ms
-    and, from the frame index, [first_index, end_index) in frames, the next starting exactly where one
-    ends. Frames are checked by identity: indices inside their part's range, indices and timestamps
-    strictly increasing across parts. Every refusal names the two segments (by position in time)."""
-    ordered = sorted(parts, key=lambda p: p["range"]["start_ms"])
+
+def check_parts(heads: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The parts (or their heads) in time order, once they are checked to cover adjacent ranges of the
+    same video with the same options: each [start, end) in ms and, from the frame index,
+    [first_index, end_index) in frames, the next starting exactly where one ends. Every refusal
+    (MergeError) names the two segments by position in time."""
+    ordered = sorted(heads, key=lambda p: p["range"]["start_ms"])
     if not ordered:
         raise MergeError("no parts to merge")
     first = ordered[0]
@@ -113,6 +118,67 @@ def merge_parts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:  # noqa: C90
                 f"{pair} do not meet frame for frame ({kind}): segment {number} ends before frame {end_index}, "
                 f"segment {number + 1} starts at frame {first_index}"
             )
+    return ordered
+
+
+def merge_summaries(summaries: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The summary a single pass gives, from its adjacent parts' summaries in time order: totals add
+    up, and a hand range that ends within RANGE_GAP_MS of the next part's first range joins it, exactly
+    as `summarize` joins frames (a range's end is its last frame with hands)."""
+    total: dict[str, Any] = {
+        "frames_processed": 0,
+        "frames_with_hands": 0,
+        "max_hands_in_frame": 0,
+        "hands_seen": 0,
+        "handedness_counts": {},
+        "hand_time_ranges": [],
+    }
+    ranges: list[dict[str, float]] = total["hand_time_ranges"]
+    for summary in summaries:
+        for key in ("frames_processed", "frames_with_hands", "hands_seen"):
+            total[key] += summary[key]
+        total["max_hands_in_frame"] = max(total["max_hands_in_frame"], summary["max_hands_in_frame"])
+        for label, count in summary["handedness_counts"].items():
+            total["handedness_counts"][label] = total["handedness_counts"].get(label, 0) + count
+        for hand_range in summary["hand_time_ranges"]:
+            if ranges and hand_range["start_ms"] - ranges[-1]["end_ms"] <= RANGE_GAP_MS:
+                ranges[-1]["end_ms"] = hand_range["end_ms"]
+            else:
+                ranges.append(dict(hand_range))
+    total["handedness_counts"] = dict(sorted(total["handedness_counts"].items()))
+    return total
+
+
+def merge_heads(heads: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """What the merged result will hold apart from its frames (video, model, options, range, decode,
+    summary, stats), from the parts' heads: the same values merge_parts gives, without reading a frame."""
+    ordered = check_parts(heads)
+    first, last = ordered[0], ordered[-1]
+    incomplete = [p["decode"] for p in ordered if not p["decode"]["complete"]]
+    options = dict(first["options"])
+    options.update(start_ms=first["options"].get("start_ms"), end_ms=last["options"].get("end_ms"))
+    time_range = {"start_ms": first["range"]["start_ms"], "end_ms": last["range"]["end_ms"]}
+    if "first_index" in first["range"]:
+        time_range.update(first_index=first["range"]["first_index"], end_index=last["range"].get("end_index"))
+    return {
+        "format": RESULT_FORMAT,
+        "version": RESULT_VERSION,
+        "video": first["video"],
+        "model": first["model"],
+        "options": options,
+        "range": time_range,
+        "decode": incomplete[0] if incomplete else first["decode"],
+        "summary": merge_summaries(p["summary"] for p in ordered),
+        "stats": _sum_stats(p["stats"] for p in ordered),
+    }
+
+
+def merge_parts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Join the parts of one job into the result a single pass over their joint range gives.
+
+    The parts must pass `check_parts`; their frames are checked by identity too: indices inside their
+    part's range, indices and timestamps strictly increasing across parts."""
+    ordered = check_parts(parts)
     frames: list[dict[str, Any]] = []
     for number, part in enumerate(ordered):
         low, high = part["range"].get("first_index"), part["range"].get("end_index")
@@ -127,22 +193,15 @@ def merge_parts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:  # noqa: C90
                     f"of order (after frame {frames[-1]['index']} at {frames[-1]['timestamp_ms']} ms)"
                 )
             frames.append(frame)
-    stats = _sum_stats(p["stats"] for p in ordered)
-    incomplete = [p["decode"] for p in ordered if not p["decode"]["complete"]]
-    decode = incomplete[0] if incomplete else first["decode"]
-    options = dict(first["options"])
-    options.update(start_ms=first["options"].get("start_ms"), end_ms=ordered[-1]["options"].get("end_ms"))
-    time_range = {"start_ms": first["range"]["start_ms"], "end_ms": ordered[-1]["range"]["end_ms"]}
-    if "first_index" in first["range"]:
-        time_range.update(first_index=first["range"]["first_index"], end_index=ordered[-1]["range"].get("end_index"))
+    head = merge_heads(part_head(p) for p in ordered)
     return build_result(
-        video=first["video"],
-        model=first["model"],
-        options=options,
-        time_range=time_range,
+        video=head["video"],
+        model=head["model"],
+        options=head["options"],
+        time_range=head["range"],
         frames=frames,
-        stats=stats,
-        decode=decode,
+        stats=head["stats"],
+        decode=head["decode"],
     )
 
 

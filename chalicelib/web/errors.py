@@ -14,7 +14,7 @@ from chalicelib.adapters.database import DatabaseUnavailable
 from chalicelib.adapters.migrations import SchemaOutOfDate
 from chalicelib.config import NotConfigured
 from chalicelib.service.common import gone
-from chalicelib.service.errors import ServiceError, Unavailable
+from chalicelib.service.errors import BeingWritten, ServiceError, Unavailable
 from chalicelib.shared.queues import QueueUnavailable
 from chalicelib.shared.storage import ObjectMissing, StorageUnavailable
 
@@ -42,6 +42,8 @@ def map_errors(view: Callable[..., Any]) -> Callable[..., Any]:
             return view(*args, **kwargs)
         except Unavailable as error:
             return error_response(503, error.code, error.message, {"Retry-After": str(error.retry_after_s)})
+        except BeingWritten as error:
+            return error_response(error.status, error.code, error.message, {"Retry-After": str(error.retry_after_s)})
         except ServiceError as error:
             return error_response(error.status, error.code, error.message)
         except ObjectMissing as error:

@@ -12,8 +12,8 @@ from chalicelib.adapters.job_repository import JobRepository
 from chalicelib.adapters.repositories import VideoRepository
 from chalicelib.config import Settings
 from chalicelib.domain.records import Job
-from chalicelib.service.orchestration import dispatch, finish_if_complete
-from chalicelib.shared.contracts import JobRequested, RenderRequest, picture_key
+from chalicelib.service.orchestration import dispatch, finish_if_complete, request_artifacts
+from chalicelib.shared.contracts import JobRequested, picture_key
 from chalicelib.shared.queues import MessageQueue
 from chalicelib.shared.storage import ObjectStore
 
@@ -79,8 +79,8 @@ def resume(  # noqa: C901 - one pass per job state
             logger.exception("could not resume job %s; the sweeper will fail it if it stays stuck", job.id)
             done.failed.append(job.id)
     for job in _jobs(jobs, "SUCCEEDED"):
-        # The contact sheet is drawn last, so its absence means the render did not finish. (A job merged
-        # just now has asked for its pictures already.)
+        # The contact sheet is written last, so its absence means the artifact step did not finish
+        # (it merges the parts first, so a job whose result is not written yet is asked for too).
         if (
             job.id in done.merged
             or job.result_key is None
@@ -88,17 +88,8 @@ def resume(  # noqa: C901 - one pass per job state
         ):
             continue
         video = videos.get(job.video_id)
-        if video is None or store.head(video.s3_key) is None or store.head(job.result_key) is None:
+        if video is None or store.head(video.s3_key) is None:
             continue
-        work_queue.send(
-            RenderRequest(
-                job_id=job.id,
-                video_id=job.video_id,
-                bucket=settings.bucket,
-                video_key=video.s3_key,
-                result_key=job.result_key,
-                annotated_video=bool(job.options.get("annotated_video")),
-            )
-        )
+        request_artifacts(work_queue, settings, job, video)
         done.rendered.append(job.id)
     return done

@@ -243,10 +243,11 @@ def test_delete_removes_objects_and_rows_but_not_while_a_job_runs(env: Env) -> N
     assert status == 409 and "running" in error["message"]
     env.process(job["id"])
     listed = env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"results/{video['id']}/")["KeyCount"]
-    # the probe's frame index, the part, the merged result, the insights, three exports and two pictures
-    assert listed == 9
+    # the probe's frame index, the part and its head, the merged result, the insights, three exports and
+    # two pictures
+    assert listed == 10
     status, done = env.call("DELETE", f"/videos/{video['id']}")
-    assert status == 200 and done["objects_removed"] == 10  # and the video
+    assert status == 200 and done["objects_removed"] == 11  # and the video
     assert env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"results/{video['id']}/")["KeyCount"] == 0
     assert env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"videos/{video['id']}/")["KeyCount"] == 0
     assert env.call("GET", f"/videos/{video['id']}")[0] == 404

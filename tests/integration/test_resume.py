@@ -119,10 +119,12 @@ def test_each_unfinished_state_gets_what_it_lost(moto_endpoint: str, tmp_path: P
         (running.id, 1),
         (running.id, 2),
     ]
-    # The job whose merge was cut off is merged now, and asks for its pictures like any job that succeeds.
+    # The job whose finish was cut off SUCCEEDS now, and asks for its artifacts (the merge first) like any
+    # job that succeeds.
     assert done.merged == [merging.id] and done.failed == []
     merged = jobs.get(merging.id)
     assert merged is not None and merged.status == "SUCCEEDED" and merged.result_key is not None
-    assert store.head(merged.result_key) is not None
-    renders = [m["job_id"] for m in work if m["type"] == "job.render"]
+    assert merged.summary is not None and merged.summary["frames_processed"] == len(part["frames"])
+    renders = {m["job_id"]: m for m in work if m["type"] == "job.render"}
     assert sorted(renders) == sorted([undrawn.id, merging.id])
+    assert renders[merging.id]["segments"] == 1 and renders[merging.id]["result_key"] == merged.result_key

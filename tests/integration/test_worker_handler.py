@@ -364,15 +364,23 @@ def test_the_image_only_check_refuses_what_the_image_lacks(tmp_path: Path) -> No
     assert done.returncode != 0 and "pymysql is not in the worker image" in done.stderr
 
 
-def test_render_request_draws_pictures_and_stores_insights(setup: Setup) -> None:
+def test_render_request_merges_the_parts_draws_pictures_and_stores_insights(setup: Setup) -> None:
+    """The artifact step of a SUCCEEDED job: the parts merged into the result first (it was not
+    written when the job succeeded), then insights, exports and pictures, then one event that says so."""
     from handpipe_worker.engine import process_video
 
-    from chalicelib.shared.contracts import RenderRequest, insights_key, picture_key, result_key
-    from chalicelib.shared.results import to_gzip
+    from chalicelib.shared.contracts import RenderRequest, insights_key, part_key, picture_key, result_key
+    from chalicelib.shared.results import merge_parts, to_gzip
+    from chalicelib.shared.storage import ObjectStore
 
     video_id, job_id = "vid_" + "1" * 32, "job_" + "1" * 32
-    result = process_video(data_path("videos/asl_thanks_two_hands.mkv"), ProcessOptions(), models=MODELS)
-    setup.s3.put_object(Bucket=setup.bucket, Key=result_key(video_id, job_id), Body=to_gzip(result))
+    clip = data_path("videos/asl_thanks_two_hands.mkv")
+    parts = [
+        process_video(clip, ProcessOptions(end_ms=900), models=MODELS),
+        process_video(clip, ProcessOptions(start_ms=900), models=MODELS, warmup_ms=500),
+    ]
+    for number, part in enumerate(parts):
+        setup.s3.put_object(Bucket=setup.bucket, Key=part_key(video_id, job_id, number), Body=to_gzip(part))
     request = RenderRequest(
         job_id=job_id,
         video_id=video_id,
@@ -380,10 +388,13 @@ def test_render_request_draws_pictures_and_stores_insights(setup: Setup) -> None
         video_key="videos/thanks.mkv",
         result_key=result_key(video_id, job_id),
         annotated_video=True,
+        segments=2,
     )
     assert setup.worker.handle_batch({"Records": [record(request.to_json())]}, LambdaContext("worker", 900)) == {
         "batchItemFailures": []
     }
+    result = ObjectStore(setup.s3, setup.bucket).get_result(result_key(video_id, job_id))
+    assert result == merge_parts(parts)
     for name, magic in [("contact_sheet", b"\x89PNG"), ("timeline", b"\x89PNG"), ("annotated_video", b"")]:
         body = setup.s3.get_object(Bucket=setup.bucket, Key=picture_key(video_id, job_id, name))["Body"].read()
         assert len(body) > 1000 and body.startswith(magic)
@@ -397,7 +408,8 @@ def test_render_request_draws_pictures_and_stores_insights(setup: Setup) -> None
     assert lines[1].startswith(f"{job_id},{video_id},")
     for name in ("export.jsonl.gz", "export.parquet"):
         assert setup.s3.head_object(Bucket=setup.bucket, Key=prefix + name)["ContentLength"] > 1000
-    assert setup.events() == []  # pictures change no job state
+    [written] = setup.events()  # the job's state is SUCCEEDED already: this only records that all is there
+    assert (written.type, written.job_id, written.extra["written"]) == ("job.artifacts_written", job_id, 7)
 
 
 def test_probe_fails_a_zero_byte_or_mislabelled_object_at_once_and_indexes_a_real_one(setup: Setup) -> None:

@@ -18,9 +18,11 @@ from chalicelib.shared.contracts import (
     RenderRequest,
     SegmentEvent,
     WorkItem,
+    part_key,
     picture_key,
     result_key,
 )
+from chalicelib.shared.results import merge_parts
 from tests.fakes import QueueDown
 from tests.unit.world import PROBED, World, make_part
 
@@ -286,7 +288,7 @@ def test_progress_counts_frames_and_a_single_segment_learns_its_total() -> None:
     assert world.job(view["id"]).frames_done == 40  # progress never goes back
 
 
-def test_the_last_part_in_merges_the_job_and_asks_for_its_pictures() -> None:
+def test_the_last_part_in_succeeds_the_job_and_asks_for_its_artifacts() -> None:
     world = World().with_settings(max_in_flight_per_job=2)
     job = world.running_job(options={"annotated_video": True})
     first, second = world.work_items()
@@ -300,15 +302,26 @@ def test_the_last_part_in_merges_the_job_and_asks_for_its_pictures() -> None:
     done = world.job(job.id)
     assert done.status == "SUCCEEDED" and done.result_key == result_key(job.video_id, job.id)
     assert done.frames_total == 1250 and done.summary is not None and done.summary["frames_with_hands"] == 625
-    merged = world.store.get_result(done.result_key)
-    assert [f["index"] for f in merged["frames"]] == list(range(1250))
     assert world.video(job.video_id).status == "PROCESSED"
+    # SUCCEEDED from the parts alone: the merged result is the artifact step's to write, asked for here
+    assert world.store.head(done.result_key) is None
     [render] = world.work_queue.take()
     assert isinstance(render, RenderRequest) and render.annotated_video and render.result_key == done.result_key
+    assert render.segments == 3
     assert world.succeed(third) == "already finished"
+    answer = job_result(world.jobs, world.objects, world.settings, job.id, "alice")
+    assert answer["artifacts"] == {"result": False, "insights": False, "exports": False, "pictures": False}
+    assert answer["result"]["url"] is None and answer["summary"]["frames_with_hands"] == 625
+    # what the artifact step writes first: the merge of the parts, whose summary is the job's
+    parts = [world.store.get_result(part_key(job.video_id, job.id, i)) for i in range(3)]
+    merged = merge_parts(parts)
+    assert [f["index"] for f in merged["frames"]] == list(range(1250))
+    assert merged["summary"] == {k: v for k, v in done.summary.items() if k not in ("stats", "decode")}
+    world.store.put_result(done.result_key, merged)
     # the result answers with signed URLs, pictures null until a worker has drawn them
     world.store.put_bytes(picture_key(job.video_id, job.id, "timeline"), b"png", "image/png")
     answer = job_result(world.jobs, world.objects, world.settings, job.id, "alice")
+    assert answer["artifacts"]["result"] and not answer["artifacts"]["pictures"] and answer["result"]["url"]
     assert answer["pictures"]["timeline"] and answer["pictures"]["contact_sheet"] is None
     with pytest.raises(NotFound):
         job_result(world.jobs, world.objects, world.settings, job.id, "bob")

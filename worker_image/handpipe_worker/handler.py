@@ -4,9 +4,9 @@ part to S3 and reports on the "events" queue. It never touches the DB."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,6 +16,7 @@ from typing import Any
 from chalicelib.shared import telemetry as shared_telemetry
 from chalicelib.shared.cancellation import CancelCheck
 from chalicelib.shared.contracts import (
+    ARTIFACTS_WRITTEN,
     PROBE_REQUEST,
     RENDER_REQUEST,
     SEGMENT_FAILED,
@@ -30,10 +31,14 @@ from chalicelib.shared.contracts import (
     WorkItem,
     decode_body,
     frame_index_key,
+    part_head_key,
+    part_key,
     picture_key,
+    video_filename,
     work_message_type,
 )
 from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.results import MergeError, merge_parts, part_head
 from chalicelib.shared.storage import ObjectMissing, ObjectStore, RangedReader, StorageUnavailable
 
 from .engine import StoppedEarly, VideoDecodeError, process_video
@@ -42,12 +47,10 @@ from .models import ModelCache, ModelError
 from .video import FrameIndex, VideoFile, VideoInfo
 
 logger = logging.getLogger("handpipe.worker")
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def _local_name(key: str) -> str:
-    """The file keeps its name, which the result reports; only safe characters reach the filesystem."""
-    return _UNSAFE_NAME.sub("_", os.path.basename(key))[-200:].lstrip(".") or "video"
+    return video_filename(key)
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,13 @@ def _probe_name(request: ProbeRequest) -> str:
 
 
 def _render_name(request: RenderRequest) -> str:
-    return f"rendering the pictures of job {request.job_id}"
+    return f"writing the artifacts of job {request.job_id}"
 
 
 def _give_up_render(request: RenderRequest, error: Exception, attempt: int) -> None:
-    """Pictures are extras of a job that has already SUCCEEDED: giving up on them is only logged,
-    never turned into a failed job."""
-    logger.error("gave up on the pictures of job %s after %d attempts: %s", request.job_id, attempt, error)
+    """The job has SUCCEEDED already (its summary is known, its frames are served from the parts): giving
+    up is logged, never turned into a failed job, and the sweeper asks for the artifacts again later."""
+    logger.error("gave up on the artifacts of job %s after %d attempts: %s", request.job_id, attempt, error)
 
 
 class Worker:
@@ -213,19 +216,46 @@ class Worker:
         self._send_failure(request.job_id, request.video_id, 0, "worker_error", f"probe failed: {error}", attempt)
 
     def _render(self, request: RenderRequest, context: Any, attempt: int) -> None:
-        self.render(request)
+        try:
+            written = self.render(request)
+        except MergeError as error:
+            # The parts' heads formed one video when the job SUCCEEDED; their frames do not. Every retry
+            # would fail the same way, so it is logged with the reason (for an operator), not retried.
+            logger.error("the parts of job %s do not merge: %s", request.job_id, error)
+            return
+        self.events.send(
+            SegmentEvent(
+                type=ARTIFACTS_WRITTEN,
+                job_id=request.job_id,
+                video_id=request.video_id,
+                segment=0,
+                attempt=attempt,
+                extra={"written": len(written)},
+            )
+        )
+
+    def _merged_result(self, store: ObjectStore, request: RenderRequest) -> dict[str, Any]:
+        """The job's full result: stored already, or merged here from its parts and stored. The job
+        SUCCEEDED before this (off its critical path); every step here is idempotent, so a redelivery
+        after a crash writes the same bytes again."""
+        if request.segments and store.head(request.result_key) is None:
+            parts = (store.get_result(part_key(request.video_id, request.job_id, i)) for i in range(request.segments))
+            result = merge_parts(parts)
+            store.put_result(request.result_key, result)
+            return result
+        return store.get_result(request.result_key)
 
     def render(self, request: RenderRequest) -> list[str]:
-        """Store the job's insights and exports and draw its pictures next to its result; returns the keys.
-        The API writes a small job's export itself when asked, but a large one takes longer than an API
-        request may, so every export is written here once the job has succeeded."""
+        """Store the job's merged result, its insights and exports, and draw its pictures next to it;
+        returns the keys, the contact sheet last. The API writes a small job's export itself when asked,
+        but a large one takes longer than an API request may, so every export is written here."""
         from chalicelib.shared.artifacts import write_artifacts
         from chalicelib.shared.insights import analyze
 
         from .pictures import annotated_video, contact_sheet, timeline_png
 
         store = ObjectStore(self.s3, request.bucket)
-        result = store.get_result(request.result_key)
+        result = self._merged_result(store, request)
         insights = analyze(result)
         artifacts = write_artifacts(
             store, video_id=request.video_id, job_id=request.job_id, result=result, insights=insights
@@ -375,6 +405,9 @@ class Worker:
         except StoppedEarly as error:
             self._report_stopped(item, error, attempt, cancelled=cancelled.cancelled)
             return
+        # The head first: a part that exists always has one, for the job's summary (orchestration).
+        head = part_head_key(item.video_id, item.job_id, item.segment)
+        store.put_bytes(head, _head_bytes(result), "application/json")
         store.put_result(item.part_key, result)
         shared_telemetry.metric(shared_telemetry.FRAMES_PROCESSED, result["stats"]["frames_processed"])
         shared_telemetry.metric(shared_telemetry.SEGMENT_SECONDS, self.clock() - began, shared_telemetry.SECONDS)
@@ -432,6 +465,10 @@ class Worker:
 
     def _report_failure(self, item: WorkItem, code: str, reason: str, attempt: int) -> None:
         self._send_failure(item.job_id, item.video_id, item.segment, code, reason, attempt)
+
+
+def _head_bytes(part: dict[str, Any]) -> bytes:
+    return json.dumps(part_head(part), separators=(",", ":")).encode()
 
 
 _WORKER: Worker | None = None

@@ -5,9 +5,7 @@ videos only through here, so a frame is the same frame everywhere (a segment, a 
 from __future__ import annotations
 
 import bisect
-import gzip
 import io
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -20,8 +18,7 @@ import av
 import av.error
 import numpy as np
 
-INDEX_FORMAT = "handpipe.frame_index"
-INDEX_VERSION = 1
+from chalicelib.shared.frame_index import decode_index, encode_index
 
 VideoSource = str | os.PathLike[str] | io.IOBase | IO[bytes]  # a path, or a seekable binary file
 
@@ -99,29 +96,11 @@ class FrameIndex:
         return cls(time_base, start_pts, pts, end)
 
     def to_bytes(self) -> bytes:
-        # PTS as differences: a long video's index compresses to a few bytes a frame.
-        deltas = [b - a for a, b in zip((self.start_pts, *self.pts), self.pts, strict=False)]
-        body = {
-            "format": INDEX_FORMAT,
-            "version": INDEX_VERSION,
-            "time_base": [self.time_base.numerator, self.time_base.denominator],
-            "start_pts": self.start_pts,
-            "end_pts": self.end_pts,
-            "pts_deltas": deltas,
-        }
-        return gzip.compress(json.dumps(body, separators=(",", ":")).encode(), mtime=0)
+        return encode_index(self.time_base, self.start_pts, self.pts, self.end_pts)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FrameIndex:
-        body = json.loads(gzip.decompress(data))
-        if body.get("format") != INDEX_FORMAT or body.get("version") != INDEX_VERSION:
-            raise ValueError("not a handpipe frame index")
-        pts: list[int] = []
-        value = int(body["start_pts"])
-        for delta in body["pts_deltas"]:
-            value += int(delta)
-            pts.append(value)
-        return cls(Fraction(*body["time_base"]), int(body["start_pts"]), tuple(pts), int(body["end_pts"]))
+        return cls(*decode_index(data))
 
 
 @dataclass(frozen=True)
