@@ -17,6 +17,7 @@ from handpipe_worker.engine import process_video
 from handpipe_worker.models import ModelCache
 
 from chalicelib.shared.contracts import ProcessOptions
+from tests.support.gesture_model import build_gesture_recognizer_task
 from tests.support.paths import data_path
 
 pytestmark = pytest.mark.slow
@@ -161,3 +162,13 @@ def test_a_sparse_look_at_handless_frames_goes_back_over_the_frames_between(tmp_
     assert min(with_hands(exact)) == 31
     assert counts(adaptive) == counts(exact)
     assert max(landmark_diffs(exact, adaptive)) <= TOLERANCE
+
+
+def test_a_gesture_recognizer_runs_adaptive_too_and_names_every_hands_gesture(tmp_path: Path) -> None:
+    task = str(build_gesture_recognizer_task(tmp_path / "gesture_recognizer.task"))
+    clip = data_path("videos/one_hand_wave_portrait.mp4")
+    exact = run(clip, model_uri=task, end_ms=2000)
+    adaptive = run(clip, model_uri=task, end_ms=2000, detection="adaptive")
+    assert with_hands(exact) and with_hands(adaptive) == with_hands(exact)
+    assert max(landmark_diffs(exact, adaptive)) <= TOLERANCE
+    assert all("gesture" in hand for frame in adaptive["frames"] for hand in frame["hands"])
