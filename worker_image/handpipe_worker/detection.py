@@ -146,7 +146,7 @@ class AdaptiveDetector:
         smaller = self._tracker(len(hands))
         self._count("switch")
         again = smaller.detect(image)
-        if len(again) == len(hands) and all(_same_hand(a, b) for a, b in zip(again, hands, strict=True)):
+        if len(again) == len(hands) and all(any(_same_hand(a, b) for b in hands) for a in again):
             self._active = len(hands)
             self._last_check_ms = ms
             self._clear(self._tracker(self.num_hands))
