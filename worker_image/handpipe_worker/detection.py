@@ -22,6 +22,7 @@ MakeTask = Callable[[int, bool], Task]  # (num_hands, video) -> task
 # Measured in docs/performance.md ("Adaptive detection").
 SCAN_EVERY = 3
 
+MASK_MARGIN = 0.1  # of a hand's landmark box, each side: enough to hide its palm from the detector
 _BLANK_SIDE = 64  # a black picture makes a tracker drop what it tracks (MediaPipe finds no hand in it)
 
 
@@ -170,7 +171,10 @@ class AdaptiveDetector:
                 self._active = self.num_hands  # tracking nothing, like the landmarker of num_hands
         elif ms - self._last_check_ms >= self.interval_ms:
             self._last_check_ms = ms
-            new = [h for h in self._check(image, ms, "check") if not any(_same_hand(h, k) for k in hands)]
+            # The tracked hands are blacked out, as MediaPipe's own detector ignores palms on them: the
+            # look is then a palm detection alone unless another hand is there.
+            masked = _masked(image, hands)
+            new = [h for h in self._check(masked, ms, "check") if not any(_same_hand(h, k) for k in hands)]
             if new:
                 hands = (hands + new)[: self.num_hands]
                 self._hand_up(image)
@@ -195,6 +199,22 @@ class AdaptiveDetector:
                 return
             self._count("clear")
             tracker.detect(self._blank)
+
+
+def _masked(image: Any, hands: Hands) -> Any:
+    """A copy of the frame with each hand's landmark box, grown by MASK_MARGIN of its size each side,
+    painted black."""
+    from mediapipe import Image, ImageFormat
+
+    pixels = np.array(image.numpy_view())
+    height, width = pixels.shape[:2]
+    for hand in hands:
+        x0, y0, x1, y1 = _box(hand)
+        grow_x, grow_y = (x1 - x0) * MASK_MARGIN, (y1 - y0) * MASK_MARGIN
+        left, right = max(0, int((x0 - grow_x) * width)), min(width, int((x1 + grow_x) * width) + 1)
+        top, bottom = max(0, int((y0 - grow_y) * height)), min(height, int((y1 + grow_y) * height) + 1)
+        pixels[top:bottom, left:right] = 0
+    return Image(image_format=ImageFormat.SRGB, data=pixels)
 
 
 def _box(hand: dict[str, Any]) -> tuple[float, float, float, float]:
