@@ -17,11 +17,6 @@ Hands = list[dict[str, Any]]
 Task = tuple[Callable[[Any, int], Hands], Callable[[], None]]
 MakeTask = Callable[[int, bool], Task]  # (num_hands, video) -> task
 
-# With no hand in view the frames are looked at this often; a hand found sends the detector back
-# over the frames between, so a hand shown for at least this many frames is never missed.
-# Measured in docs/performance.md ("Adaptive detection").
-SCAN_EVERY = 3
-
 MASK_MARGIN = 0.1  # of a hand's landmark box, each side: enough to hide its palm from the detector
 _BLANK_SIDE = 64  # a black picture makes a tracker drop what it tracks (MediaPipe finds no hand in it)
 
@@ -69,8 +64,9 @@ class AdaptiveDetector:
     make: MakeTask
     num_hands: int
     interval_ms: float
-    scan_every: int = SCAN_EVERY
-    counts: dict[str, int] = field(default_factory=dict)  # inferences by reason, for the stats
+    # With no hand in view, look at every scan_every-th frame only and go back over the frames between
+    # when one is found: a hand in view for fewer frames can be missed (docs/performance.md).
+    scan_every: int = 1
     _trackers: dict[int, _Tracker] = field(default_factory=dict)
     _active: int = 0  # num_hands of the tracker in use
     _previous: Hands = field(default_factory=list)  # what the tracker in use returned last
@@ -88,15 +84,11 @@ class AdaptiveDetector:
             self._trackers[hands] = _Tracker(run, close)
         return self._trackers[hands]
 
-    def _check(self, image: Any, ms: float, reason: str) -> Hands:
+    def _check(self, image: Any, ms: float) -> Hands:
         """Every hand the palm detector finds on this frame, from no state (IMAGE mode)."""
         if self._checker is None:
             self._checker = self.make(self.num_hands, False)
-        self._count(reason)
         return self._checker[0](image, int(ms))
-
-    def _count(self, reason: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
 
     def close(self) -> None:
         for tracker in self._trackers.values():
@@ -125,7 +117,7 @@ class AdaptiveDetector:
         it; a hand there, and every kept frame goes through the landmarker of num_hands in order
         (tracking nothing, its state is right for the first of them)."""
         kept, self._kept = self._kept, []
-        if not self._check(kept[-1].image, kept[-1].ms, "scan"):
+        if not self._check(kept[-1].image, kept[-1].ms):
             return [(frame.key, []) for frame in kept]
         return [(frame.key, self._frame(frame.image, frame.ms)) for frame in kept]
 
@@ -134,7 +126,6 @@ class AdaptiveDetector:
             return self._tracked(image, ms)
         full = self._tracker(self.num_hands)
         seeding = full.count == 0
-        self._count("frame")
         hands = full.detect(image)
         if seeding and 0 < len(hands) < self.num_hands:
             self._hand_down(image, ms, hands)
@@ -145,7 +136,6 @@ class AdaptiveDetector:
         """Hands just seeded by the landmarker of num_hands go to the one of their number, which
         seeds the same hands from the same frame (both start from no state)."""
         smaller = self._tracker(len(hands))
-        self._count("switch")
         again = smaller.detect(image)
         if len(again) == len(hands) and all(any(_same_hand(a, b) for b in hands) for a in again):
             self._active = len(hands)
@@ -157,13 +147,12 @@ class AdaptiveDetector:
     def _tracked(self, image: Any, ms: float) -> Hands:
         """1..num_hands-1 hands are tracked by the landmarker of their number."""
         tracker = self._tracker(self._active)
-        self._count("tracked")
         hands = tracker.detect(image)
         if len(hands) < len(self._previous):
             # Lost as in exact mode; hands elsewhere on this frame exact mode's palm detector finds now.
             self._last_check_ms = ms
             gone = [hand for hand in self._previous if not any(_same_hand(hand, h) for h in hands)]
-            new = [h for h in self._check(image, ms, "lost") if not any(_same_hand(h, k) for k in hands + gone)]
+            new = [h for h in self._check(image, ms) if not any(_same_hand(h, k) for k in hands + gone)]
             hands = (hands + new)[: self.num_hands]
             if new:
                 self._hand_up(image)
@@ -174,7 +163,7 @@ class AdaptiveDetector:
             # The tracked hands are blacked out, as MediaPipe's own detector ignores palms on them: the
             # look is then a palm detection alone unless another hand is there.
             masked = _masked(image, hands)
-            new = [h for h in self._check(masked, ms, "check") if not any(_same_hand(h, k) for k in hands)]
+            new = [h for h in self._check(masked, ms) if not any(_same_hand(h, k) for k in hands)]
             if new:
                 hands = (hands + new)[: self.num_hands]
                 self._hand_up(image)
@@ -185,7 +174,6 @@ class AdaptiveDetector:
         """The landmarker of num_hands tracks from here: it seeds every hand on this frame afresh."""
         self._clear(self._tracker(self._active))
         self._active = self.num_hands
-        self._count("switch")
         self._tracker(self.num_hands).detect(image)
 
     def _clear(self, tracker: _Tracker) -> None:
@@ -197,7 +185,6 @@ class AdaptiveDetector:
         for _ in range(3):
             if not tracker.count:
                 return
-            self._count("clear")
             tracker.detect(self._blank)
 
 
