@@ -106,11 +106,12 @@ def test_two_hand_footage_keeps_every_frame_with_hands_and_differs_only_after_a_
 def test_a_segment_with_its_warm_up_gives_the_exact_modes_frames_and_landmarks() -> None:
     """How a job runs: a time range, with frames before it fed to the trackers and not reported."""
     path = data_path("videos/one_hand_landscape.mp4")
-    segment = {"start_ms": 3000, "end_ms": 6000}
-    exact = process_video(path, ProcessOptions(**segment), models=MODELS, warmup_ms=1000)
-    adaptive = process_video(
-        path, ProcessOptions(**segment, detection="adaptive", detection_scan_frames=3), models=MODELS, warmup_ms=1000
+    segment = ProcessOptions(start_ms=3000, end_ms=6000)
+    exact = process_video(path, segment, models=MODELS, warmup_ms=1000)
+    adaptive_options = ProcessOptions.from_dict(
+        {**segment.to_dict(), "detection": "adaptive", "detection_scan_frames": 3}
     )
+    adaptive = process_video(path, adaptive_options, models=MODELS, warmup_ms=1000)
     assert [f["index"] for f in adaptive["frames"]] == [f["index"] for f in exact["frames"]]
     assert exact["frames"][0]["timestamp_ms"] >= 3000 and len(exact["frames"]) == 75
     assert counts(adaptive) == counts(exact) and with_hands(exact)
