@@ -257,7 +257,8 @@ def process_video(  # noqa: C901 - the frame loop keeps decode, warm-up, samplin
     Frames in the `warmup_ms` before start_ms go through the tracker but are not reported, so a
     segment starts with the tracking state a single pass would have there. A time range needs the
     video's frame index (built here when not given), so that a frame's index is its position in the
-    whole video whatever the range; a whole-video pass reads from the first frame and counts."""
+    whole video whatever the range; a whole-video pass reads from the first frame and counts.
+    `options.detection` picks MediaPipe's own way ("exact") or detection.py's ("adaptive")."""
     options = options or ProcessOptions()
     models = models or default_models()
     bundle = models.get(options.model, options.model_uri)
