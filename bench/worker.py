@@ -10,9 +10,12 @@ Contenders, all in one run:
 plus a pure-Python CPU calibration (1 process vs N at once) to tell what speed-up the machine can give, and
 the cold-start cost (import mediapipe + create the landmarker) measured in a fresh interpreter.
 
-Prints progress to stderr, a table and one `RESULT key=value ...` line to stdout. Exits 1 if the engine
-finds fewer frames with hands than the naive loop, or if the N-process run loses frames the single pass
-found. See bench/README.md.
+Then exact against adaptive detection on the shared clips (bench/adaptive.py): CPU per frame, frames with
+hands, frames whose hand count differs, landmark differences.
+
+Prints progress to stderr, tables and one `RESULT key=value ...` line to stdout. Exits 1 if the engine
+finds fewer frames with hands than the naive loop, if the N-process run loses frames the single pass
+found, or if adaptive detection (first --adaptive-scan-frames value) loses any. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import adaptive
 import cv2
 from common import data_dir, exit_status, log, print_header, print_result, timed, write_looped
 from handpipe_worker.engine import probe, process_video
@@ -268,6 +272,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="N for the N-process run")
     parser.add_argument(
+        "--adaptive-scan-frames",
+        default="1,3",
+        help="detection_scan_frames values for the exact-against-adaptive comparison on the shared clips ('' skips it)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -295,6 +304,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _best(rows: Sequence[Row]) -> Row:
     """The least disturbed round: on a shared machine other users only ever slow a run down."""
     return min(rows, key=lambda row: row.wall_s)
+
+
+def _least_cpu(rows: Sequence[Row]) -> Row:
+    """The round with the least CPU: the same frames through the same code, so the rest is contention."""
+    return min(rows, key=lambda row: row.cpu_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -393,6 +407,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             calibration_speedup, cal_1, cal_n = calibrate(pool, n)
 
+    scans = [int(v) for v in args.adaptive_scan_frames.split(",") if v.strip()]
+    adaptive_rows = (
+        adaptive.run(adaptive.shared_clips(), options.detection_interval_ms, scans, args.rounds) if scans else []
+    )
+
     # Detections are compared on the last round's results (every round sees the same frames).
     naive, engine, nproc = _best(naive_rows), _best(engine_rows), _best(nproc_rows)
     diff = compare_frames(single, merged)
@@ -402,7 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     ratio = engine.fps / naive.fps if naive.fps else 0.0
-    ratio_cpu = (engine.frames / engine.cpu_s) / (naive.frames / naive.cpu_s) if engine.cpu_s and naive.cpu_s else 0.0
+    naive_cpu, engine_cpu = _least_cpu(naive_rows), _least_cpu(engine_rows)
+    ratio_cpu = (
+        (engine_cpu.frames / engine_cpu.cpu_s) / (naive_cpu.frames / naive_cpu.cpu_s) if engine_cpu.cpu_s else 0.0
+    )
     speedup = nproc.fps / engine.fps if engine.fps else 0.0
     efficiency = speedup / calibration_speedup if calibration_speedup else 0.0
     work_efficiency = engine.cpu_s / nproc.cpu_s if nproc.cpu_s else 0.0  # CPU the split costs on top
@@ -422,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{rows[0].name} fps by round: {', '.join(f'{row.fps:.2f}' for row in rows)}")
     print(
         f"engine 1 proc: decode {engine.notes['decode_s']:.2f} s, inference {engine.notes['inference_s']:.2f} s; "
-        f"frames per CPU second engine/naive {ratio_cpu:.2f}"
+        f"frames per CPU second engine/naive {ratio_cpu:.3f} (each one's least-CPU round: "
+        f"naive {naive_cpu.cpu_s:.2f} s, engine {engine_cpu.cpu_s:.2f} s)"
     )
     print(
         f"engine {n} proc: {nproc.notes['workers']} workers, segment wall s {nproc.notes['segment_wall_s']}, "
@@ -433,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{calibration_speedup:.2f}x ({cal_1:.2f} s vs {cal_n:.2f} s); efficiency {efficiency:.2f}; "
         f"work efficiency (1-proc CPU s / {n}-proc CPU s) {work_efficiency:.2f}"
     )
+    adaptive.print_rows(adaptive_rows, options.detection_interval_ms)
     print(f"single vs merged frames: {diff}; naive vs engine frames with a different hand count: {naive_vs_engine}")
     print(
         f"cold start (fresh interpreter): import mediapipe {cold['import_s']:.2f} s + model bundle "
@@ -481,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "nproc_others_cores": _round(nproc.others_cores),
         "cold_start_s": round(cold["total_s"], 3),
     }
+    result.update(adaptive.result_keys(adaptive_rows, scans))
     print_result(result)
 
     failures = []
@@ -488,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failures.append(f"the engine found hands in {engine.with_hands} frames, the naive loop in {naive.with_hands}")
     if diff["lost_frames"] > 0:
         failures.append(f"the {n}-process run lost {diff['lost_frames']} frames the single pass found ({diff})")
+    failures += adaptive.failures(adaptive_rows, scans)
     return exit_status(failures)
 
 

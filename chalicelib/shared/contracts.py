@@ -25,6 +25,11 @@ EVENT_TYPES = (SEGMENT_SUCCEEDED, SEGMENT_FAILED, SEGMENT_PROGRESS, VIDEO_PROBED
 
 MODELS = ("full", "lite")
 MAX_HANDS = 4
+# "exact": MediaPipe's landmarker of num_hands on every frame. "adaptive": hands already found are
+# tracked without palm detection, which looks for new ones every detection_interval_ms (worker
+# detection.py; trade-offs in docs/performance.md).
+DETECTION_MODES = ("exact", "adaptive")
+MAX_SCAN_FRAMES = 10
 
 _ID_PATTERN = re.compile(r"^[a-z]{1,4}_[0-9a-f]{32}$")
 
@@ -56,6 +61,9 @@ class ProcessOptions:
     end_ms: int | None = None
     model_uri: str | None = None  # a hand_landmarker.task or gesture_recognizer.task: local path or s3:// URI
     annotated_video: bool = False  # jobs only: also render the video with the landmarks drawn
+    detection: str = "exact"
+    detection_interval_ms: int = 300  # adaptive: a new hand is found at most this late
+    detection_scan_frames: int = 1  # adaptive, no hand in view: look at every Nth frame, then go back
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None, *, allow_empty_range: bool = False) -> ProcessOptions:  # noqa: C901 - one check per documented option, naming every problem found
@@ -90,6 +98,13 @@ class ProcessOptions:
         number("sample_fps", integer=False, low=0.01, high=1000)
         number("start_ms", integer=True, low=0, high=24 * 3600 * 1000)
         number("end_ms", integer=True, low=1, high=24 * 3600 * 1000)
+        number("detection_interval_ms", integer=True, low=1, high=60_000)
+        number("detection_scan_frames", integer=True, low=1, high=MAX_SCAN_FRAMES)
+        if raw.get("detection") is not None:
+            if raw["detection"] not in DETECTION_MODES:
+                problems.append(f"detection must be one of {', '.join(DETECTION_MODES)}, got {raw['detection']!r}")
+            else:
+                values["detection"] = raw["detection"]
         if "model" in raw and raw["model"] is not None:
             if raw["model"] not in MODELS:
                 problems.append(f"model must be one of {', '.join(MODELS)}, got {raw['model']!r}")

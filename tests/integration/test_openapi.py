@@ -215,6 +215,17 @@ OPTION_CASES: list[dict[str, Any]] = [
     {"model_uri": ""},
     {"model_uri": 7},
     {"model_uri": "s3://b/" + "x" * 1020 + ".task"},
+    {"detection": "exact"},
+    {"detection": "adaptive", "detection_interval_ms": 1, "detection_scan_frames": 10},
+    {"detection": "fast"},
+    {"detection": None, "detection_interval_ms": None},
+    {"detection_interval_ms": 60_000},
+    {"detection_interval_ms": 0},
+    {"detection_interval_ms": 60_001},
+    {"detection_interval_ms": 300.5},
+    {"detection_scan_frames": 0},
+    {"detection_scan_frames": 11},
+    {"detection_scan_frames": "3"},
     {"bogus": 1},
 ]
 

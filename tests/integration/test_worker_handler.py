@@ -111,6 +111,16 @@ def test_work_item_writes_its_part_and_reports_success(setup: Setup) -> None:
     assert event.frames_processed == 51 and event.video and event.video["container"] == "mkv"
 
 
+def test_a_work_items_detection_options_reach_the_engine(setup: Setup) -> None:
+    item = setup.item("videos/thanks.mkv", detection="adaptive", detection_interval_ms=200)
+    setup.worker.handle_batch({"Records": [record(item.to_json())]}, LambdaContext("worker", 900))
+    part = from_gzip(setup.s3.get_object(Bucket=setup.bucket, Key=item.part_key)["Body"].read())
+    jsonschema.validate(part, SCHEMA)
+    assert (part["options"]["detection"], part["options"]["detection_interval_ms"]) == ("adaptive", 200)
+    assert len(part["frames"]) == 51 and part["summary"]["frames_with_hands"] == 51  # every frame has hands
+    setup.events()
+
+
 def test_redelivered_item_does_not_process_or_write_again(setup: Setup) -> None:
     item = setup.item("videos/thanks.mkv", end_ms=500)
     setup.worker.handle_batch({"Records": [record(item.to_json())]}, LambdaContext("worker", 900))

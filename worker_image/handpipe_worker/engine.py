@@ -18,6 +18,7 @@ import numpy as np
 from chalicelib.shared.contracts import ProcessOptions
 from chalicelib.shared.results import build_result, expected_frames, finish_stats
 
+from .detection import AdaptiveDetector
 from .models import GESTURE_RECOGNIZER, ModelBundle, ModelCache
 from .video import FrameIndex, VideoDecodeError, VideoFile, VideoInfo, VideoSource
 from .video import probe as probe_video
@@ -137,15 +138,18 @@ class _Sampler:
 
 class _Detector:
     """MediaPipe's HandLandmarker, or its GestureRecognizer when the bundle is a gesture_recognizer.task:
-    the same hand models and options, one call per frame; `gestures` tells whether hands carry one."""
+    the same hand models and options, one call per frame; `gestures` tells whether hands carry one.
+    VIDEO mode tracks hands from frame to frame; IMAGE mode (`video=False`) detects afresh each call."""
 
-    def __init__(self, bundle: ModelBundle, options: ProcessOptions) -> None:
+    def __init__(
+        self, bundle: ModelBundle, options: ProcessOptions, num_hands: int | None = None, video: bool = True
+    ) -> None:
         from mediapipe.tasks.python import BaseOptions, vision  # heavy import, deferred to first use
 
         common = {
             "base_options": BaseOptions(model_asset_buffer=bundle.data),
-            "running_mode": vision.RunningMode.VIDEO,
-            "num_hands": options.num_hands,
+            "running_mode": vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
+            "num_hands": num_hands or options.num_hands,
             "min_hand_detection_confidence": options.min_detection_confidence,
             "min_hand_presence_confidence": options.min_presence_confidence,
             "min_tracking_confidence": options.min_tracking_confidence,
@@ -154,16 +158,51 @@ class _Detector:
         if self.gestures:
             recognizer = vision.GestureRecognizer.create_from_options(vision.GestureRecognizerOptions(**common))
             self._task: Any = recognizer
-            self._detect: Callable[[Any, int], Any] = recognizer.recognize_for_video
+            self._detect: Callable[[Any, int], Any] = (
+                recognizer.recognize_for_video if video else lambda image, _ms: recognizer.recognize(image)
+            )
         else:
             landmarker = vision.HandLandmarker.create_from_options(vision.HandLandmarkerOptions(**common))
-            self._task, self._detect = landmarker, landmarker.detect_for_video
+            self._task = landmarker
+            self._detect = landmarker.detect_for_video if video else lambda image, _ms: landmarker.detect(image)
 
     def detect(self, image: Any, timestamp_ms: int) -> list[dict[str, Any]]:
         return _hands(self._detect(image, timestamp_ms), self.gestures)
 
     def close(self) -> None:
         self._task.close()
+
+
+class _ExactDetector:
+    """Every frame through the landmarker of num_hands, as MediaPipe does it; hands come out at once."""
+
+    def __init__(self, bundle: ModelBundle, options: ProcessOptions) -> None:
+        self._detector = _Detector(bundle, options)
+        self._last_feed_ms = -1
+
+    def push(self, key: Any, image: Any, ms: float) -> list[tuple[Any, list[dict[str, Any]]]]:
+        # detect_for_video needs strictly increasing integer timestamps
+        self._last_feed_ms = max(int(ms), self._last_feed_ms + 1)
+        return [(key, self._detector.detect(image, self._last_feed_ms))]
+
+    def finish(self) -> list[tuple[Any, list[dict[str, Any]]]]:
+        return []
+
+    def close(self) -> None:
+        self._detector.close()
+
+
+def _frame_detector(bundle: ModelBundle, options: ProcessOptions) -> _ExactDetector | AdaptiveDetector:
+    if options.detection != "adaptive":
+        return _ExactDetector(bundle, options)
+
+    def make(num_hands: int, video: bool) -> tuple[Callable[[Any, int], list[dict[str, Any]]], Callable[[], None]]:
+        detector = _Detector(bundle, options, num_hands, video)
+        return detector.detect, detector.close
+
+    return AdaptiveDetector(
+        make, options.num_hands, float(options.detection_interval_ms), options.detection_scan_frames
+    )
 
 
 def _rounded(points: Any) -> list[list[float]]:
@@ -218,7 +257,8 @@ def process_video(  # noqa: C901 - the frame loop keeps decode, warm-up, samplin
     Frames in the `warmup_ms` before start_ms go through the tracker but are not reported, so a
     segment starts with the tracking state a single pass would have there. A time range needs the
     video's frame index (built here when not given), so that a frame's index is its position in the
-    whole video whatever the range; a whole-video pass reads from the first frame and counts."""
+    whole video whatever the range; a whole-video pass reads from the first frame and counts.
+    `options.detection` picks MediaPipe's own way ("exact") or detection.py's ("adaptive")."""
     options = options or ProcessOptions()
     models = models or default_models()
     bundle = models.get(options.model, options.model_uri)
@@ -242,17 +282,27 @@ def process_video(  # noqa: C901 - the frame loop keeps decode, warm-up, samplin
             # The sampler must see every frame in order, so it is asked before the range checks.
             return sampler.keep(frame_index, timestamp_ms) and feed_from_ms <= timestamp_ms < end_ms
 
-        detector = _Detector(bundle, options)
+        detector = _frame_detector(bundle, options)
         from mediapipe import Image, ImageFormat
 
         frames: list[dict[str, Any]] = []
         decoded = with_hands = 0
         decode_s = inference_s = 0.0
-        last_feed_ms = -1
         last_ts: float | None = None
         last_index = -1
         end_index: int | None = None
         seen: list[tuple[int, int]] = []  # a whole-video pass learns every frame's PTS as it goes
+
+        def report(done: list[tuple[Any, list[dict[str, Any]]]]) -> None:
+            nonlocal with_hands
+            for (frame_index, timestamp_ms), hands in done:
+                if timestamp_ms < start_ms:
+                    continue  # warm-up frame: tracked, not reported
+                with_hands += bool(hands)
+                frames.append({"index": frame_index, "timestamp_ms": round(timestamp_ms, 3), "hands": hands})
+                if progress is not None and len(frames) % progress_every == 0:
+                    progress(len(frames), expected)
+
         try:
             for item in _decode_ahead(_decoded(video, index, feed_from_ms, wanted), DECODE_AHEAD):
                 decoded += 1
@@ -269,16 +319,14 @@ def process_video(  # noqa: C901 - the frame loop keeps decode, warm-up, samplin
                 if should_stop is not None and (reason := should_stop()):
                     raise StoppedEarly(reason, len(frames), frames[-1]["timestamp_ms"] if frames else None)
                 started = time.perf_counter()
-                feed_ms = max(int(item.timestamp_ms), last_feed_ms + 1)
-                last_feed_ms = feed_ms
-                hands = detector.detect(Image(image_format=ImageFormat.SRGB, data=item.image), feed_ms)
+                image = Image(image_format=ImageFormat.SRGB, data=item.image)
+                done = detector.push((item.index, item.timestamp_ms), image, item.timestamp_ms)
                 inference_s += time.perf_counter() - started
-                if item.timestamp_ms < start_ms:
-                    continue  # warm-up frame: tracked, not reported
-                with_hands += bool(hands)
-                frames.append({"index": item.index, "timestamp_ms": round(item.timestamp_ms, 3), "hands": hands})
-                if progress is not None and len(frames) % progress_every == 0:
-                    progress(len(frames), expected)
+                report(done)
+            started = time.perf_counter()
+            done = detector.finish()
+            inference_s += time.perf_counter() - started
+            report(done)
         finally:
             detector.close()
         if decoded == 0:
