@@ -166,8 +166,9 @@ def video_prefix(video_id: str) -> str:
 
 
 def queue_names(prefix: str = "handpipe") -> dict[str, str]:
-    """Queue names by role; each has a dead-letter queue named '<name>-dlq'."""
-    return {role: f"{prefix}-{role}" for role in ("jobs", "work", "events")}
+    """Queue names by role; each has a dead-letter queue named '<name>-dlq'. "uploads" carries the bucket's
+    notifications of objects put under the upload-trigger prefix."""
+    return {role: f"{prefix}-{role}" for role in ("jobs", "work", "events", "uploads")}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -184,8 +184,10 @@ def provision(
     prefix: str = "handpipe",
     max_receives: int = 3,
     visibility_timeouts: Mapping[str, int] | None = None,
+    upload_trigger_prefix: str | None = "incoming/",
 ) -> Resources:
-    """Create (or bring up to date) the bucket and the queues with their dead-letter queues.
+    """Create (or bring up to date) the bucket and the queues with their dead-letter queues, and have
+    the bucket notify the "uploads" queue of objects created under `upload_trigger_prefix` (None: not).
 
     Safe to run again: existing resources get the requested settings rather than an error."""
     if max_receives < 1:
@@ -212,6 +214,8 @@ def provision(
         )
         queue_urls[role], dlq_urls[role] = url, dlq_url
         queue_arns[role], dlq_arns[role] = queue_arn(sqs_client, url), dlq_arn
+    if upload_trigger_prefix is not None:
+        notify_uploads(s3_client, sqs_client, bucket, queue_urls["uploads"], upload_trigger_prefix)
     return Resources(bucket=bucket, queue_urls=queue_urls, dlq_urls=dlq_urls, queue_arns=queue_arns, dlq_arns=dlq_arns)
 
 
@@ -264,3 +268,36 @@ def _ensure_queue(sqs: SQSClient, name: str, attributes: Mapping[QueueAttributeN
 
 def queue_arn(sqs: SQSClient, queue_url: str) -> str:
     return sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
+def notify_uploads(s3: S3Client, sqs: SQSClient, bucket: str, queue_url: str, prefix: str) -> None:
+    """What the deployed stack's bucket does (infra/handpipe.yaml): S3 sends an ObjectCreated
+    notification to the queue for each object under `prefix`; the queue's policy admits S3 for this
+    bucket only (moto does not enforce it, AWS does)."""
+    arn = queue_arn(sqs, queue_url)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": arn,
+                "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+            }
+        ],
+    }
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "Id": "handpipe-upload-trigger",
+                    "QueueArn": arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
+                }
+            ]
+        },
+    )

@@ -260,6 +260,7 @@ class LocalStack:
             prefix=self.prefix,
             max_receives=self.max_receives,
             visibility_timeouts={"work": self.work_visibility_s},
+            upload_trigger_prefix=Settings.trigger_prefix_from_env(),
         )
         self.restored = self._moto.keep_on_disk(s3, resources.bucket)
         database = Database.from_url(self.db_url)
@@ -307,6 +308,8 @@ class LocalStack:
         self._pollers = [
             QueuePoller(sqs, urls["jobs"], chalice_app.plan_jobs, name="jobs", batch_size=1, timeout_s=60),
             QueuePoller(sqs, urls["events"], chalice_app.record_events, name="events", batch_size=10, timeout_s=60),
+            # The bucket's notifications of objects under incoming/ (S3 -> SQS -> intake_uploads, as deployed).
+            QueuePoller(sqs, urls["uploads"], chalice_app.intake_uploads, name="uploads", batch_size=10, timeout_s=60),
         ] + [
             QueuePoller(
                 sqs, urls["work"], self._pool.handler(n), name=f"work-{n}", batch_size=1, timeout_s=WORKER_TIMEOUT_S
