@@ -138,6 +138,32 @@ class Client:
         result: dict[str, Any] = self.request("DELETE", f"/videos/{video_id}")
         return result
 
+    # ----------------------------------------------------------------------------- multipart uploads
+    # (POST /videos answers `upload.method == "multipart"` above the stage's threshold; handpipe.uploads
+    # drives these four to upload parts in parallel and resume.)
+
+    def upload_parts_urls(self, video_id: str, part_numbers: list[int]) -> list[dict[str, Any]]:
+        """Presigned PUT URLs for these parts: [{part_number, size_bytes, url}], each for its exact size."""
+        answer = self.request("POST", f"/videos/{video_id}/upload/parts", {"part_numbers": list(part_numbers)})
+        parts: list[dict[str, Any]] = answer["parts"]
+        return parts
+
+    def upload_state(self, video_id: str) -> dict[str, Any]:
+        """The multipart upload S3 holds: upload_id, size_bytes, part_size_bytes, part_count, and
+        uploaded_parts [{part_number, etag, size_bytes}] (to resume an interrupted upload)."""
+        result: dict[str, Any] = self.request("GET", f"/videos/{video_id}/upload")
+        return result
+
+    def complete_upload(self, video_id: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Complete the multipart upload from [{part_number, etag}] (every part); returns the video, UPLOADED."""
+        result: dict[str, Any] = self.request("POST", f"/videos/{video_id}/upload/complete", {"parts": parts})
+        return result
+
+    def abort_upload(self, video_id: str) -> dict[str, Any]:
+        """Abort the multipart upload; the video is deleted with it (register the file again to start over)."""
+        result: dict[str, Any] = self.request("DELETE", f"/videos/{video_id}/upload")
+        return result
+
     # ----------------------------------------------------------------------------- jobs
 
     def create_job(

@@ -1,16 +1,14 @@
 """GET /jobs: a caller's jobs across all its videos, by status, tag, video and creation time, newest
-first, in keyset pages whose token is bound to the filters it was made for."""
+first, in keyset pages."""
 
 from __future__ import annotations
 
-import hashlib
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from chalicelib.domain.ports import JobSearch
 from chalicelib.domain.uploads import JobFilter
-from chalicelib.service.common import encode_token
+from chalicelib.service.common import decode_token, encode_token
 from chalicelib.service.errors import InvalidInput
 from chalicelib.service.views import job_view
 from chalicelib.shared.contracts import is_valid_id
@@ -18,29 +16,48 @@ from chalicelib.shared.states import JOB_STATUSES
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
-_TOKEN = re.compile(r"([0-9]{1,15})_(job_[0-9a-f]{32})_([0-9a-f]{16})", re.ASCII)
+
+
+# Exactly the forms the OpenAPI document's pattern allows (GET /jobs created_after), so that every value
+# it allows is accepted and every other refused.
+_CREATED_AFTER = re.compile(
+    r"(?P<ms>-?[0-9]{1,15})"
+    r"|(?P<y>[0-9]{4})-(?P<mo>0[1-9]|1[0-2])-(?P<d>0[1-9]|[12][0-9]|3[01])"
+    r"(?:T(?P<h>[01][0-9]|2[0-3]):(?P<mi>[0-5][0-9])(?::(?P<s>[0-5][0-9])(?:\.(?P<f>[0-9]{1,6}))?)?"
+    r"(?P<z>Z|(?P<sign>[+ -])(?P<oh>[01][0-9]|2[0-3]):(?P<om>[0-5][0-9]))?)?",
+    re.ASCII,
+)
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 (proleptic Gregorian); a day past the month's end runs on into the next month."""
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468 + day - 1
 
 
 def parse_created_after(raw: str | None) -> int | None:
-    """ISO-8601 (a time without a zone is UTC) or whole milliseconds since the epoch."""
+    """Milliseconds since the epoch, or an ISO-8601 date or time (a time without a zone is UTC; a "+"
+    sent unencoded in a query string arrives as a space, which is read as "+")."""
     if raw is None or raw == "":
         return None
-    text = raw.strip()
-    if re.fullmatch(r"[0-9]{1,15}", text):
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+    match = _CREATED_AFTER.fullmatch(raw)
+    if match is None:
         raise InvalidInput(
-            f"created_after must be an ISO-8601 time (2026-01-31T12:00:00Z) or milliseconds since the epoch, "
-            f"got {raw[:60]!r}"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    value = int(moment.timestamp() * 1000)
-    if value < 0:
-        raise InvalidInput("created_after must not be before 1970")
-    return value
+            "created_after must be milliseconds since the epoch or an ISO-8601 date or time such as "
+            f"2026-01-31T12:00:00Z, got {raw[:60]!r}"
+        )
+    if match["ms"] is not None:
+        return int(match["ms"])
+    days = _days_from_civil(int(match["y"]), int(match["mo"]), int(match["d"]))
+    seconds = days * 86400 + int(match["h"] or 0) * 3600 + int(match["mi"] or 0) * 60 + int(match["s"] or 0)
+    if match["sign"]:
+        offset = int(match["oh"]) * 3600 + int(match["om"]) * 60
+        seconds -= offset if match["sign"] in "+ " else -offset
+    return seconds * 1000 + int((match["f"] or "0").ljust(6, "0")) // 1000
 
 
 def build_filter(
@@ -52,8 +69,8 @@ def build_filter(
     created_after: str | None,
 ) -> JobFilter:
     wanted_status = None
-    if status:
-        wanted_status = status.strip().upper()
+    if status is not None:
+        wanted_status = status.upper()
         if wanted_status not in JOB_STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(JOB_STATUSES)} (any case), got {status[:40]!r}")
     if tag is not None and (len(tag) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in tag)):
@@ -69,32 +86,11 @@ def build_filter(
     )
 
 
-def _check(where: JobFilter, created_at: int, job_id: str) -> str:
-    """16 hex digits over the filters and the position: a token edited, or sent with other filters, fails it."""
-    text = "\x1f".join(
-        str(v) for v in (where.owner, where.status, where.tag, where.video_id, where.created_after, created_at, job_id)
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _decode(token: str | None, where: JobFilter) -> tuple[int, str] | None:
-    if not token:
-        return None
-    match = _TOKEN.fullmatch(token)
-    if match is None or _check(where, int(match[1]), match[2]) != match[3]:
-        raise InvalidInput(
-            "next_token is not valid for these filters: pass the next_token of the previous page unchanged, "
-            "with the same filters"
-        )
-    return int(match[1]), match[2]
-
-
 def find_jobs(search: JobSearch, where: JobFilter, *, limit: int, next_token: str | None) -> dict[str, Any]:
-    after = _decode(next_token, where)
-    rows = search.find(where, limit=limit + 1, after=after)
+    """A page of jobs. The token is the keyset position of the page's last job, written out as the other
+    lists write theirs (so the OpenAPI document gives its exact pattern); one not of that form is a 400."""
+    after = decode_token(next_token, (int, str))
+    rows = search.find(where, limit=limit + 1, after=(after[0], after[1]) if after else None)
     page = rows[:limit]
-    token = None
-    if len(rows) > limit:
-        last = page[-1]
-        token = encode_token([last.created_at, last.id, _check(where, last.created_at, last.id)])
+    token = encode_token([page[-1].created_at, page[-1].id]) if len(rows) > limit else None
     return {"jobs": [job_view(job) for job in page], "next_token": token}

@@ -81,6 +81,15 @@ def _state(multipart: Multipart, video: Video) -> MultipartState:
     return state
 
 
+def _part_number(value: Any) -> int:
+    """A part number as JSON sends it (2.0 is the whole number 2: JSON has one number type), 1 to 10,000."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARTS:
+        raise InvalidInput(f"part numbers are whole numbers from 1 to {MAX_PARTS}, got {value!r}")
+    return value
+
+
 def _part_count(video: Video, state: MultipartState) -> int:
     return -(-(video.size_bytes or 0) // state.part_bytes)
 
@@ -90,16 +99,18 @@ def part_urls(multipart: Multipart, settings: Settings, video: Video, body: Mapp
     _check_fields(body, {"part_numbers"})
     state = _state(multipart, video)
     count = _part_count(video, state)
-    numbers = body.get("part_numbers")
-    if not isinstance(numbers, list) or not numbers:
+    raw = body.get("part_numbers")
+    if not isinstance(raw, list) or not raw:
         raise InvalidInput("part_numbers must be a non-empty list of part numbers")
-    if len(numbers) > MAX_URLS_PER_CALL:
-        raise InvalidInput(f"ask for at most {MAX_URLS_PER_CALL} part URLs at a time, got {len(numbers)}")
-    for number in numbers:
-        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= count:
-            raise InvalidInput(f"part numbers run from 1 to {count} for this video, got {number!r}")
+    if len(raw) > MAX_URLS_PER_CALL:
+        raise InvalidInput(f"ask for at most {MAX_URLS_PER_CALL} part URLs at a time, got {len(raw)}")
+    numbers = [_part_number(number) for number in raw]
     if len(set(numbers)) != len(numbers):
         raise InvalidInput("part_numbers names a part more than once")
+    beyond = [n for n in numbers if n > count]
+    if beyond:
+        # Valid part numbers as such (S3 allows 10,000), but not of this upload: its state decides.
+        raise Conflict(f"this upload has {count} parts (part numbers 1 to {count}); there is no part {beyond[0]}")
     size = video.size_bytes or 0
     return {
         "parts": [
@@ -152,17 +163,22 @@ def _sent_parts(body: Mapping[str, Any], count: int) -> dict[int, str]:
     if not isinstance(parts, list) or not parts:
         raise InvalidInput("parts must be a non-empty list of {part_number, etag}")
     sent: dict[int, str] = {}
+    repeated: list[int] = []
     for part in parts:
-        if not isinstance(part, dict) or set(part) - {"part_number", "etag"}:
+        if not isinstance(part, dict) or set(part) != {"part_number", "etag"}:
             raise InvalidInput("each of parts must be an object with part_number and etag only")
-        number, etag = part.get("part_number"), part.get("etag")
-        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= min(count, MAX_PARTS):
-            raise InvalidInput(f"part numbers run from 1 to {count} for this video, got {number!r}")
+        number, etag = _part_number(part["part_number"]), part["etag"]
         if not isinstance(etag, str) or not etag.strip('"') or len(etag) > 200:
             raise InvalidInput(f"part {number}'s etag must be the ETag S3 answered its PUT with")
         if number in sent:
-            raise InvalidInput(f"part {number} is named more than once")
+            repeated.append(number)
         sent[number] = etag.strip('"')
+    # What follows depends on this upload (its part count), not on the request's form: a 409.
+    if repeated:
+        raise Conflict(f"part(s) {_numbers(repeated)} are named more than once: list each part once")
+    beyond = sorted(n for n in sent if n > count)
+    if beyond:
+        raise Conflict(f"this upload has {count} parts; there is no part {_numbers(beyond)}")
     return sent
 
 
@@ -177,7 +193,7 @@ def complete(
     sent = _sent_parts(body, count)
     missing = [n for n in range(1, count + 1) if n not in sent]
     if missing:
-        raise InvalidInput(f"parts must list all {count} parts; missing: {_numbers(missing)}")
+        raise Conflict(f"parts must list all {count} parts of this upload; missing: {_numbers(missing)}")
     held = {p.part_number: p for p in _uploaded(multipart, video, state)}
     absent = [n for n in range(1, count + 1) if n not in held]
     if absent:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VISIBILITY_TIMEOUTS: Mapping[str, int] = {"jobs": 60, "work": 900, "events": 60}
+DEFAULT_VISIBILITY_TIMEOUTS: Mapping[str, int] = {"jobs": 60, "work": 900, "events": 60, "uploads": 60}
 # SQS's maximum, so a failed message stays in its DLQ long enough to be looked at.
 DLQ_RETENTION_S = 14 * 24 * 3600
 
