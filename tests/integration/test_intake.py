@@ -189,15 +189,10 @@ def test_get_jobs_filters_and_pages_across_the_callers_videos(env: Env) -> None:
             break
     assert seen == newest_first and pages == 3
 
-    first_page = env.call("GET", "/jobs?limit=2")[1]
-    token = first_page["next_token"]
-    tampered = token[:-1] + ("0" if token[-1] != "0" else "1")
-    for bad in (tampered, "garbage", token.replace(token.split("_")[0], "1", 1)):
+    token = env.call("GET", "/jobs?limit=2")[1]["next_token"]
+    for bad in ("garbage", token + "0", "x" + token, token.replace("_job_", "_")):
         status, error = env.call("GET", f"/jobs?limit=2&next_token={bad}")
-        assert status == 400 and "next_token" in error["message"]
-    # A token is bound to its filters: another filter set cannot continue it.
-    status, error = env.call("GET", f"/jobs?limit=2&tag=batch-a&next_token={token}")
-    assert status == 400
+        assert status == 400 and "next_token" in error["message"], bad
     for query, word in (
         ("status=sleeping", "status"),
         ("limit=0", "limit"),

@@ -3,6 +3,8 @@ upload-triggered intake (adapters.upload_repository), on SQLite and on MySQL (Ma
 
 from __future__ import annotations
 
+import functools
+
 from chalicelib.adapters.database import Database
 from chalicelib.adapters.job_queries import JobQueries
 from chalicelib.adapters.job_repository import JobRepository
@@ -63,13 +65,17 @@ def test_find_filters_by_owner_status_tag_video_and_time_newest_first(
     assert ids(both) == _newest_first(expected) and expected
 
 
+def _ann_page(search: JobQueries, limit: int, after: tuple[int, str] | None) -> list[Job]:
+    return search.find(JobFilter(owner="ann"), limit=limit, after=after)
+
+
 def test_find_pages_by_keyset_without_gaps_or_repeats(
     db: Database, videos: VideoRepository, jobs: JobRepository
 ) -> None:
     made = _jobs(videos, jobs)
     search = JobQueries(db)
     for limit in (1, 2, 5):
-        paged = all_pages(lambda after, n=limit: search.find(JobFilter(owner="ann"), limit=n, after=after), limit)
+        paged = all_pages(functools.partial(_ann_page, search, limit), limit)
         assert [j.id for j in paged] == _newest_first([j for j in made if j.owner == "ann"])
     assert search.find(JobFilter(owner="ann"), limit=3)[0] == max(
         (j for j in made if j.owner == "ann"), key=lambda j: (j.created_at, j.id)
