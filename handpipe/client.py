@@ -108,15 +108,14 @@ class Client:
         return result
 
     def upload(self, video: dict[str, Any], path: str | Path) -> None:
-        upload = video["upload"]
-        request = urllib.request.Request(
-            upload["url"], data=Path(path).read_bytes(), method=upload["method"], headers=upload["headers"]
-        )
+        """Upload the file as POST /videos said: one streamed PUT, or a multipart upload in parallel
+        parts (handpipe.uploads.upload_file, which also reports progress and resumes)."""
+        from handpipe.uploads import UploadFailed, upload_file
+
         try:
-            with urllib.request.urlopen(request, timeout=max(self.timeout_s, 300)):
-                pass
-        except urllib.error.HTTPError as error:
-            raise ApiError(error.code, f"upload refused: {error.read()[:300]!r}") from None
+            upload_file(self, video, path)
+        except UploadFailed as error:
+            raise ApiError(error.status or 400, f"upload refused: {error}") from None
 
     def new_upload_url(self, video_id: str) -> dict[str, Any]:
         """The video with fresh `upload` instructions, for one whose file is not in the bucket (its

@@ -35,7 +35,12 @@ class UploadApi(Protocol):
 
 
 class UploadFailed(Exception):
-    """S3 refused a PUT for good, or the file is not the one registered; the text says which."""
+    """S3 refused a PUT for good (`status` is its HTTP status), or the file is not the one registered
+    (`status` None); the text says which."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Counter:
@@ -101,7 +106,9 @@ def _put(
         except urllib.error.HTTPError as error:
             body.take_back()
             if error.code < 500 or attempt == PART_ATTEMPTS:
-                raise UploadFailed(f"S3 refused the upload (HTTP {error.code}): {error.read()[:300]!r}") from None
+                raise UploadFailed(
+                    f"S3 refused the upload (HTTP {error.code}): {error.read()[:300]!r}", error.code
+                ) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
             body.take_back()
             if attempt == PART_ATTEMPTS:

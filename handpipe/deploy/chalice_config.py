@@ -53,6 +53,7 @@ def chalice_policy(
     """The IAM policy of the Chalice functions (API, consumers, migrate, sweeps), which share one role: only
     this stage's bucket prefixes, queues, secret and log groups."""
     bucket_arn = outputs["BucketArn"]
+    trigger_prefix = outputs.get("UploadTriggerPrefix") or "incoming/"  # upload-triggered intake reads these objects
     log_groups = [
         f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{function_name(stage, name)}:*"
         for name in functions
@@ -78,7 +79,14 @@ def chalice_policy(
                 "Sid": "RegisteredObjects",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:DeleteObject"],
-                "Resource": [f"{bucket_arn}/incoming/*"],
+                "Resource": sorted({f"{bucket_arn}/incoming/*", f"{bucket_arn}/{trigger_prefix}*"}),
+            },
+            {
+                # Big videos go up in parts: the state of an upload (to resume it), and its abort.
+                "Sid": "MultipartUploads",
+                "Effect": "Allow",
+                "Action": ["s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
+                "Resource": [f"{bucket_arn}/videos/*"],
             },
             {
                 # Listing a video's objects, the health check's HeadBucket, and 404 (not 403) for missing keys.
@@ -94,7 +102,7 @@ def chalice_policy(
                 "Resource": [outputs["JobsQueueArn"], outputs["WorkQueueArn"]],
             },
             {
-                # The event source mappings of plan_jobs and record_events poll with the functions' role.
+                # The event source mappings of the SQS consumers poll with the functions' role.
                 "Sid": "ConsumeJobsAndEvents",
                 "Effect": "Allow",
                 "Action": [
@@ -103,7 +111,7 @@ def chalice_policy(
                     "sqs:GetQueueAttributes",
                     "sqs:ChangeMessageVisibility",
                 ],
-                "Resource": [outputs["JobsQueueArn"], outputs["EventsQueueArn"]],
+                "Resource": [outputs["JobsQueueArn"], outputs["EventsQueueArn"], outputs["UploadsQueueArn"]],
             },
             {
                 "Sid": "DatabaseSecret",
@@ -155,6 +163,7 @@ def chalice_stage_config(
             "HANDPIPE_DB_SECRET_ARN": outputs["DbSecretArn"],
             "HANDPIPE_MAX_IN_FLIGHT": outputs["WorkerConcurrency"],
             "HANDPIPE_MAX_UPLOAD_BYTES": str(max_upload_bytes(int(outputs["WorkerEphemeralStorageMB"]))),
+            "HANDPIPE_UPLOAD_TRIGGER_PREFIX": outputs.get("UploadTriggerPrefix") or "incoming/",
         }
     )
     config["environment_variables"] = environment

@@ -46,9 +46,11 @@ DB_CONNECTION_WEIGHTS: Mapping[str, int] = {API_HANDLER: 5, "record_events": 3, 
 MIN_SHARE = 2
 MIGRATE_TIMEOUT_S = 900
 
-# The worker keeps the whole video in /tmp, next to the model files and the part it writes.
+# The worker reads videos with ranged GETs (never whole into /tmp), and above the stage's multipart threshold
+# they go up in parts: so the limit is the one handpipe sets, not /tmp's size nor S3's 5 GiB for one PUT.
 EPHEMERAL_HEADROOM_MB = 512
-MAX_PRESIGNED_PUT_BYTES = 5 * 1024**3  # S3's limit for one PUT, which is how videos are uploaded
+MAX_PRESIGNED_PUT_BYTES = 5 * 1024**3  # S3's limit for one PUT: bigger files are multipart uploads
+MAX_VIDEO_BYTES = 50 * 1024**3
 
 # Stage environment variables that deploy owns; it rewrites them on every run and leaves the others alone.
 MANAGED_ENVIRONMENT = (
@@ -59,6 +61,7 @@ MANAGED_ENVIRONMENT = (
     "HANDPIPE_DB_SECRET_ARN",
     "HANDPIPE_MAX_IN_FLIGHT",
     "HANDPIPE_MAX_UPLOAD_BYTES",
+    "HANDPIPE_UPLOAD_TRIGGER_PREFIX",
 )
 
 DEFAULT_THROTTLE_RATE = 20.0  # requests/s per key: well above one client's polling, far below the account's 10,000
@@ -211,5 +214,6 @@ def visibility_timeout(function_timeout_s: int) -> int:
 
 
 def max_upload_bytes(ephemeral_storage_mb: int) -> int:
-    """The largest video a worker can hold in /tmp, and S3 takes in one presigned PUT."""
-    return min(MAX_PRESIGNED_PUT_BYTES, (int(ephemeral_storage_mb) - EPHEMERAL_HEADROOM_MB) * 1024**2)
+    """The largest video a stage takes: 50 GiB, in a multipart upload (the worker's /tmp no longer
+    bounds it: segments read their byte ranges of the object; `ephemeral_storage_mb` is kept for callers)."""
+    return MAX_VIDEO_BYTES

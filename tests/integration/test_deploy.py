@@ -266,7 +266,7 @@ def test_template_keeps_data_only_when_asked_and_wires_the_worker() -> None:
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     assert "PUT" in bucket["CorsConfiguration"]["CorsRules"][0]["AllowedMethods"]
     rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
-    assert rules["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+    assert rules["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 7
     assert rules["expire-tmp"]["Prefix"] == "tmp/"
     # Deleted or overwritten objects can be restored for a while; every request is logged.
     assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
@@ -523,7 +523,8 @@ def check_chalice_stage(
         "HANDPIPE_WORK_QUEUE_URL": outputs["WorkQueueUrl"],
         "HANDPIPE_DB_SECRET_ARN": outputs["DbSecretArn"],
         "HANDPIPE_MAX_IN_FLIGHT": outputs["WorkerConcurrency"],
-        "HANDPIPE_MAX_UPLOAD_BYTES": str(2 * 1024**3),
+        "HANDPIPE_MAX_UPLOAD_BYTES": str(50 * 1024**3),
+        "HANDPIPE_UPLOAD_TRIGGER_PREFIX": "incoming/",
     }
     assert written["subnet_ids"] == network.subnets == outputs["SubnetIds"].split(",")
     assert written["security_group_ids"] == [outputs["LambdaSecurityGroupId"]]
@@ -537,7 +538,12 @@ def check_chalice_stage(
     bucket_arn = outputs["BucketArn"]
     allowed = {
         "s3": {bucket_arn, f"{bucket_arn}/videos/*", f"{bucket_arn}/results/*", f"{bucket_arn}/incoming/*"},
-        "sqs": {outputs["JobsQueueArn"], outputs["WorkQueueArn"], outputs["EventsQueueArn"]},
+        "sqs": {
+            outputs["JobsQueueArn"],
+            outputs["WorkQueueArn"],
+            outputs["EventsQueueArn"],
+            outputs["UploadsQueueArn"],
+        },
         "secretsmanager": {outputs["DbSecretArn"]},
     }
     granted: dict[str, set[str]] = {"s3": set(), "sqs": set(), "secretsmanager": set()}
@@ -709,6 +715,7 @@ def sample_outputs(stage: str) -> dict[str, str]:
         "JobsQueueArn": f"{arn}:handpipe-{stage}-jobs",
         "WorkQueueArn": f"{arn}:handpipe-{stage}-work",
         "EventsQueueArn": f"{arn}:handpipe-{stage}-events",
+        "UploadsQueueArn": f"{arn}:handpipe-{stage}-uploads",
         "DbSecretArn": f"arn:aws:secretsmanager:{REGION}:{account}:secret:handpipe/{stage}/database-abcd-Xy12Zw",
         "WorkerConcurrency": "20",
         "WorkerEphemeralStorageMB": "2560",

@@ -153,6 +153,7 @@ def stage(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage
         "JobsQueueArn": arns["jobs"],
         "WorkQueueArn": arns["work"],
         "EventsQueueArn": arns["events"],
+        "UploadsQueueArn": arns["uploads"],
         "DbSecretArn": secret,
     }
     api_policy = chalice_policy(outputs, stage=name, region=REGION, account=ACCOUNT, functions=APP_FUNCTIONS)
@@ -359,6 +360,7 @@ def test_the_policies_pass_parliament() -> None:
         "JobsQueueArn": f"{arn}-jobs",
         "WorkQueueArn": f"{arn}-work",
         "EventsQueueArn": f"{arn}-events",
+        "UploadsQueueArn": f"{arn}-uploads",
         "DbSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:handpipe/prod/database-AbCdEf",
     }
     api = chalice_policy(outputs, stage="prod", region=REGION, account=ACCOUNT, functions=APP_FUNCTIONS)
