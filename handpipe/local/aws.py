@@ -184,7 +184,7 @@ def provision(
     prefix: str = "handpipe",
     max_receives: int = 3,
     visibility_timeouts: Mapping[str, int] | None = None,
-    upload_trigger_prefix: str | None = "incoming/",
+    upload_trigger_prefix: str | None = None,
 ) -> Resources:
     """Create (or bring up to date) the bucket and the queues with their dead-letter queues, and have
     the bucket notify the "uploads" queue of objects created under `upload_trigger_prefix` (None: not).

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from botocore.config import Config
 
+from chalicelib.shared.contracts import frame_index_key
 from handpipe.client import ApiError, Client
 from handpipe.local.stack import LocalStack
 from handpipe.uploads import upload_file
@@ -151,6 +152,9 @@ def test_a_big_file_goes_up_in_parallel_parts_and_its_multipart_object_processes
     finished = client.wait(job["id"], poll_s=0.3, timeout_s=300)
     assert finished["status"] == "SUCCEEDED", finished
     assert finished["summary"]["frames_processed"] == 60
+    # The worker probed it by ranged reads and keyed its frame index by the multipart ETag.
+    index = s3_of(stack).head_object(Bucket=stack.info.bucket, Key=frame_index_key(video["id"], etag.strip('"')))
+    assert index["ContentLength"] > 0
 
 
 class RecordingClient(Client):
