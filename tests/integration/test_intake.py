@@ -5,6 +5,7 @@ and objects that cannot be processed; and GET /jobs's filters and pages over the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,11 @@ import pytest
 
 from chalicelib.config import Settings
 from chalicelib.runtime import Runtime, runtime, use_runtime
+from chalicelib.service.errors import InvalidInput
 from chalicelib.service.intake import NotificationError, parse_notification
+from chalicelib.service.job_search import build_filter
+from chalicelib.shared.states import JOB_STATUSES
+from chalicelib.web.openapi import load_openapi
 from tests.support.api import OTHER, Env, register
 from tests.support.paths import data_path
 
@@ -202,3 +207,18 @@ def test_get_jobs_filters_and_pages_across_the_callers_videos(env: Env) -> None:
     ):
         status, error = env.call("GET", f"/jobs?{query}")
         assert status == 400 and word in error["message"], (query, error)
+
+
+def test_the_documents_job_status_filter_is_the_state_machines_in_any_case() -> None:
+    """GET /jobs?status= takes every JobStatus in any case and nothing else (a new status needs the document too)."""
+    pattern = re.compile(load_openapi()["components"]["parameters"]["job_status"]["schema"]["pattern"])
+    for status in JOB_STATUSES:
+        for spelled in (status, status.lower(), status.title()):
+            assert pattern.search(spelled), spelled
+            assert (
+                build_filter(owner=None, status=spelled, tag=None, video_id=None, created_after=None).status == status
+            )
+    for other in ("", "DONE", " QUEUED", "QUEUEDX"):
+        assert not pattern.search(other)
+        with pytest.raises(InvalidInput):
+            build_filter(owner=None, status=other, tag=None, video_id=None, created_after=None)
