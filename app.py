@@ -141,7 +141,9 @@ def get_video(video_id: str) -> dict[str, Any]:
 @api
 def new_upload_url(video_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
-    return video_service.new_upload_url(rt.videos, rt.store, rt.settings, video_id, json_body(), owner=who)
+    return video_service.new_upload_url(
+        rt.videos, rt.store, rt.settings, video_id, json_body(), owner=who, multipart=rt.multipart
+    )
 
 
 @app.route("/videos/{video_id}", methods=["DELETE"], content_types=NO_BODY, **PROTECTED)

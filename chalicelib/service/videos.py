@@ -167,11 +167,18 @@ def new_upload_url(
     video_id: str,
     body: Mapping[str, Any],
     owner: str | None = None,
+    multipart: Multipart | None = None,
 ) -> dict[str, Any]:
     """POST /videos/{id}/upload-url: a fresh presigned PUT for a video whose file is not in the bucket
-    (its first URL expired unused, or the object was lost), for the same key, type and size."""
+    (its first URL expired unused, or the object was lost), for the same key, type and size. A video
+    with an unfinished multipart upload resumes that instead (409)."""
     _check_fields(body, set())
     video = get_video(videos, video_id, owner)
+    if multipart is not None and multipart.uploads.get(video.id) is not None:
+        raise Conflict(
+            f"video {video.id} is uploaded in parts: resume from GET /videos/{video.id}/upload "
+            f"(or abort with DELETE /videos/{video.id}/upload)"
+        )
     if not video.s3_key.startswith(video_prefix(video.id)):
         raise Conflict(f"video {video.id} was registered by s3_key {video.s3_key!r}: put the object back there")
     if store.head(video.s3_key) is not None:

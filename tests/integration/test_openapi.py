@@ -511,6 +511,7 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
     assert len(call("GET", f"/videos/{big['id']}/upload", expect=200)["uploaded_parts"]) == 2
     call("POST", f"/videos/{big['id']}/upload/parts", {"part_numbers": [0]}, expect=400)
     call("POST", f"/videos/{big['id']}/upload/parts", {"part_numbers": [3]}, expect=409)
+    assert "in parts" in call("POST", f"/videos/{big['id']}/upload-url", None, expect=409)["message"]
     complete = f"/videos/{big['id']}/upload/complete"
     call("POST", complete, {"parts": [{"part_number": 1, "etag": etags[0]}]}, expect=409)
     parts = [{"part_number": n, "etag": etag} for n, etag in enumerate(etags, 1)]
