@@ -342,10 +342,12 @@ def plan_jobs(event: SQSEvent) -> None:
     _consume(event, "job request", handle)
 
 
-@app.on_sqs_message(queue=QUEUES["uploads"], batch_size=10)
+@app.on_sqs_message(queue=QUEUES["uploads"], batch_size=10, maximum_concurrency=2)
 def intake_uploads(event: SQSEvent) -> None:
     """Registers and processes each object S3 reports under the upload-trigger prefix (the bucket's
-    notifications go to the "uploads" queue: S3 -> SQS -> this Lambda, with its dead-letter queue)."""
+    notifications go to the "uploads" queue: S3 -> SQS -> this Lambda, with its dead-letter queue). At
+    most 2 at once, within its reserved concurrency, so a burst waits in the queue instead of being
+    throttled into the dead-letter queue."""
     rt = runtime()
 
     def handle(body: str) -> str:

@@ -42,7 +42,7 @@ DEFAULT_WORKER_TIMEOUT_S = 900
 
 DEFAULT_MAX_DB_CONNECTIONS = 40
 # How the connections left after one for each other function are shared (each of these gets at least 2).
-DB_CONNECTION_WEIGHTS: Mapping[str, int] = {API_HANDLER: 5, "record_events": 3, "plan_jobs": 2}
+DB_CONNECTION_WEIGHTS: Mapping[str, int] = {API_HANDLER: 5, "record_events": 3, "plan_jobs": 2, "intake_uploads": 1}
 MIN_SHARE = 2
 MIGRATE_TIMEOUT_S = 900
 
@@ -195,8 +195,8 @@ def split_db_connections(total: int, functions: Sequence[str]) -> dict[str, int]
 
     Each Lambda container holds at most one connection (chalicelib.runtime keeps one per container), so a
     function's reserved concurrency bounds its connections. Functions that need no parallelism (migrate,
-    scheduled sweeps) get 1; the rest is shared api_handler 5 : record_events 3 : plan_jobs 2, each at least 2,
-    what rounding leaves going to the API."""
+    scheduled sweeps) get 1; the rest is shared api_handler 5 : record_events 3 : plan_jobs 2 : intake_uploads 1,
+    each at least 2, what rounding leaves going to the API."""
     if total < min_db_connections(functions):
         raise ValueError(f"--max-db-connections must be at least {min_db_connections(functions)}, got {total}")
     singles = {name: 1 for name in functions if name not in DB_CONNECTION_WEIGHTS}
