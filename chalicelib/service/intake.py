@@ -220,7 +220,10 @@ def handle_object(  # noqa: C901 - the checks in the order docs/architecture.md 
     except _AlreadyRecorded:
         return f"{obj.key[:200]!r} ({obj.version[:60]}) was registered by a concurrent delivery"
     except IntegrityError:
-        # The unique s3_key: a caller registered the key through POST /videos meanwhile; theirs it is.
+        # The unique s3_key: a concurrent delivery of this notification won, or a caller registered the
+        # key through POST /videos meanwhile (theirs it is).
+        if intake.get(ref) is not None:
+            return f"{obj.key[:200]!r} ({obj.version[:60]}) was registered by a concurrent delivery"
         return f"ignored {obj.key[:200]!r}: registered through POST /videos meanwhile"
     except JobRefused as refused:
         # Busy (a key overwritten faster than its jobs finish): raised, so SQS delivers it again later.

@@ -1,18 +1,27 @@
-"""Contract tests for GET /jobs's query (adapters.job_queries) and the rows of multipart uploads and
-upload-triggered intake (adapters.upload_repository), on SQLite and on MySQL (MariaDB) alike."""
+"""Contract tests for GET /jobs's query (adapters.job_queries), the rows of multipart uploads and
+upload-triggered intake (adapters.upload_repository), and intake's idempotence under concurrent deliveries,
+on SQLite and on MySQL (MariaDB) alike."""
 
 from __future__ import annotations
 
 import functools
+import threading
+import uuid
 
 from chalicelib.adapters.database import Database
 from chalicelib.adapters.job_queries import JobQueries
 from chalicelib.adapters.job_repository import JobRepository
 from chalicelib.adapters.repositories import VideoRepository
 from chalicelib.adapters.upload_repository import IntakeRepository, UploadRepository
+from chalicelib.config import Settings
 from chalicelib.domain.records import Job
 from chalicelib.domain.uploads import IntakeRecord, JobFilter, MultipartState
-from tests.support.databases import T0, Clock, all_pages, make_job, make_video
+from chalicelib.service.intake import ObjectCreated, handle_object
+from chalicelib.shared.queues import MessageQueue
+from chalicelib.shared.storage import ObjectStore
+from handpipe.local.aws import aws_clients, provision
+from tests.support.databases import T0, Clock, Store, all_pages, make_job, make_video
+from tests.support.paths import data_path
 
 
 def _jobs(videos: VideoRepository, jobs: JobRepository) -> list[Job]:
@@ -111,3 +120,50 @@ def test_an_object_version_is_recorded_once(db: Database, videos: VideoRepositor
     assert not intake.add(IntakeRecord("a" * 64, video.s3_key, "other", video.id, "job_x", T0))
     assert intake.get("a" * 64) == record and intake.get("b" * 64) is None
     assert intake.registered_video(video.id)
+
+
+def test_concurrent_deliveries_of_one_notification_register_one_video_and_one_job(
+    store: Store, moto_endpoint: str
+) -> None:
+    """Two consumers handle the same S3 record at once, each on its own connection (as two Lambdas would):
+    the unique key and object_intake's primary key let exactly one register it, on SQLite and MySQL alike."""
+    s3, sqs = aws_clients(moto_endpoint)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    resources = provision(s3, sqs, bucket=f"{prefix}-bucket", prefix=prefix)
+    key = "incoming/ann/clip.mkv"
+    s3.put_object(Bucket=resources.bucket, Key=key, Body=data_path("videos/asl_thanks_two_hands.mkv").read_bytes())
+    settings = Settings(
+        bucket=resources.bucket,
+        jobs_queue_url=resources.queue_urls["jobs"],
+        work_queue_url=resources.queue_urls["work"],
+        db_url="unused: the database is injected",
+    )
+    record = ObjectCreated(resources.bucket, key, 125_601, "etag", "version-1", "ObjectCreated:Put")
+    start = threading.Barrier(4)
+    answers: list[str] = []
+
+    def deliver() -> None:
+        db = store.open()
+        start.wait()
+        answers.append(
+            handle_object(
+                VideoRepository(db),
+                JobRepository(db),
+                IntakeRepository(db),
+                ObjectStore(s3, resources.bucket),
+                MessageQueue(sqs, resources.queue_urls["jobs"]),
+                settings,
+                record,
+            )
+        )
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == 4 and sum(a.startswith("registered") for a in answers) == 1, answers
+    assert all("concurrent delivery" in a or "redelivered" in a for a in answers if not a.startswith("registered"))
+    assert store.db.fetchone("SELECT COUNT(*) AS n FROM videos WHERE s3_key = ?", (key,)) == {"n": 1}
+    assert store.db.fetchone("SELECT COUNT(*) AS n FROM jobs") == {"n": 1}
+    assert store.db.fetchone("SELECT COUNT(*) AS n FROM object_intake") == {"n": 1}
