@@ -17,9 +17,11 @@ from chalicelib.config import NotConfigured, auth_mode, sqs_queue_names
 from chalicelib.runtime import app_telemetry, runtime
 from chalicelib.service import cancel as cancel_service
 from chalicelib.service import health as health_service
+from chalicelib.service import intake as intake_service
+from chalicelib.service import job_search, notifications
 from chalicelib.service import jobs as job_service
-from chalicelib.service import notifications
 from chalicelib.service import notifications_secrets as secret_service
+from chalicelib.service import uploads as upload_service
 from chalicelib.service import videos as video_service
 from chalicelib.service.common import now_ms
 from chalicelib.service.errors import InvalidInput, ServiceError
@@ -145,7 +147,9 @@ def list_videos() -> dict[str, Any]:
 @api
 def register_video() -> Response:
     who, rt = owner(), runtime()
-    view = video_service.register_video(rt.videos, rt.store, rt.settings, json_body(), owner=who)
+    view = video_service.register_video(
+        rt.videos, rt.store, rt.settings, json_body(), owner=who, multipart=rt.multipart
+    )
     return Response(body=view, status_code=201)
 
 
@@ -160,17 +164,67 @@ def get_video(video_id: str) -> dict[str, Any]:
 @api
 def new_upload_url(video_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
-    return video_service.new_upload_url(rt.videos, rt.store, rt.settings, video_id, json_body(), owner=who)
+    return video_service.new_upload_url(
+        rt.videos, rt.store, rt.settings, video_id, json_body(), owner=who, multipart=rt.multipart
+    )
 
 
 @app.route("/videos/{video_id}", methods=["DELETE"], content_types=NO_BODY, **PROTECTED)
 @api
 def delete_video(video_id: str) -> dict[str, Any]:
     who, rt = owner(), runtime()
-    return video_service.delete_video(rt.videos, rt.jobs, rt.store, video_id, owner=who)
+    return video_service.delete_video(rt.videos, rt.jobs, rt.store, video_id, owner=who, multipart=rt.multipart)
+
+
+# --------------------------------------------------------------------------------------------- multipart uploads
+
+
+@app.route("/videos/{video_id}/upload/parts", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
+@api
+def upload_part_urls(video_id: str) -> dict[str, Any]:
+    who, rt = owner(), runtime()
+    video = video_service.get_video(rt.videos, video_id, owner=who)
+    return upload_service.part_urls(rt.multipart, rt.settings, video, json_body())
+
+
+@app.route("/videos/{video_id}/upload", methods=["GET"], content_types=NO_BODY, **PROTECTED)
+@api
+def get_upload(video_id: str) -> dict[str, Any]:
+    who, rt = owner(), runtime()
+    return upload_service.upload_state(rt.multipart, video_service.get_video(rt.videos, video_id, owner=who))
+
+
+@app.route("/videos/{video_id}/upload/complete", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
+@api
+def complete_upload(video_id: str) -> dict[str, Any]:
+    who, rt = owner(), runtime()
+    video = video_service.get_video(rt.videos, video_id, owner=who)
+    return upload_service.complete(rt.multipart, rt.videos, rt.store, video, json_body())
+
+
+@app.route("/videos/{video_id}/upload", methods=["DELETE"], content_types=NO_BODY, **PROTECTED)
+@api
+def abort_upload(video_id: str) -> dict[str, Any]:
+    who, rt = owner(), runtime()
+    return video_service.abort_upload(rt.videos, rt.jobs, rt.store, rt.multipart, video_id, owner=who)
 
 
 # --------------------------------------------------------------------------------------------- jobs
+
+
+@app.route("/jobs", methods=["GET"], content_types=NO_BODY, **PROTECTED)
+@api
+def find_jobs() -> dict[str, Any]:
+    who, rt = owner(), runtime()
+    where = job_search.build_filter(
+        owner=who,
+        status=query("status"),
+        tag=query("tag"),
+        video_id=query("video_id"),
+        created_after=query("created_after"),
+    )
+    limit = parse_limit(query("limit"), job_search.DEFAULT_LIMIT, job_search.MAX_LIMIT)
+    return job_search.find_jobs(rt.job_search, where, limit=limit, next_token=query("next_token"))
 
 
 @app.route("/videos/{video_id}/jobs", methods=["POST"], content_types=JSON_ONLY, **PROTECTED)
@@ -353,6 +407,22 @@ def plan_jobs(event: SQSEvent) -> None:
         _consume(event, "job request", handle)
     finally:
         _send_announcements()
+
+
+@app.on_sqs_message(queue=QUEUES["uploads"], batch_size=10, maximum_concurrency=2)
+def intake_uploads(event: SQSEvent) -> None:
+    """Registers and processes each object S3 reports under the upload-trigger prefix (the bucket's
+    notifications go to the "uploads" queue: S3 -> SQS -> this Lambda, with its dead-letter queue). At
+    most 2 at once, within its reserved concurrency, so a burst waits in the queue instead of being
+    throttled into the dead-letter queue."""
+    rt = runtime()
+
+    def handle(body: str) -> str:
+        return intake_service.handle_notification(
+            rt.videos, rt.jobs, rt.intake, rt.store, rt.jobs_queue, rt.settings, body
+        )
+
+    _consume(event, "upload notification", handle)
 
 
 @app.on_sqs_message(queue=QUEUES["events"], batch_size=10)

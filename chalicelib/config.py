@@ -3,6 +3,7 @@ that the local stack sets). Read when first needed, never at import."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -62,6 +63,8 @@ _NUMBER_VARIABLES = {
     "export_inline_max_rows": "HANDPIPE_EXPORT_INLINE_MAX_ROWS",
     "webhook_timeout_s": "HANDPIPE_WEBHOOK_TIMEOUT_S",
     "notify_retry_base_s": "HANDPIPE_NOTIFY_RETRY_BASE_S",
+    "multipart_threshold_bytes": "HANDPIPE_MULTIPART_THRESHOLD_BYTES",
+    "multipart_part_bytes": "HANDPIPE_MULTIPART_PART_BYTES",
 }
 _ZERO_ALLOWED = {"warmup_ms", "silence_margin_s", "export_inline_max_rows"}
 
@@ -114,12 +117,27 @@ class Settings:
     allow_loopback_webhooks: bool = False  # the local stack only: webhooks to the caller's own machine
     webhook_timeout_s: int = 5  # a receiver that takes longer is tried again later
     notify_retry_base_s: int = 30  # the first retry's delay; each later one doubles it (at most 15 min)
+    # Registrations above this size get a multipart upload (part URLs, complete, abort) instead of one
+    # PUT; parts are this size, or larger when the file would need more than S3's 10,000 parts.
+    multipart_threshold_bytes: int = 100 * 1024**2
+    multipart_part_bytes: int = 16 * 1024**2
+    # Objects put under this prefix, then `{owner}/`, are registered and processed (chalicelib.service.intake),
+    # with ProcessOptions' defaults overridden by these options, then by the owner's own.
+    upload_trigger_prefix: str = "incoming/"
+    upload_trigger_options: dict[str, Any] = field(default_factory=dict)
+    upload_trigger_owner_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    upload_trigger_tag: str = "upload-trigger"
 
     @property
     def segment_silence_s(self) -> int:
         """How long a segment sent to a worker may go unheard of before the sweeper takes its work
         item to be lost: every delivery SQS allows, each a full visibility timeout, plus a margin."""
         return self.work_visibility_s * self.work_max_receives + self.silence_margin_s
+
+    @staticmethod
+    def trigger_prefix_from_env(env: Mapping[str, str] | None = None) -> str:
+        """The upload-trigger prefix alone (the local stack provisions the bucket's notification with it)."""
+        return _trigger_prefix((os.environ if env is None else env).get("HANDPIPE_UPLOAD_TRIGGER_PREFIX"))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -170,4 +188,29 @@ class Settings:
             webhook_secret=env.get("HANDPIPE_WEBHOOK_SECRET") or None,
             webhook_secret_arn=env.get("HANDPIPE_WEBHOOK_SECRET_ARN") or None,
             allow_loopback_webhooks=_flag(env, "HANDPIPE_ALLOW_LOOPBACK_WEBHOOKS"),
+            upload_trigger_prefix=_trigger_prefix(env.get("HANDPIPE_UPLOAD_TRIGGER_PREFIX")),
+            upload_trigger_options=_json_object(env, "HANDPIPE_UPLOAD_TRIGGER_OPTIONS"),
+            upload_trigger_owner_options=_json_object(env, "HANDPIPE_UPLOAD_TRIGGER_OWNER_OPTIONS"),
+            upload_trigger_tag=env.get("HANDPIPE_UPLOAD_TRIGGER_TAG") or defaults["upload_trigger_tag"],
         )
+
+
+def _trigger_prefix(value: str | None) -> str:
+    """A folder of the bucket, "incoming/" by default: with the slash, so "incoming" cannot take "incoming2/"."""
+    prefix = (value or "incoming/").strip()
+    if prefix.startswith("/") or ".." in prefix.split("/"):
+        raise NotConfigured(f"HANDPIPE_UPLOAD_TRIGGER_PREFIX must be a folder such as incoming/, got {value!r}")
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def _json_object(env: Mapping[str, str], name: str) -> dict[str, Any]:
+    raw = env.get(name)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as error:
+        raise NotConfigured(f"{name} must be a JSON object: {error}") from None
+    if not isinstance(value, dict):
+        raise NotConfigured(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value

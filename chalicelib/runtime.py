@@ -11,13 +11,17 @@ from functools import cached_property
 from typing import Any
 
 from chalicelib.adapters.database import Database
+from chalicelib.adapters.job_queries import JobQueries
 from chalicelib.adapters.job_repository import JobRepository
 from chalicelib.adapters.migrations import ensure_current
+from chalicelib.adapters.multipart import MultipartStore
 from chalicelib.adapters.notify import JobEndTopic
 from chalicelib.adapters.repositories import VideoRepository
+from chalicelib.adapters.upload_repository import IntakeRepository, UploadRepository
 from chalicelib.adapters.webhook_secrets import WebhookSecretRepository
 from chalicelib.adapters.webhooks import WebhookPolicy, WebhookSender
 from chalicelib.config import NotConfigured, Settings
+from chalicelib.service.uploads import Multipart
 from chalicelib.shared import telemetry as shared_telemetry
 from chalicelib.shared.queues import MessageQueue
 from chalicelib.shared.storage import ObjectStore
@@ -110,6 +114,22 @@ class Runtime:
     @property
     def jobs(self) -> JobRepository:
         return JobRepository(self.db)
+
+    @property
+    def job_search(self) -> JobQueries:
+        return JobQueries(self.db)
+
+    @property
+    def intake(self) -> IntakeRepository:
+        return IntakeRepository(self.db)
+
+    @property
+    def multipart(self) -> Multipart:
+        return Multipart(UploadRepository(self.db), self.multipart_store)
+
+    @cached_property
+    def multipart_store(self) -> MultipartStore:
+        return MultipartStore(self.s3, self.settings.bucket)
 
     @cached_property
     def store(self) -> ObjectStore:

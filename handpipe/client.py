@@ -41,6 +41,7 @@ from .transport import (
     StorageError,
     file_body,
 )
+from .uploads import UploadFailed, upload_file
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -109,6 +110,8 @@ class Client(ApiSession):
     `retry` bounds the retries of 429 and 503 answers (which honour Retry-After) and of failed
     connections; `sleep` is what waits between them and between polls."""
 
+    upload_workers = 4  # parts of a multipart upload sent at once
+
     def health(self) -> Health:
         """The API's check of its database, bucket and queues: `status` "ok", or "degraded" (a 503)
         with each check's state. A probe: never retried, so a caller polling it learns at once."""
@@ -166,16 +169,18 @@ class Client(ApiSession):
 
     def upload(self, video: Video, path: str | Path, *, progress: Progress | None = None) -> None:
         """PUT the file to the video's presigned URL, streamed from disk; `progress(done, total)` hears
-        how far it has got. For a single-PUT upload (`upload.method` "PUT")."""
+        how far it has got. A video over the stage's multipart threshold (`upload.method` "multipart") goes
+        up in parallel parts, resuming from the parts S3 already holds (handpipe.uploads.upload_file)."""
         upload = video.get("upload")
         if upload is None:
             raise InvalidFile(f"video {video['id']} carries no upload instructions: ask for new ones (upload_again)")
-        if upload["method"] != "PUT":
-            raise InvalidFile(
-                f"video {video['id']} takes a {upload['method']} upload (over the stage's single-PUT size), "
-                "which a single PUT cannot send"
-            )
         file = check_file(path)
+        if upload["method"] == "multipart":
+            try:
+                upload_file(self, video, file, progress=progress, workers=self.upload_workers)
+            except UploadFailed as error:
+                raise StorageError(error.status or 400, str(error)) from None
+            return
         declared = video.get("size_bytes")
         if declared is not None and file.stat().st_size != declared:
             raise InvalidFile(
@@ -211,6 +216,32 @@ class Client(ApiSession):
 
     def delete_video(self, video_id: str) -> Deleted:
         return cast(Deleted, self.request("DELETE", f"/videos/{video_id}"))
+
+    # ----------------------------------------------------------------------------- multipart uploads
+    # (POST /videos answers `upload.method == "multipart"` above the stage's threshold; handpipe.uploads
+    # drives these four to upload parts in parallel and resume.)
+
+    def upload_parts_urls(self, video_id: str, part_numbers: list[int]) -> list[dict[str, Any]]:
+        """Presigned PUT URLs for these parts: [{part_number, size_bytes, url}], each for its exact size."""
+        answer = self.request("POST", f"/videos/{video_id}/upload/parts", {"part_numbers": list(part_numbers)})
+        parts: list[dict[str, Any]] = answer["parts"]
+        return parts
+
+    def upload_state(self, video_id: str) -> dict[str, Any]:
+        """The multipart upload S3 holds: upload_id, size_bytes, part_size_bytes, part_count, and
+        uploaded_parts [{part_number, etag, size_bytes}] (to resume an interrupted upload)."""
+        result: dict[str, Any] = self.request("GET", f"/videos/{video_id}/upload")
+        return result
+
+    def complete_upload(self, video_id: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Complete the multipart upload from [{part_number, etag}] (every part); returns the video, UPLOADED."""
+        result: dict[str, Any] = self.request("POST", f"/videos/{video_id}/upload/complete", {"parts": parts})
+        return result
+
+    def abort_upload(self, video_id: str) -> dict[str, Any]:
+        """Abort the multipart upload; the video is deleted with it (register the file again to start over)."""
+        result: dict[str, Any] = self.request("DELETE", f"/videos/{video_id}/upload")
+        return result
 
     # ----------------------------------------------------------------------------- jobs
 

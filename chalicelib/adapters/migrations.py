@@ -181,6 +181,21 @@ _JOB_ARTIFACTS = _table(
     [("ix_job_artifacts_unwritten", "written_at, requested_at")],
 )
 
+# One row per object version an upload notification registered: its primary key (a SHA-256 of the
+# bucket, key and version) is what makes a redelivered notification create nothing new.
+_INTAKE = _table(
+    "object_intake",
+    """
+    object_ref CHAR(64) NOT NULL PRIMARY KEY,
+    s3_key VARCHAR(512) NOT NULL,
+    object_version VARCHAR(1024) NOT NULL,
+    video_id VARCHAR(40) NOT NULL,
+    job_id VARCHAR(40) NULL,
+    created_at BIGINT NOT NULL
+    """,
+    [("ix_object_intake_video", "video_id")],
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -232,6 +247,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             *_ANNOUNCEMENTS[1],
             *_WEBHOOK_SECRETS[1],
             f"ALTER TABLE jobs ADD COLUMN notify_url VARCHAR(2048) NULL, {_JOB_CHECKS[2]}",
+        ),
+    ),
+    Migration(
+        6,
+        "multipart uploads on videos; idempotent upload-triggered intake; indexes for GET /jobs",
+        sqlite=(
+            "ALTER TABLE videos ADD COLUMN upload_id VARCHAR(1024) NULL",
+            "ALTER TABLE videos ADD COLUMN upload_part_bytes BIGINT NULL",
+            *_INTAKE[0],
+            "CREATE INDEX IF NOT EXISTS ix_jobs_owner_created ON jobs (owner, created_at, id)",
+            "CREATE INDEX IF NOT EXISTS ix_jobs_owner_tag_created ON jobs (owner, tag, created_at, id)",
+            "CREATE INDEX IF NOT EXISTS ix_jobs_created ON jobs (created_at, id)",
+        ),
+        # MySQL's DDL is not transactional: the table first (CREATE ... IF NOT EXISTS can run twice),
+        # then one ALTER per table, each all-or-nothing.
+        mysql=(
+            *_INTAKE[1],
+            "ALTER TABLE videos ADD COLUMN upload_id VARCHAR(1024) NULL, ADD COLUMN upload_part_bytes BIGINT NULL",
+            "ALTER TABLE jobs ADD INDEX ix_jobs_owner_created (owner, created_at, id),"
+            " ADD INDEX ix_jobs_owner_tag_created (owner, tag, created_at, id),"
+            " ADD INDEX ix_jobs_created (created_at, id)",
         ),
     ),
     Migration(

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Protocol, Unpack
 
 from chalicelib.domain.records import Announcement, Job, JobFields, Segment, Video
+from chalicelib.domain.uploads import IntakeRecord, JobFilter, MultipartState
 
 
 class VideoRepository(Protocol):
@@ -147,3 +148,29 @@ class JobAndVideo:
     ) -> bool | None:
         assert self._transaction is not None, "exit without enter"
         return self._transaction.__exit__(kind, error, trace)
+
+
+class UploadRepository(Protocol):
+    """A video's unfinished multipart upload (adapters.upload_repository.UploadRepository)."""
+
+    def begin(self, video_id: str, upload_id: str, part_bytes: int) -> None: ...
+
+    def get(self, video_id: str) -> MultipartState | None: ...
+
+    def complete(self, video_id: str, upload_id: str, size_bytes: int) -> bool: ...
+
+
+class IntakeRepository(Protocol):
+    """The object versions upload-triggered intake registered (adapters.upload_repository.IntakeRepository)."""
+
+    def get(self, object_ref: str) -> IntakeRecord | None: ...
+
+    def add(self, record: IntakeRecord) -> bool: ...
+
+    def registered_video(self, video_id: str) -> bool: ...
+
+
+class JobSearch(Protocol):
+    """GET /jobs's query across videos (adapters.job_queries.JobQueries)."""
+
+    def find(self, where: JobFilter, *, limit: int = 50, after: tuple[int, str] | None = None) -> list[Job]: ...

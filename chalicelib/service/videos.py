@@ -11,6 +11,7 @@ from chalicelib.adapters.database import IntegrityError
 from chalicelib.config import Settings
 from chalicelib.domain.ports import JobRepository, VideoRepository
 from chalicelib.domain.records import Video
+from chalicelib.service import uploads
 from chalicelib.service.common import (
     _check_fields,
     _text,
@@ -22,6 +23,7 @@ from chalicelib.service.common import (
     safe_filename,
 )
 from chalicelib.service.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
+from chalicelib.service.uploads import Multipart
 from chalicelib.service.views import video_view
 from chalicelib.shared.contracts import (
     results_prefix,
@@ -43,8 +45,10 @@ def register_video(  # noqa: C901 - the two registration forms and their checks
     settings: Settings,
     body: Mapping[str, Any],
     owner: str | None = None,
+    multipart: Multipart | None = None,
 ) -> dict[str, Any]:
-    """Register a video to upload (returns a presigned PUT URL) or one already in the bucket (`s3_key`)."""
+    """Register a video to upload (returns a presigned PUT URL, or with `multipart` and a size above the
+    stage's threshold a multipart upload) or one already in the bucket (`s3_key`)."""
     _check_fields(body, {"title", "filename", "content_type", "size_bytes", "s3_key"})
     video_id = new_id("vid")
     existing_key = _text(body, "s3_key", max_len=MAX_KEY_LENGTH)
@@ -107,7 +111,9 @@ def register_video(  # noqa: C901 - the two registration forms and their checks
         # The unique index on s3_key decides when two registrations of one key race.
         raise Conflict(f"{key!r} is already registered as a video; one video per key") from None
     view = video_view(video)
-    if status == VideoStatus.REGISTERED:
+    if status == VideoStatus.REGISTERED and multipart is not None and uploads.wants_multipart(size, settings):
+        view["upload"] = uploads.start(multipart, videos, settings, video)
+    elif status == VideoStatus.REGISTERED:
         view["upload"] = {
             "method": "PUT",
             "url": store.presign_upload(key, content_type, size or 0, settings.upload_url_expires_s),
@@ -161,11 +167,18 @@ def new_upload_url(
     video_id: str,
     body: Mapping[str, Any],
     owner: str | None = None,
+    multipart: Multipart | None = None,
 ) -> dict[str, Any]:
     """POST /videos/{id}/upload-url: a fresh presigned PUT for a video whose file is not in the bucket
-    (its first URL expired unused, or the object was lost), for the same key, type and size."""
+    (its first URL expired unused, or the object was lost), for the same key, type and size. A video
+    with an unfinished multipart upload resumes that instead (409)."""
     _check_fields(body, set())
     video = get_video(videos, video_id, owner)
+    if multipart is not None and multipart.uploads.get(video.id) is not None:
+        raise Conflict(
+            f"video {video.id} is uploaded in parts: resume from GET /videos/{video.id}/upload "
+            f"(or abort with DELETE /videos/{video.id}/upload)"
+        )
     if not video.s3_key.startswith(video_prefix(video.id)):
         raise Conflict(f"video {video.id} was registered by s3_key {video.s3_key!r}: put the object back there")
     if store.head(video.s3_key) is not None:
@@ -202,16 +215,25 @@ def list_videos(
 
 
 def delete_video(
-    videos: VideoRepository, jobs: JobRepository, store: ObjectStore, video_id: str, owner: str | None = None
+    videos: VideoRepository,
+    jobs: JobRepository,
+    store: ObjectStore,
+    video_id: str,
+    owner: str | None = None,
+    multipart: Multipart | None = None,
 ) -> dict[str, Any]:
     """Mark the video DELETING (refused while it has active jobs; from then on it takes no new
-    job), remove its objects, then its rows. A deletion cut short is finished by the next DELETE."""
+    job), abort its unfinished multipart upload (S3 would keep its parts, and bill them, until the
+    bucket's lifecycle rule), remove its objects, then its rows. A deletion cut short is finished by
+    the next DELETE."""
     video = get_video(videos, video_id, owner)
     active = videos.begin_delete(video.id)
     if active is None:
         raise NotFound(f"no video with id {video_id!r}")
     if active:
         raise Conflict(f"video {video.id} has {active} job(s) queued or running; delete it when they finish")
+    if multipart is not None:
+        uploads.abort_for_delete(multipart, video)
     # Only what the video owns: its own two folders (named by its id) and, when it was registered
     # by key, exactly that key. Never a prefix of a caller's key: "a.mp4" must not take "a.mp4.bak".
     removed = store.delete_prefix(results_prefix(video.id, "").rstrip("/") + "/")
@@ -221,3 +243,20 @@ def delete_video(
     if not videos.delete(video.id):
         raise NotFound(f"no video with id {video_id!r}: it has just been deleted")
     return {"deleted": video.id, "objects_removed": removed}
+
+
+def abort_upload(
+    videos: VideoRepository,
+    jobs: JobRepository,
+    store: ObjectStore,
+    multipart: Multipart,
+    video_id: str,
+    owner: str | None = None,
+) -> dict[str, Any]:
+    """DELETE /videos/{id}/upload: abort the multipart upload and delete the video with it. A
+    REGISTERED video holds nothing else (no object, no job), and a new registration starts a new
+    upload, so nothing is lost; a video whose upload is finished is refused (409)."""
+    video = get_video(videos, video_id, owner)
+    if multipart.uploads.get(video.id) is None:
+        raise Conflict(f"video {video.id} has no unfinished multipart upload (it is {video.status})")
+    return delete_video(videos, jobs, store, video.id, owner, multipart)

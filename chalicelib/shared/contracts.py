@@ -197,8 +197,9 @@ def video_prefix(video_id: str) -> str:
 
 def queue_names(prefix: str = "handpipe") -> dict[str, str]:
     """Queue names by role; each has a dead-letter queue named '<name>-dlq'. "notify" carries job-end
-    notifications to the SNS topic and to webhooks (chalicelib.service.notifications)."""
-    return {role: f"{prefix}-{role}" for role in ("jobs", "work", "events", "notify")}
+    notifications to the SNS topic and to webhooks (chalicelib.service.notifications); "uploads" carries the
+    bucket's notifications of objects put under the upload-trigger prefix."""
+    return {role: f"{prefix}-{role}" for role in ("jobs", "work", "events", "notify", "uploads")}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ def chalice_policy(
     """The IAM policy of the Chalice functions (API, consumers, migrate, sweeps), which share one role: only
     this stage's bucket prefixes, queues, secret and log groups."""
     bucket_arn = outputs["BucketArn"]
+    trigger_prefix = outputs.get("UploadTriggerPrefix") or "incoming/"  # upload-triggered intake reads these objects
     log_groups = [
         f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{function_name(stage, name)}:*"
         for name in functions
@@ -80,7 +81,14 @@ def chalice_policy(
                 "Sid": "RegisteredObjects",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:DeleteObject"],
-                "Resource": [f"{bucket_arn}/incoming/*"],
+                "Resource": sorted({f"{bucket_arn}/incoming/*", f"{bucket_arn}/{trigger_prefix}*"}),
+            },
+            {
+                # Big videos go up in parts: the state of an upload (to resume it), and its abort.
+                "Sid": "MultipartUploads",
+                "Effect": "Allow",
+                "Action": ["s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
+                "Resource": [f"{bucket_arn}/videos/*"],
             },
             {
                 # Listing a video's objects, the health check's HeadBucket, and 404 (not 403) for missing keys.
@@ -103,7 +111,7 @@ def chalice_policy(
                 "Resource": [outputs["JobEndsTopicArn"]],
             },
             {
-                # The event source mappings of plan_jobs and record_events poll with the functions' role.
+                # The event source mappings of the SQS consumers poll with the functions' role.
                 "Sid": "ConsumeJobsAndEvents",
                 "Effect": "Allow",
                 "Action": [
@@ -112,7 +120,12 @@ def chalice_policy(
                     "sqs:GetQueueAttributes",
                     "sqs:ChangeMessageVisibility",
                 ],
-                "Resource": [outputs["JobsQueueArn"], outputs["EventsQueueArn"], outputs["NotifyQueueArn"]],
+                "Resource": [
+                    outputs["JobsQueueArn"],
+                    outputs["EventsQueueArn"],
+                    outputs["NotifyQueueArn"],
+                    outputs["UploadsQueueArn"],
+                ],
             },
             {
                 "Sid": "DatabaseSecret",
@@ -175,6 +188,7 @@ def chalice_stage_config(
             "HANDPIPE_NOTIFY_QUEUE_URL": outputs["NotifyQueueUrl"],
             "HANDPIPE_NOTIFY_TOPIC_ARN": outputs["JobEndsTopicArn"],
             "HANDPIPE_WEBHOOK_SECRET_ARN": outputs["WebhookSecretArn"],
+            "HANDPIPE_UPLOAD_TRIGGER_PREFIX": outputs.get("UploadTriggerPrefix") or "incoming/",
         }
     )
     config["environment_variables"] = environment

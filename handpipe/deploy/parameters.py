@@ -86,6 +86,9 @@ def main_parameters(  # noqa: C901 - one branch per optional template parameter
     given["NotifyVisibilityTimeoutSeconds"] = visibility_timeout(
         chalice_function_timeout(config, stage, "deliver_notifications")
     )
+    given["UploadsVisibilityTimeoutSeconds"] = visibility_timeout(
+        chalice_function_timeout(config, stage, "intake_uploads")
+    )
 
     endpoints = (given.get("CreateVpcEndpoints") or previous.get("CreateVpcEndpoints", "true")) == "true"
     subnets = options.subnet_ids or [s for s in previous.get("SubnetIds", "").split(",") if s]

@@ -42,16 +42,18 @@ DEFAULT_WORKER_TIMEOUT_S = 900
 
 DEFAULT_MAX_DB_CONNECTIONS = 40
 # How the connections left after one for each other function are shared (each of these gets at least 2).
-DB_CONNECTION_WEIGHTS: Mapping[str, int] = {API_HANDLER: 5, "record_events": 3, "plan_jobs": 2}
+DB_CONNECTION_WEIGHTS: Mapping[str, int] = {API_HANDLER: 5, "record_events": 3, "plan_jobs": 2, "intake_uploads": 1}
 MIN_SHARE = 2
 # Functions that never open the database: outside the connection budget, with no reserved concurrency, and
 # outside the VPC (deliver_notifications POSTs webhooks to the internet, which the VPC's subnets may not reach).
 NO_DATABASE_FUNCTIONS = ("deliver_notifications",)
 MIGRATE_TIMEOUT_S = 900
 
-# The worker keeps the whole video in /tmp, next to the model files and the part it writes.
+# The worker reads videos with ranged GETs (never whole into /tmp), and above the stage's multipart threshold
+# they go up in parts: so the limit is the one handpipe sets, not /tmp's size nor S3's 5 GiB for one PUT.
 EPHEMERAL_HEADROOM_MB = 512
-MAX_PRESIGNED_PUT_BYTES = 5 * 1024**3  # S3's limit for one PUT, which is how videos are uploaded
+MAX_PRESIGNED_PUT_BYTES = 5 * 1024**3  # S3's limit for one PUT: bigger files are multipart uploads
+MAX_VIDEO_BYTES = 50 * 1024**3
 
 # Stage environment variables that deploy owns; it rewrites them on every run and leaves the others alone.
 MANAGED_ENVIRONMENT = (
@@ -66,6 +68,7 @@ MANAGED_ENVIRONMENT = (
     "HANDPIPE_NOTIFY_QUEUE_URL",
     "HANDPIPE_NOTIFY_TOPIC_ARN",
     "HANDPIPE_WEBHOOK_SECRET_ARN",
+    "HANDPIPE_UPLOAD_TRIGGER_PREFIX",
 )
 
 DEFAULT_LOG_RETENTION_DAYS = 30  # infra/handpipe.yaml's LogRetentionDays default
@@ -202,8 +205,8 @@ def split_db_connections(total: int, functions: Sequence[str]) -> dict[str, int]
 
     Each Lambda container holds at most one connection (chalicelib.runtime keeps one per container), so a
     function's reserved concurrency bounds its connections. Functions that need no parallelism (migrate,
-    scheduled sweeps) get 1; the rest is shared api_handler 5 : record_events 3 : plan_jobs 2, each at least 2,
-    what rounding leaves going to the API."""
+    scheduled sweeps) get 1; the rest is shared api_handler 5 : record_events 3 : plan_jobs 2 : intake_uploads 1,
+    each at least 2, what rounding leaves going to the API."""
     if total < min_db_connections(functions):
         raise ValueError(f"--max-db-connections must be at least {min_db_connections(functions)}, got {total}")
     singles = {name: 1 for name in functions if name not in DB_CONNECTION_WEIGHTS and name not in NO_DATABASE_FUNCTIONS}
@@ -221,5 +224,6 @@ def visibility_timeout(function_timeout_s: int) -> int:
 
 
 def max_upload_bytes(ephemeral_storage_mb: int) -> int:
-    """The largest video a worker can hold in /tmp, and S3 takes in one presigned PUT."""
-    return min(MAX_PRESIGNED_PUT_BYTES, (int(ephemeral_storage_mb) - EPHEMERAL_HEADROOM_MB) * 1024**2)
+    """The largest video a stage takes: 50 GiB, in a multipart upload (the worker's /tmp no longer
+    bounds it: segments read their byte ranges of the object; `ephemeral_storage_mb` is kept for callers)."""
+    return MAX_VIDEO_BYTES

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VISIBILITY_TIMEOUTS: Mapping[str, int] = {"jobs": 60, "work": 900, "events": 60, "notify": 60}
+DEFAULT_VISIBILITY_TIMEOUTS: Mapping[str, int] = {"jobs": 60, "work": 900, "events": 60, "notify": 60, "uploads": 60}
 # SQS's maximum, so a failed message stays in its DLQ long enough to be looked at.
 DLQ_RETENTION_S = 14 * 24 * 3600
 
@@ -201,9 +201,11 @@ def provision(
     visibility_timeouts: Mapping[str, int] | None = None,
     max_receives_by_role: Mapping[str, int] | None = None,
     sns: SNSClient | None = None,
+    upload_trigger_prefix: str | None = None,
 ) -> Resources:
-    """Create (or bring up to date) the bucket and the queues with their dead-letter queues, and with
-    `sns` the job-end topic. `max_receives_by_role` overrides `max_receives` for some queues (the
+    """Create (or bring up to date) the bucket and the queues with their dead-letter queues, with
+    `sns` the job-end topic, and have the bucket notify the "uploads" queue of objects created under
+    `upload_trigger_prefix` (None: not). `max_receives_by_role` overrides `max_receives` for some queues (the
     notify queue retries a webhook more often than the pipeline retries a message).
 
     Safe to run again: existing resources get the requested settings rather than an error."""
@@ -233,6 +235,8 @@ def provision(
         queue_urls[role], dlq_urls[role] = url, dlq_url
         queue_arns[role], dlq_arns[role] = queue_arn(sqs_client, url), dlq_arn
     topic_arn = sns.create_topic(Name=topic_name(prefix))["TopicArn"] if sns is not None else None  # idempotent
+    if upload_trigger_prefix is not None:
+        notify_uploads(s3_client, sqs_client, bucket, queue_urls["uploads"], upload_trigger_prefix)
     return Resources(
         bucket=bucket,
         queue_urls=queue_urls,
@@ -292,3 +296,36 @@ def _ensure_queue(sqs: SQSClient, name: str, attributes: Mapping[QueueAttributeN
 
 def queue_arn(sqs: SQSClient, queue_url: str) -> str:
     return sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
+def notify_uploads(s3: S3Client, sqs: SQSClient, bucket: str, queue_url: str, prefix: str) -> None:
+    """What the deployed stack's bucket does (infra/handpipe.yaml): S3 sends an ObjectCreated
+    notification to the queue for each object under `prefix`; the queue's policy admits S3 for this
+    bucket only (moto does not enforce it, AWS does)."""
+    arn = queue_arn(sqs, queue_url)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": arn,
+                "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+            }
+        ],
+    }
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "Id": "handpipe-upload-trigger",
+                    "QueueArn": arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
+                }
+            ]
+        },
+    )

@@ -302,6 +302,7 @@ class LocalStack:
             visibility_timeouts={"work": self.work_visibility_s},
             max_receives_by_role={"notify": NOTIFY_MAX_RECEIVES},
             sns=sns,
+            upload_trigger_prefix=Settings.trigger_prefix_from_env(),
         )
         self.restored = self._moto.keep_on_disk(s3, resources.bucket)
         database = Database.from_url(self.db_url)
@@ -364,6 +365,8 @@ class LocalStack:
             QueuePoller(
                 sqs, urls["notify"], chalice_app.deliver_notifications, name="notify", batch_size=10, timeout_s=60
             ),
+            # The bucket's notifications of objects under incoming/ (S3 -> SQS -> intake_uploads, as deployed).
+            QueuePoller(sqs, urls["uploads"], chalice_app.intake_uploads, name="uploads", batch_size=10, timeout_s=60),
         ] + [
             QueuePoller(
                 sqs, urls["work"], self._pool.handler(n), name=f"work-{n}", batch_size=1, timeout_s=WORKER_TIMEOUT_S

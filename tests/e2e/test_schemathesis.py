@@ -100,6 +100,7 @@ class Live:
     video_id: str  # the sample clip, uploaded, with a SUCCEEDED job
     job_id: str  # SUCCEEDED, so that /result, /frames, /export, /insights and /viewer have something to answer
     short_video_id: str  # the sample's first 15 frames, uploaded: where the fuzzing starts jobs, cheap to run
+    multipart_video_id: str  # registered above the (lowered) multipart threshold: 4 parts, none uploaded
     short_clip: Path | None = None  # that clip's file: each cancel case cancels a job started on a fresh copy
 
 
@@ -127,6 +128,11 @@ def _short_clip(source: Path, target: Path, frames: int = 15) -> Path:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     data_dir = tmp_path_factory.mktemp("schemathesis")
+    # Registrations above 1000 bytes get a multipart upload (in 5 MiB parts, S3's minimum), so that the fuzzing
+    # reaches the multipart operations with uploads it can finish cheaply.
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HANDPIPE_MULTIPART_THRESHOLD_BYTES", "1000")
+    patch.setenv("HANDPIPE_MULTIPART_PART_BYTES", str(5 * 1024**2))
     with LocalStack(port=0, data_dir=data_dir, workers=1, bucket="stack-fuzz", prefix="fuzz", quiet=True) as stack:
         assert stack.info is not None
         client = Client(stack.info.api_url, api_key=stack.info.api_key)
@@ -136,10 +142,22 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         client.upload(short, short_clip)
         finished = client.wait(job["id"], poll_s=0.3, timeout_s=300)
         assert finished["status"] == "SUCCEEDED", finished
-        yield Live(stack.info.api_url, stack.info.api_key, client, job["video_id"], job["id"], short["id"], short_clip)
+        multipart = client.request("POST", "/videos", {"filename": "parts.mp4", "size_bytes": 20 * 1024**2})
+        assert multipart["upload"]["method"] == "multipart" and multipart["upload"]["part_count"] == 4
+        yield Live(
+            stack.info.api_url,
+            stack.info.api_key,
+            client,
+            job["video_id"],
+            job["id"],
+            short["id"],
+            multipart["id"],
+            short_clip,
+        )
         # Let the jobs the fuzzing started finish (at most 3 at a time, on 15 frames), so that no worker is cut off
         # mid-item, with a traceback, when the stack stops.
         stack.drain(timeout_s=120)
+    patch.undo()
 
 
 def _make_real(case: schemathesis.Case, live: Live) -> None:
@@ -154,6 +172,14 @@ def _make_real(case: schemathesis.Case, live: Live) -> None:
             params["video_id"] = video["id"]
         elif case.operation.label == "POST /videos/{video_id}/jobs":
             params["video_id"] = live.short_video_id
+        elif case.operation.label in ("GET /videos/{video_id}/upload", "POST /videos/{video_id}/upload/parts"):
+            params["video_id"] = live.multipart_video_id
+        elif case.operation.label in ("DELETE /videos/{video_id}/upload", "POST /videos/{video_id}/upload/complete"):
+            # A fresh one-part multipart upload for each abort and complete (both end the upload).
+            video = live.client.request("POST", "/videos", {"filename": "part.mp4", "size_bytes": 2000})
+            params["video_id"] = video["id"]
+            if case.operation.label.endswith("/complete"):
+                _upload_the_part(case, live, video["id"])
         else:
             params["video_id"] = live.video_id
     if "job_id" in params:
@@ -164,6 +190,19 @@ def _make_real(case: schemathesis.Case, live: Live) -> None:
             video = live.client.register_video(live.short_clip, title="fuzz cancel")
             live.client.upload(video, live.short_clip)
             params["job_id"] = live.client.request("POST", f"/videos/{video['id']}/jobs", {})["id"]
+
+
+def _upload_the_part(case: schemathesis.Case, live: Live, video_id: str) -> None:
+    """Upload the one part of the video; a positive case then completes with that part's real ETag (which no
+    generator can guess), a negative one keeps its generated body."""
+    [part] = live.client.upload_parts_urls(video_id, [1])
+    request = urllib.request.Request(
+        part["url"], data=b"\0" * 2000, method="PUT", headers={"Content-Type": "application/octet-stream"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        etag = response.headers["ETag"]
+    if case.meta is not None and case.meta.generation.mode.is_positive:
+        case.body = {"parts": [{"part_number": 1, "etag": etag}]}
 
 
 # ------------------------------------------------------------------------------------------------- the fuzzing

@@ -267,7 +267,7 @@ def test_template_keeps_data_only_when_asked_and_wires_the_worker() -> None:
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     assert "PUT" in bucket["CorsConfiguration"]["CorsRules"][0]["AllowedMethods"]
     rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
-    assert rules["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+    assert rules["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 7
     assert rules["expire-tmp"]["Prefix"] == "tmp/"
     # Deleted or overwritten objects can be restored for a while; every request is logged.
     assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
@@ -567,11 +567,12 @@ def check_chalice_stage(
         "HANDPIPE_WORK_QUEUE_URL": outputs["WorkQueueUrl"],
         "HANDPIPE_DB_SECRET_ARN": outputs["DbSecretArn"],
         "HANDPIPE_MAX_IN_FLIGHT": outputs["WorkerConcurrency"],
-        "HANDPIPE_MAX_UPLOAD_BYTES": str(2 * 1024**3),
+        "HANDPIPE_MAX_UPLOAD_BYTES": str(50 * 1024**3),
         "HANDPIPE_STAGE": stage,
         "HANDPIPE_NOTIFY_QUEUE_URL": outputs["NotifyQueueUrl"],
         "HANDPIPE_NOTIFY_TOPIC_ARN": outputs["JobEndsTopicArn"],
         "HANDPIPE_WEBHOOK_SECRET_ARN": outputs["WebhookSecretArn"],
+        "HANDPIPE_UPLOAD_TRIGGER_PREFIX": "incoming/",
     }
     assert written["log_retention_in_days"] == int(outputs["LogRetentionDays"])
     assert written["subnet_ids"] == network.subnets == outputs["SubnetIds"].split(",")
@@ -593,7 +594,13 @@ def check_chalice_stage(
     bucket_arn = outputs["BucketArn"]
     allowed = {
         "s3": {bucket_arn, f"{bucket_arn}/videos/*", f"{bucket_arn}/results/*", f"{bucket_arn}/incoming/*"},
-        "sqs": {outputs["JobsQueueArn"], outputs["WorkQueueArn"], outputs["EventsQueueArn"], outputs["NotifyQueueArn"]},
+        "sqs": {
+            outputs["JobsQueueArn"],
+            outputs["WorkQueueArn"],
+            outputs["EventsQueueArn"],
+            outputs["NotifyQueueArn"],
+            outputs["UploadsQueueArn"],
+        },
         "secretsmanager": {outputs["DbSecretArn"], outputs["WebhookSecretArn"]},
         "sns": {outputs["JobEndsTopicArn"]},
     }
@@ -776,6 +783,7 @@ def sample_outputs(stage: str) -> dict[str, str]:
         "NotifyQueueArn": f"{arn}:handpipe-{stage}-notify",
         "JobEndsTopicArn": f"arn:aws:sns:{REGION}:{account}:handpipe-{stage}-job-ends",
         "WebhookSecretArn": f"arn:aws:secretsmanager:{REGION}:{account}:secret:handpipe/{stage}/webhook-signing-Ab12Cd",
+        "UploadsQueueArn": f"{arn}:handpipe-{stage}-uploads",
         "DbSecretArn": f"arn:aws:secretsmanager:{REGION}:{account}:secret:handpipe/{stage}/database-abcd-Xy12Zw",
         "WorkerConcurrency": "20",
         "WorkerEphemeralStorageMB": "2560",

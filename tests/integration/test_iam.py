@@ -166,6 +166,7 @@ def stage(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage
         "EventsQueueArn": arns["events"],
         "NotifyQueueArn": arns["notify"],
         "JobEndsTopicArn": resources.topic_arn,
+        "UploadsQueueArn": arns["uploads"],
         "DbSecretArn": secret,
         "WebhookSecretArn": webhook_secret,
     }
@@ -402,6 +403,7 @@ def test_the_policies_pass_parliament() -> None:
         "EventsQueueArn": f"{arn}-events",
         "NotifyQueueArn": f"{arn}-notify",
         "JobEndsTopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:handpipe-prod-job-ends",
+        "UploadsQueueArn": f"{arn}-uploads",
         "DbSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:handpipe/prod/database-AbCdEf",
         "WebhookSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:handpipe/prod/webhook-signing-AbCdEf",
     }

@@ -100,7 +100,7 @@ def test_moto_server_context_manager_and_port_conflict(moto_server: MotoServer) 
 def test_provision_creates_bucket_queues_and_dlqs(clients: Clients) -> None:
     s3, sqs = clients
     bucket, prefix = _unique("bucket"), _unique("hp")
-    resources = provision(s3, sqs, bucket=bucket, prefix=prefix)
+    resources = provision(s3, sqs, bucket=bucket, prefix=prefix, upload_trigger_prefix="incoming/")
 
     assert resources.bucket == bucket
     s3.head_bucket(Bucket=bucket)
@@ -108,7 +108,7 @@ def test_provision_creates_bucket_queues_and_dlqs(clients: Clients) -> None:
     assert {"PUT", "GET"} <= set(rule["AllowedMethods"])
     assert rule["AllowedOrigins"] == ["*"]
 
-    expected_timeouts = {"jobs": 60, "work": 900, "events": 60, "notify": 60}
+    expected_timeouts = {"jobs": 60, "work": 900, "events": 60, "notify": 60, "uploads": 60}
     names = queue_names(prefix)
     assert set(resources.queue_urls) == set(resources.dlq_urls) == set(resources.queue_arns) == set(names)
     for role, name in names.items():
@@ -126,6 +126,10 @@ def test_provision_creates_bucket_queues_and_dlqs(clients: Clients) -> None:
         ]
         assert dlq_attributes["QueueArn"] == resources.dlq_arns[role]
         assert "RedrivePolicy" not in dlq_attributes
+    # Objects created under incoming/ are reported to the uploads queue, as the deployed bucket does.
+    [notify] = s3.get_bucket_notification_configuration(Bucket=bucket)["QueueConfigurations"]
+    assert notify["QueueArn"] == resources.queue_arns["uploads"] and notify["Events"] == ["s3:ObjectCreated:*"]
+    assert notify["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": "incoming/"}]
 
 
 def test_provision_makes_the_job_end_topic_and_gives_the_notify_queue_its_own_receive_count(

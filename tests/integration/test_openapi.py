@@ -8,8 +8,9 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -24,7 +25,7 @@ from referencing.jsonschema import DRAFT202012
 import app as chalice_app
 from chalicelib.adapters.database import Database
 from chalicelib.config import Settings
-from chalicelib.runtime import Runtime, use_runtime
+from chalicelib.runtime import Runtime, runtime, use_runtime
 from chalicelib.shared.contracts import ContractError, ProcessOptions
 from chalicelib.shared.states import JOB_STATUSES, VIDEO_STATUSES
 from chalicelib.web.openapi import OPENAPI_PATH, load_openapi
@@ -511,6 +512,36 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
     )
     assert call("GET", f"/jobs/{job['id']}/viewer/config", expect=200)["video_url"].startswith("http")
 
+    # all the caller's jobs, filtered and paged
+    found = call("GET", "/jobs?status=succeeded&limit=1", expect=200)
+    assert len(found["jobs"]) == 1 and found["next_token"]
+    call("GET", f"/jobs?status=succeeded&limit=1&next_token={found['next_token']}", expect=200)
+    assert call("GET", f"/jobs?video_id={bad['id']}&created_after=2020-01-01T00:00:00Z", expect=200)["jobs"]
+    for query in ["status=DONE", "limit=0", "video_id=x", "created_after=soon", "next_token=!!!"]:
+        call("GET", f"/jobs?{query}", expect=400)
+
+    # a multipart upload (the threshold lowered to 1000 bytes): part URLs, state, an incomplete complete, complete
+    lowered = replace(runtime().settings, multipart_threshold_bytes=1000, multipart_part_bytes=5 * 1024**2)
+    use_runtime(Runtime(lowered, s3_client=env.s3, sqs_client=env.sqs, database=env.db))
+    size = 5 * 1024**2 + 10
+    big = call("POST", "/videos", {"filename": "big.mp4", "size_bytes": size}, expect=201)
+    assert (big["upload"]["method"], big["upload"]["part_count"]) == ("multipart", 2)
+    urls = call("POST", f"/videos/{big['id']}/upload/parts", {"part_numbers": [1, 2]}, expect=200)["parts"]
+    etags = [_put_part(part["url"], part["size_bytes"]) for part in urls]
+    assert len(call("GET", f"/videos/{big['id']}/upload", expect=200)["uploaded_parts"]) == 2
+    call("POST", f"/videos/{big['id']}/upload/parts", {"part_numbers": [0]}, expect=400)
+    call("POST", f"/videos/{big['id']}/upload/parts", {"part_numbers": [3]}, expect=409)
+    assert "in parts" in call("POST", f"/videos/{big['id']}/upload-url", None, expect=409)["message"]
+    complete = f"/videos/{big['id']}/upload/complete"
+    call("POST", complete, {"parts": [{"part_number": 1, "etag": etags[0]}]}, expect=409)
+    parts = [{"part_number": n, "etag": etag} for n, etag in enumerate(etags, 1)]
+    assert call("POST", complete, {"parts": parts}, expect=200)["size_bytes"] == size
+    call("POST", complete, {"parts": parts}, expect=409)  # done already
+    call("GET", f"/videos/{big['id']}/upload", expect=409)
+    dropped = call("POST", "/videos", {"filename": "dropped.mp4", "size_bytes": 2000}, expect=201)
+    assert call("DELETE", f"/videos/{dropped['id']}/upload", expect=200)["deleted"] == dropped["id"]
+    call("DELETE", f"/videos/{dropped['id']}/upload", expect=404)
+
     # delete, once nothing runs
     deleted = call("DELETE", f"/videos/{vid}", expect=200)
     assert deleted["deleted"] == vid and deleted["objects_removed"] >= 3
@@ -518,6 +549,14 @@ def test_every_answer_of_a_full_flow_and_its_errors_follows_the_document(
 
     succeeded = {(path, method) for path, method, status in api.seen if 200 <= status < 300}
     assert succeeded == {(path, method) for path, method, _ in _operations()}, "every operation answered a success"
+
+
+def _put_part(url: str, size: int) -> str:
+    request = urllib.request.Request(
+        url, data=b"\0" * size, method="PUT", headers={"Content-Type": "application/octet-stream"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return str(response.headers["ETag"])
 
 
 def test_unavailable_dependencies_follow_the_document(env: Env, api: Checked, tmp_path: Path) -> None:

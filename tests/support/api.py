@@ -96,7 +96,9 @@ def env(moto_endpoint: str, tmp_path: Path) -> Iterator[Env]:
     s3, sqs = aws_clients(moto_endpoint)
     sns = sns_client(moto_endpoint)
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    resources = provision(s3, sqs, bucket=f"{prefix}-bucket", prefix=prefix, max_receives=2, sns=sns)
+    resources = provision(
+        s3, sqs, bucket=f"{prefix}-bucket", prefix=prefix, max_receives=2, sns=sns, upload_trigger_prefix="incoming/"
+    )
     db = Database.from_url(f"sqlite:///{tmp_path / 'handpipe.db'}")
     upgrade(db)
     settings = Settings(
