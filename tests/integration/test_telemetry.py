@@ -152,6 +152,11 @@ def test_the_worker_entry_point_logs_json_and_sends_its_metrics(aws_env: str, tm
     env = {
         **os.environ,
         "AWS_ENDPOINT_URL": aws_env,
+        # What Lambda sets in every container; other tests may have changed this process's own.
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
         "HANDPIPE_EVENTS_QUEUE_URL": events_url,
         "HANDPIPE_STAGE": "test",
         "PYTHONPATH": os.pathsep.join([str(REPO / "worker_image"), str(REPO)]),

@@ -182,7 +182,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Store]:
     else:
         db = request.getfixturevalue("mysql_session_db")
         with db.transaction():
-            for table in ("job_artifacts", "object_intake", "segments", "jobs", "videos"):
+            for table in (
+                "job_announcements",
+                "webhook_secrets",
+                "job_artifacts",
+                "object_intake",
+                "segments",
+                "jobs",
+                "videos",
+            ):
                 db.execute(f"DELETE FROM {table}")
         result = Store(request.getfixturevalue("mysql_migrated_url"), db)
     yield result
