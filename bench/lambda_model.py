@@ -2,16 +2,23 @@
 costs measured here, on this machine, and stated assumptions (every one a command-line option).
 
     .venv/bin/python bench/lambda_model.py [--frames 150] [--segment-s 8] [--warmup-ms 500]
-                                           [--adaptive-ratio 0.55] [--memory-mb 3008] ...
+                                           [--adaptive-ratio R] [--memory-mb 3008] ...
 
 Measured in this run: a 1080p 30 fps H.264 clip is made from the shared thumbs-up clip (scaled up with
 PyAV, libx264 at --bitrate-mbps); then, in this process, CPU per frame of decoding it to RGB as the engine
 does (handpipe_worker.video) and of the engine's whole pass (decode + inference, handpipe_worker.engine),
 best of --rounds; inference = engine - decode. The container index's parse time per frame
 (chalicelib.shared.mp4index, the orchestrator's probe) and the worker's cold start in a fresh interpreter
-(bench/worker.py's cold_start) are measured too. Adaptive detection: when ProcessOptions has `detection`
-(bench/worker.py measures the ratio), the engine is run with detection="adaptive" as well; otherwise its
-inference is the exact inference x --adaptive-ratio, an assumption printed as such.
+(bench/worker.py's cold_start) are measured too. Adaptive detection (ProcessOptions detection="adaptive",
+--detection-interval-ms, --detection-scan-frames) is measured the same way, in the same process on the
+same clip, each round running exact then adaptive: adaptive inference = adaptive engine - decode. It only
+saves work while one hand is tracked, so the adaptive/exact inference ratio is also measured in the same
+run on a shared one-hand clip (--ratio-clip, the portrait wave: one hand in every frame). The 1080p
+clip's own measurement is the adaptive figure when that clip is one-hand footage (bench/adaptive.py's
+is_one_hand); when it is not (no hands, or two in more than 5 % of the frames with hands), the ratio
+clip's ratio applied to the 1080p exact inference is; the output says which, and prints the other as a
+sensitivity line. --adaptive-ratio R overrides both measurements (adaptive inference = exact inference
+x R, printed as an assumption).
 
 The job's path, as the code runs it: job created -> SQS hop -> plan_jobs reads the container index
 (ranged GETs) and sends the work items -> SQS hop -> every worker cold-starts at once (concurrency =
@@ -38,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+from adaptive import is_one_hand
 from common import data_dir, log, print_result
 from handpipe_worker.engine import process_video
 from handpipe_worker.models import ModelCache
@@ -49,6 +57,7 @@ from chalicelib.shared.contracts import ProcessOptions
 from chalicelib.shared.mp4index import read_index
 
 SOURCE = "videos/thumb_up_landscape_720p.mp4"
+RATIO_CLIP = "videos/one_hand_wave_portrait.mp4"  # one hand in all 180 frames (shared/data/SOURCES.md)
 GB_S_PRICE = 0.0000166667  # x86, per GB-second (us-east-1 list price)
 REQUEST_PRICE = 0.20 / 1_000_000
 DEFAULT_WARMUP_MS = float(next(f.default for f in fields(Settings) if f.name == "warmup_ms"))  # type: ignore[arg-type]
@@ -84,10 +93,51 @@ def decode_cpu_ms(path: Path) -> float:
     return (time.process_time() - started) * 1000 / count
 
 
-def engine_cpu_ms(path: Path, options: ProcessOptions, models: ModelCache) -> tuple[float, int]:
+def engine_cpu_ms(path: Path, options: ProcessOptions, models: ModelCache) -> tuple[float, dict[str, Any]]:
+    """CPU per frame (all threads) of the engine's whole pass, and its result."""
     started = time.process_time()
     result = process_video(path, options, models=models)
-    return (time.process_time() - started) * 1000 / len(result["frames"]), int(result["summary"]["frames_with_hands"])
+    return (time.process_time() - started) * 1000 / len(result["frames"]), result
+
+
+@dataclass(frozen=True)
+class Compared:
+    """Exact against adaptive detection on one clip, measured in this process: CPU ms a frame."""
+
+    clip: str
+    frames: int
+    one_hand_frames: int  # frames on which exact mode found exactly one hand
+    one_hand: bool  # bench/adaptive.py's is_one_hand: one-hand footage, where adaptive detection saves work
+    decode_ms: float
+    exact_ms: float
+    adaptive_ms: float
+
+    @property
+    def inference_ratio(self) -> float:
+        """Adaptive over exact CPU a frame with decoding, which no detection mode changes, taken out of both."""
+        return (self.adaptive_ms - self.decode_ms) / (self.exact_ms - self.decode_ms)
+
+
+def compare(path: Path, adaptive: ProcessOptions, models: ModelCache, rounds: int) -> Compared:
+    """Decode alone, then exact and adaptive in turn each round; the least CPU of each is kept."""
+    process_video(path, ProcessOptions().with_range(0, 200), models=models)  # the model cache warm
+    log(f"{path.name}: decode, exact and adaptive detection, {rounds} round(s)")
+    decode = min(decode_cpu_ms(path) for _ in range(rounds))
+    exact_ms = adaptive_ms = float("inf")
+    exact: dict[str, Any] = {}
+    for _ in range(rounds):
+        ms, exact = engine_cpu_ms(path, ProcessOptions(), models)
+        exact_ms = min(exact_ms, ms)
+        adaptive_ms = min(adaptive_ms, engine_cpu_ms(path, adaptive, models)[0])
+    return Compared(
+        clip=path.name,
+        frames=len(exact["frames"]),
+        one_hand_frames=sum(1 for frame in exact["frames"] if len(frame["hands"]) == 1),
+        one_hand=is_one_hand(exact),
+        decode_ms=decode,
+        exact_ms=exact_ms,
+        adaptive_ms=adaptive_ms,
+    )
 
 
 def index_parse_ms_per_frame(path: Path) -> float:
@@ -177,7 +227,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--frames", type=int, default=150, help="frames of the generated 1080p clip to measure on")
     add("--rounds", type=int, default=2, help="measurement rounds (the fastest counts)")
-    add("--adaptive-ratio", type=float, default=0.55, help="adaptive/exact inference CPU, when not measured")
+    add("--adaptive-ratio", type=float, help="adaptive/exact inference CPU, instead of measuring it (default)")
+    add("--detection-interval-ms", type=int, default=ProcessOptions().detection_interval_ms, help="adaptive")
+    add("--detection-scan-frames", type=int, default=ProcessOptions().detection_scan_frames, help="adaptive")
+    add("--ratio-clip", default=RATIO_CLIP, help="one-hand clip for the ratio when the 1080p clip is not one-hand")
     add("--video-s", type=float, default=600.0)
     add("--fps", type=float, default=30.0)
     add("--bitrate-mbps", type=float, default=8.0, help="the 1080p30 H.264 bitrate (a phone's default)")
@@ -202,18 +255,28 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, Any]]
     models = ModelCache()
     measured: dict[str, float] = {}
     notes: dict[str, Any] = {}
+    rounds = max(1, args.rounds)
+    adaptive = ProcessOptions(
+        detection="adaptive",
+        detection_interval_ms=args.detection_interval_ms,
+        detection_scan_frames=args.detection_scan_frames,
+    )
     with tempfile.TemporaryDirectory(prefix="handpipe-lambda-model-") as folder:
         clip = make_1080p(Path(folder) / "1080p.mp4", args.frames, args.bitrate_mbps)
         notes["clip_mb"] = clip.stat().st_size / 1e6
         log(f"1080p clip: {args.frames} frames, {notes['clip_mb']:.1f} MB; measuring decode and the engine")
-        measured["decode_ms"] = min(decode_cpu_ms(clip) for _ in range(args.rounds))
-        runs = [engine_cpu_ms(clip, ProcessOptions(), models) for _ in range(args.rounds)]
-        measured["engine_ms"] = min(r[0] for r in runs)
-        notes["with_hands"] = runs[0][1]
-        if "detection" in {f.name for f in fields(ProcessOptions)}:
-            adaptive = ProcessOptions.from_dict({"detection": "adaptive"})
-            measured["adaptive_engine_ms"] = min(engine_cpu_ms(clip, adaptive, models)[0] for _ in range(args.rounds))
+        if args.adaptive_ratio is None:
+            notes["1080p"] = compare(clip, adaptive, models, rounds)
+            measured["decode_ms"], measured["engine_ms"] = notes["1080p"].decode_ms, notes["1080p"].exact_ms
+            measured["adaptive_engine_ms"] = notes["1080p"].adaptive_ms
+        else:  # the ratio is given: exact mode alone
+            process_video(clip, ProcessOptions().with_range(0, 200), models=models)  # the model cache warm
+            measured["decode_ms"] = min(decode_cpu_ms(clip) for _ in range(rounds))
+            measured["engine_ms"] = min(engine_cpu_ms(clip, ProcessOptions(), models)[0] for _ in range(rounds))
         measured["index_ms_per_frame"] = index_parse_ms_per_frame(clip)
+    if args.adaptive_ratio is None:
+        log(f"the adaptive/exact inference ratio on one-hand footage: {args.ratio_clip}")
+        notes["ratio_clip"] = compare(data_dir() / args.ratio_clip, adaptive, models, rounds)
     log("cold start in a fresh interpreter")
     measured["cold_start_s"] = cold_start("full")["total_s"]
     return measured, notes
@@ -223,12 +286,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     measured, notes = measure(args)
     inference = measured["engine_ms"] - measured["decode_ms"]
-    if "adaptive_engine_ms" in measured:
-        adaptive_inference = measured["adaptive_engine_ms"] - measured["decode_ms"]
-        adaptive_source = "measured (ProcessOptions detection=adaptive)"
+    detection = f"detection=adaptive, interval {args.detection_interval_ms} ms, scan {args.detection_scan_frames}"
+    if args.adaptive_ratio is not None:
+        ratio, ratio_source = args.adaptive_ratio, "override"
+        adaptive_inference = inference * ratio
+        adaptive_source = f"assumed: exact x --adaptive-ratio {ratio}"
+    elif not notes["1080p"].one_hand:
+        ratio, ratio_source = notes["ratio_clip"].inference_ratio, "ratio_clip"
+        adaptive_inference = inference * ratio
+        adaptive_source = (
+            f"exact x {ratio:.3f}, the inference ratio measured in this run on {args.ratio_clip} ({detection}): "
+            f"the 1080p clip is not one-hand footage ({notes['1080p'].one_hand_frames}/{notes['1080p'].frames} "
+            "frames one hand)"
+        )
     else:
-        adaptive_inference = inference * args.adaptive_ratio
-        adaptive_source = f"assumed: exact x --adaptive-ratio {args.adaptive_ratio}"
+        ratio, ratio_source = notes["1080p"].inference_ratio, "1080p"
+        adaptive_inference = measured["adaptive_engine_ms"] - measured["decode_ms"]
+        adaptive_source = (
+            f"measured on the 1080p clip, {detection}: engine {measured['adaptive_engine_ms']:.1f} CPU ms a frame, "
+            f"x {ratio:.3f} of exact; {notes['1080p'].one_hand_frames}/{notes['1080p'].frames} frames one hand"
+        )
     billed_cold = args.billed_cold_s if args.billed_cold_s is not None else measured["cold_start_s"]
     a = Assumptions(
         video_s=args.video_s, fps=args.fps, bitrate_mbps=args.bitrate_mbps, segment_s=args.segment_s,
@@ -243,6 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  decode to RGB      {measured['decode_ms']:.1f} CPU ms a frame")
     print(f"  engine (exact)     {measured['engine_ms']:.1f} CPU ms a frame -> inference {inference:.1f} ms")
     print(f"  adaptive inference {adaptive_inference:.1f} ms a frame ({adaptive_source})")
+    for label in ("1080p", "ratio_clip") if "ratio_clip" in notes else ():
+        c: Compared = notes[label]
+        print(
+            f"    {c.clip if label == 'ratio_clip' else '1080p clip':<26} {c.one_hand_frames:>3}/{c.frames} frames one "
+            f"hand; decode {c.decode_ms:.1f}, exact {c.exact_ms:.1f}, adaptive {c.adaptive_ms:.1f} CPU ms a frame; "
+            f"inference ratio {c.inference_ratio:.3f}"
+        )
     print(f"  container index    {measured['index_ms_per_frame'] * 1000:.1f} us a frame to parse")
     print(f"  cold start         {measured['cold_start_s']:.2f} s (imports, bundle, landmarker; billed as init)")
     print("assumptions:")
@@ -272,11 +356,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  {label:<40} exact {e['wall_s']:5.1f} s ${e['cost_per_video_minute']:.5f}/min; "
             f"adaptive {d['wall_s']:5.1f} s ${d['cost_per_video_minute']:.5f}/min"
         )
+    if "ratio_clip" in notes:
+        other_ratio = notes["1080p" if ratio_source == "ratio_clip" else "ratio_clip"].inference_ratio
+        o = model(a, Figures(inference * other_ratio, measured["decode_ms"], measured["index_ms_per_frame"]))
+        other_label = "the 1080p clip's" if ratio_source == "ratio_clip" else f"{Path(args.ratio_clip).stem}'s"
+        print(
+            f"  {'adaptive at ' + other_label + ' ratio ' + format(other_ratio, '.3f'):<40} "
+            f"adaptive {o['wall_s']:5.1f} s ${o['cost_per_video_minute']:.5f}/min"
+        )
     print(
         "what carries the figure: the per-frame wall (inference, decode overlapped on the second vCPU, Lambda's "
         "core speed), the segment length (frames per worker, plus the warm-up), the cold start (5 s wall, of "
         "which the init is billed) and that every segment starts at once (concurrency = segments: an SQS event "
-        "source that is already scaled out; from idle AWS adds about 5 workers a second, see --sqs-ramp-per-s 5)"
+        "source that is already scaled out; from idle AWS adds about 5 workers a second, see --sqs-ramp-per-s 5); "
+        f"for adaptive, also its inference ratio ({ratio:.3f}, {ratio_source}), which holds for one hand in view "
+        "throughout, and once the landmarker of one hand has taken over the seeded hand (it does so only on a fresh "
+        "seed): with no hand it saves nothing at --detection-scan-frames 1, with two it costs a little more"
     )
     print_result(
         {
@@ -295,7 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "adaptive_frame_ms": round(adaptive["per_frame_ms"], 2),
             "cold_start_s": round(measured["cold_start_s"], 3),
             "probe_s": round(exact["probe_s"], 3),
-            "adaptive_measured": int("adaptive_engine_ms" in measured),
+            "adaptive_measured": int(args.adaptive_ratio is None),
+            "adaptive_inference_ratio": round(ratio, 3),
+            "adaptive_ratio_from": ratio_source,
+            "ratio_clip_inference_ratio": (
+                round(notes["ratio_clip"].inference_ratio, 3) if "ratio_clip" in notes else "-"
+            ),
         }
     )
     return 0
