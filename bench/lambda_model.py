@@ -370,8 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "which the init is billed) and that every segment starts at once (concurrency = segments: an SQS event "
         "source that is already scaled out; from idle AWS adds about 5 workers a second, see --sqs-ramp-per-s 5); "
         f"for adaptive, also its inference ratio ({ratio:.3f}, {ratio_source}), which holds for one hand in view "
-        "throughout, and once the landmarker of one hand has taken over the seeded hand (it does so only on a fresh "
-        "seed): with no hand it saves nothing at --detection-scan-frames 1, with two it costs a little more"
+        "throughout, and once the landmarker of one hand has taken over the seeded hand (at the seed, or later once "
+        "it agrees with the landmarker of two): with no hand it saves nothing at --detection-scan-frames 1, with two "
+        "it costs a little more"
     )
     print_result(
         {

@@ -13,6 +13,8 @@ import av
 import cv2
 import numpy as np
 import pytest
+from handpipe_worker import engine
+from handpipe_worker.engine import _frame_detector as make_detector
 from handpipe_worker.engine import process_video
 from handpipe_worker.models import ModelCache
 
@@ -187,3 +189,55 @@ def test_a_gesture_recognizer_runs_adaptive_too_and_names_every_hands_gesture(tm
     assert with_hands(exact) and with_hands(adaptive) == with_hands(exact)
     assert max(landmark_diffs(exact, adaptive)) <= TOLERANCE
     assert all("gesture" in hand for frame in adaptive["frames"] for hand in frame["hands"])
+
+
+LATER_TOLERANCE = 0.03  # a later hand-down's own track: close to exact mode's, not equal (docs/performance.md)
+
+
+def test_a_hand_down_that_fails_at_the_seed_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thumbs-up clip at 1080p (as bench/lambda_model.py makes it): its hand comes in at the bottom
+    edge on frame 23, where the landmarker of one hand, from no state, finds nothing and the one of two
+    finds it. The hand-down is tried again beside the landmarker of two and takes over later."""
+    path = _scaled_to_1080p(tmp_path / "edge_1080p.mp4", 60)
+    made: list[Any] = []
+
+    def recording(*args: Any) -> Any:
+        made.append(make_detector(*args))
+        return made[-1]
+
+    monkeypatch.setattr(engine, "_frame_detector", recording)
+    exact = run(path)
+    adaptive = process_video(path, ProcessOptions(detection="adaptive"), models=MODELS)
+    detector = made[-1]
+    assert min(with_hands(exact)) == 23  # the footage is what this test says it is
+    assert detector.handovers == {"seeded": 0, "later": 1, "failed": 1}
+    # Which landmarker gave each frame's hands: two's until the later hand-down, then one's to the end.
+    handed_down = detector.frames_by[2]
+    assert 23 < handed_down < 45 and detector.frames_by[1] == 60 - handed_down
+    assert with_hands(adaptive) == with_hands(exact) and counts(adaptive) == counts(exact)
+    # Up to the hand-down the landmarks are exact mode's; after it they come from the other track.
+    assert max(landmark_diffs(*(_before(r, handed_down) for r in (exact, adaptive)))) <= TOLERANCE
+    assert max(landmark_diffs(exact, adaptive)) <= LATER_TOLERANCE
+
+
+def _before(result: dict[str, Any], index: int) -> dict[str, Any]:
+    return {**result, "frames": [f for f in result["frames"] if f["index"] < index]}
+
+
+def _scaled_to_1080p(path: Path, count: int) -> Path:
+    """The first frames of the thumbs-up clip scaled by PyAV and encoded as bench/lambda_model.py's
+    make_1080p does (libx264 at 8 Mbit/s, veryfast): the scaling decides on which frame the hand is
+    first found, so it is the same."""
+    with av.open(str(data_path("videos/thumb_up_landscape_720p.mp4"))) as source, av.open(str(path), "w") as target:
+        stream = target.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.bit_rate = 8_000_000
+        stream.codec_context.options = {"preset": "veryfast", "g": "60"}
+        for number, frame in enumerate(source.decode(video=0)):
+            if number == count:
+                break
+            picture = frame.reformat(width=1920, height=1080, format="yuv420p")
+            picture.pts = None
+            target.mux(stream.encode(picture))
+        target.mux(stream.encode(None))
+    return path

@@ -1,7 +1,9 @@
 """Adaptive detection: MediaPipe re-runs its palm detector on every frame while it tracks fewer hands
 than `num_hands`, which doubles the cost of a one-hand video. This module tracks the hands it has
 with a landmarker sized to them and asks a detecting one only every interval, and (with no hand in
-view) looks every few frames, going back over the frames between when it finds one."""
+view) looks every few frames, going back over the frames between when it finds one. When the smaller
+landmarker cannot take over at the seed, it is seeded again later and runs alongside the detecting
+one, taking over once both give nearly the same landmarks."""
 
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ MakeTask = Callable[[int, bool], Task]  # (num_hands, video) -> task
 
 MASK_MARGIN = 0.1  # of a hand's landmark box, each side: enough to hide its palm from the detector
 _BLANK_SIDE = 64  # a black picture makes a tracker drop what it tracks (MediaPipe finds no hand in it)
+# A later hand-down (see AdaptiveDetector._follow): the smaller landmarker, seeded afresh, runs beside
+# the landmarker of num_hands until their landmarks agree this closely (largest coordinate difference),
+# a fifth of what the tests allow, for at most SHADOW_FRAMES frames an attempt.
+HANDOVER_MATCH = 0.001
+SHADOW_FRAMES = 12
+MAX_BACKOFF = 8  # attempts that found no agreement wait up to this many intervals before the next one
 
 
 @dataclass
@@ -59,7 +67,18 @@ class AdaptiveDetector:
     hands all of them back to the landmarker of num_hands. A hand that tracking loses is lost on
     that frame as in exact mode (MediaPipe's own palm detection ignores detections overlapping a
     tracked hand's box), and hands the palm detector would find elsewhere on that frame are added.
-    With no hand in view, only every `scan_every`-th frame is looked at until one is found."""
+    With no hand in view, only every `scan_every`-th frame is looked at until one is found.
+
+    A hand-down can fail at the seed: on a hand at the frame's edge the landmarker of one hand can
+    find nothing where the one of two finds it (presumably as fewer palm candidates reach its
+    landmark model). And with two hands seeded and one gone, the landmarker of num_hands goes on with
+    the other. Either way it runs its palm detector on every frame, so the smaller landmarker is
+    seeded afresh (on the next frame after a failed hand-down, then every interval) and runs beside
+    it (a shadow). It cannot start from the same state (MediaPipe tracks
+    from the last frame's landmarks, which only the landmarker of num_hands has), so it takes over
+    only once its landmarks agree with the other's within HANDOVER_MATCH; from then on they are
+    close to exact mode's, not equal to them. A shadow that does not agree within SHADOW_FRAMES is
+    dropped (a fresh seed can settle on another pose for good), and the next attempt waits longer."""
 
     make: MakeTask
     num_hands: int
@@ -74,6 +93,13 @@ class AdaptiveDetector:
     _kept: list[_Kept] = field(default_factory=list)
     _checker: Task | None = None
     _blank: Any = None
+    _shadow: int = 0  # hands of the smaller landmarker running beside the one of num_hands (0: none)
+    _shadowed: int = 0  # frames the current shadow has run
+    _backoff: int = 1  # intervals to wait before the next later hand-down
+    # Frames whose hands came from the landmarker of each number of hands, and hand-downs that worked
+    # at the seed ("seeded") or later ("later"): what tests and benches read to see which one ran.
+    frames_by: dict[int, int] = field(default_factory=dict)
+    handovers: dict[str, int] = field(default_factory=lambda: {"seeded": 0, "later": 0, "failed": 0})
 
     def __post_init__(self) -> None:
         self._active = self.num_hands
@@ -123,26 +149,67 @@ class AdaptiveDetector:
 
     def _frame(self, image: Any, ms: float) -> Hands:
         if self._active < self.num_hands:
+            self.frames_by[self._active] = self.frames_by.get(self._active, 0) + 1
             return self._tracked(image, ms)
+        self.frames_by[self.num_hands] = self.frames_by.get(self.num_hands, 0) + 1
         full = self._tracker(self.num_hands)
         seeding = full.count == 0
         hands = full.detect(image)
         if seeding and 0 < len(hands) < self.num_hands:
             self._hand_down(image, ms, hands)
+        elif not seeding and 0 < len(hands) < self.num_hands and len(hands) == len(self._previous):
+            self._follow(image, ms, hands)
+        else:
+            self._drop_shadow()
         self._previous = hands
         return hands
 
     def _hand_down(self, image: Any, ms: float, hands: Hands) -> None:
         """Hands just seeded by the landmarker of num_hands go to the one of their number, which
         seeds the same hands from the same frame (both start from no state)."""
+        self._backoff = 1  # a fresh seed: a later hand-down of it waits one interval
         smaller = self._tracker(len(hands))
         again = smaller.detect(image)
         if len(again) == len(hands) and all(any(_same_hand(a, b) for b in hands) for a in again):
             self._active = len(hands)
             self._last_check_ms = ms
             self._clear(self._tracker(self.num_hands))
+            self.handovers["seeded"] += 1
         else:
+            # Tried again by _follow, beside the landmarker of num_hands, from the next frame: on the
+            # 1080p clip of docs/performance.md a seed one frame later ends up closest to exact mode's.
             self._clear(smaller)
+            self._last_check_ms = ms - self.interval_ms
+            self.handovers["failed"] += 1
+
+    def _follow(self, image: Any, ms: float, hands: Hands) -> None:
+        """The landmarker of num_hands tracks fewer hands than that (a failed hand-down, or hands gone):
+        when due, seed the landmarker of their number on this frame and run it beside; hand over once
+        both give nearly the same landmarks (the class docstring says why not at once)."""
+        if not self._shadow:
+            if ms - self._last_check_ms < self.interval_ms * self._backoff:
+                return
+            self._last_check_ms = ms
+            self._shadow, self._shadowed = len(hands), 0
+        shadow = self._tracker(self._shadow)
+        again = shadow.detect(image)
+        self._shadowed += 1
+        if len(again) != len(hands) or not all(any(_same_hand(a, b) for b in hands) for a in again):
+            self._drop_shadow(failed=True)
+        elif max(min(_landmark_diff(a, b) for b in hands) for a in again) <= HANDOVER_MATCH:
+            self._active, self._shadow, self._backoff = len(hands), 0, 1
+            self._last_check_ms = ms
+            self._clear(self._tracker(self.num_hands))
+            self.handovers["later"] += 1
+        elif self._shadowed >= SHADOW_FRAMES:
+            self._drop_shadow(failed=True)
+
+    def _drop_shadow(self, failed: bool = False) -> None:
+        """Stop a later hand-down: the shadow is cleared; after one that failed, the next waits longer."""
+        if self._shadow:
+            self._clear(self._tracker(self._shadow))
+            self._shadow = 0
+            self._backoff = min(MAX_BACKOFF, self._backoff * 2) if failed else 1
 
     def _tracked(self, image: Any, ms: float) -> Hands:
         """1..num_hands-1 hands are tracked by the landmarker of their number."""
@@ -208,6 +275,11 @@ def _box(hand: dict[str, Any]) -> tuple[float, float, float, float]:
     xs = [p[0] for p in hand["landmarks"]]
     ys = [p[1] for p in hand["landmarks"]]
     return min(xs), min(ys), max(xs), max(ys)
+
+
+def _landmark_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The largest coordinate difference between two hands' landmarks (as the tests measure it)."""
+    return float(np.abs(np.array(a["landmarks"]) - np.array(b["landmarks"])).max())
 
 
 def _same_hand(a: dict[str, Any], b: dict[str, Any]) -> bool:
