@@ -68,14 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_native_logs() -> None:
-    """MediaPipe's C++ side writes INFO and WARNING lines straight to file descriptor 2, which
-    nobody can act on. Send descriptor 2 to /dev/null and keep Python's stderr on the real one."""
-    sys.stderr.flush()
-    real_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    sys.stderr = os.fdopen(real_stderr, "w", buffering=1)
+    """MediaPipe's C++ side writes INFO and WARNING lines straight to file descriptor 2, which nobody can
+    act on: the worker's filter (handpipe_worker.native_logs) drops exactly those and keeps native errors."""
+    from handpipe_worker.native_logs import filter_native_stderr
+
+    filter_native_stderr()
 
 
 def fail(message: str, status: int = 1) -> int:

@@ -33,10 +33,12 @@ class ProgressBar:
             fraction = min(1.0, done / total)
             filled = int(fraction * self.width)
             bar = "#" * filled + "." * (self.width - filled)
-            text = f"{self.label} [{bar}] {fraction * 100:5.1f}% {shown_done}/{shown_total} {unit} {shown_rate}/s"
+            text = (
+                f"{self.label} [{bar}] {fraction * 100:5.1f}% {shown_done}/{shown_total} {unit} {shown_rate} {unit}/s"
+            )
             tenth = int(fraction * 10)
         else:
-            text = f"{self.label} {shown_done} {unit} {shown_rate}/s"
+            text = f"{self.label} {shown_done} {unit} {shown_rate} {unit}/s"
             tenth = done // 100
         if self.tty:
             self.stream.write("\r" + text.ljust(79))

@@ -144,14 +144,16 @@ def test_provision_makes_the_job_end_topic_and_gives_the_notify_queue_its_own_re
     assert first.topic_arn and first.topic_arn.endswith(f":{topic_name(prefix)}")
     again = provision(s3, sqs, bucket=first.bucket, prefix=prefix, max_receives_by_role={"notify": 8}, sns=sns)
     assert again.topic_arn == first.topic_arn
-    assert [t["TopicArn"] for t in sns.list_topics()["Topics"]].count(first.topic_arn) == 1
+    # Every page: the session's moto server holds every test's topics, and a page is 100 of them.
+    topics = [t["TopicArn"] for page in sns.get_paginator("list_topics").paginate() for t in page["Topics"]]
+    assert topics.count(first.topic_arn) == 1
     receives = {
         role: json.loads(
             sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
         )["maxReceiveCount"]
         for role, url in first.queue_urls.items()
     }
-    assert {role: int(n) for role, n in receives.items()} == {"jobs": 3, "work": 3, "events": 3, "notify": 8}
+    assert {role: int(n) for role, n in receives.items()} == {"jobs": 3, "work": 3, "events": 3, "notify": 8, "uploads": 3}
     assert _provision(clients).topic_arn is None  # without an SNS client, no topic
 
 
