@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from chalicelib.domain.ports import JobAndVideo, JobRepository, VideoRepository
 from chalicelib.domain.records import Job
-from chalicelib.service.common import logger, now_ms
+from chalicelib.service.common import now_ms
 from chalicelib.service.errors import Conflict
 from chalicelib.service.jobs import get_job
 from chalicelib.service.notifications import announce_job_end
+from chalicelib.shared import telemetry
 from chalicelib.shared.cancellation import mark_cancelled, unmark_cancelled
 from chalicelib.shared.states import ACTIVE_JOB_STATUSES, JobStatus, VideoStatus
 from chalicelib.shared.storage import ObjectStore
@@ -49,7 +50,16 @@ def cancel_job(
         if current.status != JobStatus.CANCELLED:  # the job ended on its own first
             unmark_cancelled(store, job.video_id, job.id)
         raise _refuse(current)
-    logger.info("job %s cancelled (was %s)", job.id, job.status)
+    telemetry.job_event(
+        "job.cancelled",
+        "job %s cancelled (was %s)",
+        job.id,
+        job.status,
+        metric_name=telemetry.JOBS_CANCELLED,
+        job_id=job.id,
+        video_id=job.video_id,
+        owner=job.owner,
+    )
     return current
 
 

@@ -21,6 +21,7 @@ JOBS_QUEUED = "JobsQueued"
 JOBS_STARTED = "JobsStarted"
 JOBS_SUCCEEDED = "JobsSucceeded"
 JOBS_FAILED = "JobsFailed"
+JOBS_CANCELLED = "JobsCancelled"
 SEGMENTS_SUCCEEDED = "SegmentsSucceeded"
 FRAMES_PROCESSED = "FramesProcessed"
 SEGMENT_SECONDS = "SegmentSeconds"  # a worker's wall time on one segment
@@ -175,7 +176,7 @@ def record_keys(**keys: Any) -> Iterator[None]:
 
 
 def job_event(event: str, message: str, *args: Any, metric_name: str | None = None, **keys: Any) -> None:
-    """A job event (job.queued, job.started, segment.succeeded, job.succeeded, job.failed): one log
+    """A job event (job.queued, job.started, segment.succeeded, job.succeeded, job.failed, job.cancelled): one log
     line on "handpipe.events" with `event` and the keys, and its metric when it has one."""
     events_logger.info(message, *args, extra={"event": event, **known_keys(**keys)})
     if metric_name is not None:

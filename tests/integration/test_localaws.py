@@ -153,7 +153,13 @@ def test_provision_makes_the_job_end_topic_and_gives_the_notify_queue_its_own_re
         )["maxReceiveCount"]
         for role, url in first.queue_urls.items()
     }
-    assert {role: int(n) for role, n in receives.items()} == {"jobs": 3, "work": 3, "events": 3, "notify": 8, "uploads": 3}
+    assert {role: int(n) for role, n in receives.items()} == {
+        "jobs": 3,
+        "work": 3,
+        "events": 3,
+        "notify": 8,
+        "uploads": 3,
+    }
     assert _provision(clients).topic_arn is None  # without an SNS client, no topic
 
 
