@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..transport import HandpipeError
+from ..transport import ApiError, HandpipeError
 from .errors import CliError, command
 from .options import add_api_args, add_json_arg, client, output_path, upper
 from .report import ProgressBar, format_summary, table, when
@@ -36,9 +36,10 @@ def add_commands(commands: Any) -> None:
     upload = command(
         commands,
         "upload",
-        "upload a registered video's file again (its upload URL expired, or the file is gone)",
+        "upload a registered video's file again, or resume an interrupted upload in parts",
         "Ask for a fresh upload URL for a registered video whose file is not in the bucket, and upload the file "
-        "to it. The URL is signed for the size registered, so it must be the same file.",
+        "to it. The URL is signed for the size registered, so it must be the same file. A big file's upload in "
+        "parts that was interrupted resumes: only the parts S3 does not hold yet are sent.",
         ["handpipe upload vid_0123... clip.mp4"],
     )
     upload.add_argument("video_id")
@@ -142,6 +143,9 @@ def submit_and_report(
     try:
         upload_video(client, registered, video, progress=lambda done, total: bar.update(done, total, "bytes"))
     except HandpipeError as error:
+        if (registered.get("upload") or {}).get("method") == "multipart":  # the parts S3 holds are kept
+            resume = f"handpipe upload {registered['id']} {video}"
+            raise CliError(f"{video.name} was not uploaded: {error}; resume it with `{resume}`") from None
         raise CliError(f"{video.name} was not uploaded: {error}{remove_video(client, registered['id'])}") from None
     finally:
         bar.close()
@@ -236,7 +240,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
     video = check_file(args.file)
     api = client(args)
-    fresh = api.new_upload_url(args.video_id)
+    fresh = _resumable_upload(api, args.video_id) or api.new_upload_url(args.video_id)
     bar = ProgressBar("uploading")
     try:
         upload_video(api, fresh, video, progress=lambda done, total: bar.update(done, total, "bytes"))
@@ -244,6 +248,19 @@ def cmd_upload(args: argparse.Namespace) -> int:
         bar.close()
     print(f"{fresh['id']}  uploaded {video} ({fresh['size_bytes']} bytes); start a job on it with the API")
     return 0
+
+
+def _resumable_upload(api: Any, video_id: str) -> dict[str, Any] | None:
+    """The video with its unfinished multipart upload, which the uploader resumes (sending only the parts
+    S3 does not hold yet); None when the video has none, and a fresh single URL is what it needs."""
+    try:
+        state = api.upload_state(video_id)
+    except ApiError as error:
+        if error.status in (404, 409):
+            return None
+        raise
+    upload = {"method": "multipart", **{k: state[k] for k in ("upload_id", "part_size_bytes", "part_count")}}
+    return {**api.get_video(video_id), "upload": upload}
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import pytest
 from botocore.config import Config
 
 from chalicelib.shared.contracts import frame_index_key
+from handpipe.cli import main as cli_main
 from handpipe.client import ApiError, Client
 from handpipe.local.stack import LocalStack
 from handpipe.uploads import upload_file
@@ -192,6 +193,29 @@ def test_an_interrupted_upload_resumes_sending_only_the_missing_parts(stack: Loc
     done = upload_file(resumed, video, big_video, progress=lambda n, total: seen.append(n), workers=2)
     assert sorted(resumed.asked) == [2, 3] and seen[0] == 5 * MIB  # part 1 counted as done from the start
     assert done["status"] == "UPLOADED" and done["size_bytes"] == big_video.stat().st_size
+    body = s3_of(stack).get_object(Bucket=stack.info.bucket, Key=video["s3_key"])["Body"].read()
+    assert body == big_video.read_bytes()
+
+
+def test_handpipe_upload_resumes_an_interrupted_upload_in_parts(
+    stack: LocalStack, big_video: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a user types after Ctrl-C in `handpipe submit`: the same command line finishes the upload."""
+    assert stack.info is not None
+    client = client_of(stack)
+    video = client.register_video(big_video, title="resumed from the CLI")
+
+    def stop_after_part_one(done: int, total: int) -> None:
+        if done > 6 * MIB:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        upload_file(client, video, big_video, progress=stop_after_part_one, workers=1)
+    args = ["--api-url", stack.info.api_url, "--api-key", stack.info.api_key]
+    assert cli_main(["upload", video["id"], str(big_video), *args]) == 0
+    assert "uploaded" in capsys.readouterr().out
+    uploaded = client.get_video(video["id"])
+    assert uploaded["status"] == "UPLOADED" and uploaded["size_bytes"] == big_video.stat().st_size
     body = s3_of(stack).get_object(Bucket=stack.info.bucket, Key=video["s3_key"])["Body"].read()
     assert body == big_video.read_bytes()
 
