@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import string
 import sys
 import threading
 import time
@@ -42,6 +43,7 @@ WORKER_TIMEOUT_S = 900  # the Lambda maximum, as deployed
 # Short: the worker's heartbeat extends a running item's visibility, so only a dead worker's item
 # comes back, and that within this long (worker_image/handpipe_worker/heartbeat.py).
 WORK_VISIBILITY_S = 120
+KEY_ALPHABET = string.ascii_letters + string.digits
 NOTIFY_MAX_RECEIVES = 8  # a webhook is tried this often (after 1, 2, 4, ... s locally) before its DLQ
 
 
@@ -195,6 +197,12 @@ def _scheduled_event() -> dict[str, Any]:
     }
 
 
+def new_local_key() -> str:
+    """32 letters and digits (190 bits): no '-' a command line would read as an option (`--api-key -x...`)
+    and nothing a shell or a URL would have to quote."""
+    return "".join(secrets.choice(KEY_ALPHABET) for _ in range(32))
+
+
 def _saved_key(data_dir: Path, name: str = "api_key") -> str:
     """The key kept in data_dir/NAME, made (readable by its owner only) the first time."""
     path = data_dir / name
@@ -205,7 +213,7 @@ def _saved_key(data_dir: Path, name: str = "api_key") -> str:
     except FileNotFoundError:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(24)
+    key = new_local_key()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.write(key + "\n")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from handpipe.cli import main as cli_main
-from handpipe.local.stack import LocalStack
+from handpipe.local.stack import LocalStack, _saved_key
 
 
 def test_handpipe_up_takes_its_callers_from_handpipe_api_keys(
@@ -48,3 +48,14 @@ def test_handpipe_up_takes_its_callers_from_handpipe_api_keys(
     monkeypatch.setenv("HANDPIPE_API_KEYS", "short=alice")
     assert cli_main(["up", "--data-dir", str(tmp_path / "refused"), "--port", "0"]) == 1
     assert "HANDPIPE_API_KEYS: an API key must be at least 16 characters long" in capsys.readouterr().err
+
+
+def test_a_made_up_key_can_follow_api_key_on_a_command_line(tmp_path: Path) -> None:
+    """A key beginning with '-' would be read by argparse as an option: `--api-key -x...` fails. Made-up
+    keys are letters and digits only, and one is kept across restarts of the same folder."""
+    keys = [_saved_key(tmp_path / str(n)) for n in range(200)]
+    assert all(len(key) == 32 and key.isascii() and key.isalnum() for key in keys)
+    assert len(set(keys)) == len(keys)
+    assert _saved_key(tmp_path / "0") == keys[0]
+    status = cli_main(["videos", "--api-url", "http://127.0.0.1:9", "--api-key", keys[0]])
+    assert status == 1  # refused connection, not a usage error (2)
